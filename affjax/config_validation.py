@@ -1,0 +1,69 @@
+"""Checks a config before anything is built or compiled; every error names the field and what to do."""
+from __future__ import annotations
+
+import pathlib
+
+import jax
+
+_DTYPES = ('float32', 'bfloat16')
+_MODALITIES = ('audio', 'visual')
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _require(ok: bool, field: str, value, expected: str) -> None:
+  if not ok:
+    raise ConfigError(f'config.{field}={value!r} is invalid: {expected}')
+
+
+def _positive(config, *fields: str) -> None:
+  for field in fields:
+    value = _get(config, field)
+    _require(isinstance(value, (int, float)) and value > 0, field, value, 'must be a number > 0')
+
+
+def _get(config, field: str):
+  value = config
+  for part in field.split('.'):
+    value = value[part]
+  return value
+
+
+def validate(config) -> None:
+  data, train, model = config.data, config.train, config.model
+  _positive(config, 'data.chunk_size', 'data.window', 'data.train_hop', 'data.eval_hop', 'data.image_size',
+            'data.audio_window', 'data.min_fps', 'train.batch_size', 'train.num_steps', 'train.log_every',
+            'train.eval_every', 'train.checkpoint_every', 'train.keep_checkpoints', 'eval.batch_size',
+            'optim.learning_rate')
+  _require(data.eval_hop <= data.window, 'data.eval_hop', data.eval_hop,
+           f'must be <= config.data.window={data.window} so that every frame is predicted')
+  _require(data.train_hop <= data.window, 'data.train_hop', data.train_hop,
+           f'must be <= config.data.window={data.window} so that every frame is trained on')
+  if data.manual_dir:
+    _require(pathlib.Path(data.manual_dir).expanduser().is_dir(), 'data.manual_dir', data.manual_dir,
+             'is not a directory: give the root of the Aff-Wild2 release (holding cropped_aligned/, '
+             'annotations/ and the videos), or leave it empty to use the synthetic tree')
+  _require(data.num_workers >= 0, 'data.num_workers', data.num_workers, 'must be >= 0')
+  devices = jax.device_count()
+  for field in ('train.batch_size', 'eval.batch_size'):
+    value = _get(config, field)
+    _require(value % devices == 0, field, value,
+             f'must be a multiple of the {devices} devices the batch is split over')
+  _require(train.dtype in _DTYPES, 'train.dtype', train.dtype, f'must be one of {_DTYPES}')
+  _require(len(config.loss.ccc_weights) == 2 and min(config.loss.ccc_weights) >= 0, 'loss.ccc_weights',
+           config.loss.ccc_weights, 'must be two non-negative weights (valence, arousal)')
+  _require(config.loss.mse_weight >= 0, 'loss.mse_weight', config.loss.mse_weight, 'must be >= 0')
+  _require(0 <= config.optim.warmup_steps < train.num_steps, 'optim.warmup_steps', config.optim.warmup_steps,
+           f'must be in [0, config.train.num_steps={train.num_steps})')
+  _require(config.optim.restart_period >= 0, 'optim.restart_period', config.optim.restart_period, 'must be >= 0')
+  modalities = tuple(model.modalities)
+  _require(len(modalities) > 0 and set(modalities) <= set(_MODALITIES) and len(set(modalities)) == len(modalities),
+           'model.modalities', modalities, f'must be a non-empty subset of {_MODALITIES}')
+  if 'visual' in modalities and model.get('visual_backbone') == 'mobilefacenet':
+    _require(data.image_size == 112, 'data.image_size', data.image_size,
+             'MobileFaceNet needs 112x112 faces: set config.data.image_size=112')
+  for split in config.eval.splits:
+    _require(split in ('train', 'validation', 'test'), 'eval.splits', tuple(config.eval.splits),
+             "every split must be one of 'train', 'validation', 'test'")

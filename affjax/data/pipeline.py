@@ -1,0 +1,214 @@
+"""Grain input pipeline: windows of T frames assembled from consecutive per-video chunk records.
+
+A window is (video, start): frames [start, start + T) of one video (frames past the video's end are
+padding, mask False), with one contiguous 16 kHz audio segment from which each frame's audio window
+(`audio_window` samples centred on the frame) is sliced on device at `audio_offsets[t]`. Audio outside
+the video is zeros, so every frame's window is exactly centred.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import math
+
+import grain
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from affjax.data import affwild2, augment
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoIndex:
+  name: str
+  num_frames: int
+  fps: float
+  first_record: int
+  num_chunks: int
+  num_rows: int  # rows of the video's annotation file (every frame for test videos)
+
+
+@dataclasses.dataclass(frozen=True)
+class Records:
+  """One split of the built records: its data source and per-video index."""
+  directory: str
+  split: str
+  chunk_size: int
+  videos: tuple[VideoIndex, ...]
+
+  @functools.cached_property
+  def source(self):
+    return tfds.builder_from_directory(self.directory).as_data_source(self.split)
+
+  def __getstate__(self):  # the data source is reopened in each grain worker
+    return {k: v for k, v in self.__dict__.items() if k != 'source'}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+
+
+def open_records(directory: str, split: str) -> Records:
+  info = tfds.builder_from_directory(directory).info
+  videos = tuple(VideoIndex(name=v['name'], num_frames=int(v['num_frames']), fps=float(v['fps']),
+                            first_record=int(v['first_record']), num_chunks=int(v['num_chunks']),
+                            num_rows=annotation_rows(v['num_frames'], v['report']))
+                 for v in info.metadata['videos'][split])
+  return Records(directory=directory, split=split, chunk_size=int(info.metadata['chunk_size']),
+                 videos=videos)
+
+
+def annotation_rows(num_frames: int, report: dict[str, int]) -> int:
+  """Rows of the annotation file from the reader's report (the video's frames for test videos)."""
+  return int(num_frames) - int(report.get('missing_rows', 0)) + int(report.get('extra_rows', 0))
+
+
+def window_starts(num_frames: int, window: int, hop: int) -> np.ndarray:
+  """Starts 0, hop, 2*hop, ... of windows covering every frame; a start whose frames are all covered by the
+  previous window is skipped, and the last window may run past the end (padded and masked)."""
+  starts = np.arange(0, num_frames, hop)
+  return starts[(starts == 0) | (starts + window - hop < num_frames)]
+
+
+def window_table(videos, window: int, hop: int) -> np.ndarray:
+  """[M, 2] int64 rows (video index, start frame) of every window of every video, in order."""
+  rows = [np.stack([np.full(len(s), i), s], axis=1)
+          for i, v in enumerate(videos) for s in [window_starts(v.num_frames, window, hop)]]
+  return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), np.int64)
+
+
+def audio_segment_length(window: int, audio_window: int, min_fps: float) -> int:
+  """Samples shipped per window: enough for T frame-centred windows at any frame rate >= min_fps."""
+  return audio_window + math.ceil((window - 1) * affwild2.SAMPLE_RATE / min_fps) + 1
+
+
+def frame_centre_sample(k: np.ndarray, fps: float) -> np.ndarray:
+  """Audio sample at the centre of frame k: floor((k + 1/2) * sr / fps)."""
+  return np.floor((k + 0.5) * affwild2.SAMPLE_RATE / fps).astype(np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowLoader:
+  """Reads one window's chunks and returns the model inputs for it (picklable, for grain workers)."""
+  records: Records
+  window: int
+  image_size: int
+  audio_window: int
+  min_fps: float
+  augment: dict | None = None  # augment_window kwargs, or None (evaluation)
+
+  def __call__(self, row: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    video_index, start = int(row[0]), int(row[1])
+    video = self.records.videos[video_index]
+    if video.fps < self.min_fps:
+      raise ValueError(f'video {video.name} runs at {video.fps:.3f} fps, below config.data.min_fps='
+                       f'{self.min_fps}; lower config.data.min_fps to at most {math.floor(video.fps)}')
+    t, c = self.window, self.records.chunk_size
+    frames = np.arange(start, start + t)
+    centres = frame_centre_sample(frames, video.fps)
+    a0, a1 = centres[0] - self.audio_window // 2, centres[-1] + self.audio_window - self.audio_window // 2
+    # Chunks holding frames [start, start + T) and the frames whose audio the context reaches.
+    context = math.ceil(self.audio_window / 2 * video.fps / affwild2.SAMPLE_RATE) + 1
+    first = max(0, start - context) // c
+    last = min(video.num_frames - 1, start + t - 1 + context) // c
+    chunks = [self.records.source[video.first_record + j] for j in range(first, last + 1)]
+    frame_rows = slice(start - first * c, start - first * c + t)
+
+    def frame_field(name, fill):
+      values = np.concatenate([ch[name] for ch in chunks])
+      padding = np.full((max(0, frame_rows.stop - len(values)),) + values.shape[1:], fill, values.dtype)
+      return np.concatenate([values, padding])[frame_rows]
+
+    mask = frame_field('frame_mask', False)
+    face_mask = frame_field('face_mask', False) & mask
+    faces = np.zeros((t, self.image_size, self.image_size, 3), np.uint8)
+    for i, jpeg in enumerate(frame_field('faces', b'')):
+      if face_mask[i]:
+        faces[i] = decode_face(jpeg, self.image_size, video.name, start + i)
+    if self.augment is not None:
+      faces = augment.augment_window(faces, rng, **self.augment)
+
+    audio_start = affwild2.frame_boundary_sample(first * c, video.fps)
+    audio = np.concatenate([ch['audio'] for ch in chunks])
+    segment = np.zeros(audio_segment_length(t, self.audio_window, self.min_fps), np.float32)
+    lo, hi = max(a0, audio_start), min(a1, audio_start + len(audio))
+    segment[lo - a0:hi - a0] = audio[lo - audio_start:hi - audio_start]
+    return dict(faces=faces, audio=segment, audio_offsets=(centres - centres[0]).astype(np.int32),
+                labels=frame_field('labels', 0.0), label_mask=frame_field('label_mask', False) & mask,
+                face_mask=face_mask, mask=mask, video_index=np.int32(video_index), start=np.int32(start))
+
+
+def decode_face(jpeg: bytes, size: int, video: str, frame: int) -> np.ndarray:
+  try:
+    image = Image.open(io.BytesIO(jpeg))
+    image = image.convert('RGB')
+  except Exception as e:  # PIL raises several types for broken data
+    raise ValueError(f'corrupt JPEG for video {video} frame {frame + 1:05d} in the records: {e}; fix or '
+                     f'delete cropped_aligned/{video}/{frame + 1:05d}.jpg and rebuild the records') from e
+  if image.size != (size, size):
+    image = image.resize((size, size), Image.BILINEAR)
+  return np.asarray(image, np.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalWindow:
+  """Loads a row (video index, start, valid) of the padded evaluation table."""
+  loader: WindowLoader
+
+  def __call__(self, row: np.ndarray) -> dict[str, np.ndarray]:
+    return dict(self.loader(row[:2]), valid_window=np.bool_(row[2]))
+
+
+def _loader(records: Records, config, *, train: bool) -> WindowLoader:
+  data = config.data
+  return WindowLoader(records=records, window=data.window, image_size=data.image_size,
+                      audio_window=data.audio_window, min_fps=data.min_fps,
+                      augment=data.augment.to_dict() if train else None)
+
+
+def _iterate(ds: grain.MapDataset, config) -> grain.IterDataset:
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+  if config.data.num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=config.data.num_workers, per_worker_buffer_size=config.data.worker_buffer_size))
+  return it
+
+
+def per_process_batch_size(global_batch_size: int) -> int:
+  if global_batch_size % jax.process_count():
+    raise ValueError(f'config batch size {global_batch_size} is not divisible by the '
+                     f'{jax.process_count()} processes')
+  return global_batch_size // jax.process_count()
+
+
+def train_dataset(records: Records, config) -> grain.IterDataset:
+  """Endless, globally shuffled (reshuffled every epoch) training batches of this process's share."""
+  table = window_table(records.videos, config.data.window, config.data.train_hop)
+  if len(table) == 0:
+    raise ValueError(f'the {records.split} split of {records.directory} holds no video')
+  ds = grain.MapDataset.source(table).shuffle(seed=config.seed).repeat()
+  ds = ds[jax.process_index()::jax.process_count()]
+  ds = ds.random_map(_loader(records, config, train=True), seed=config.seed)
+  ds = ds.batch(per_process_batch_size(config.train.batch_size), drop_remainder=True)
+  return _iterate(ds, config)
+
+
+def eval_dataset(records: Records, config) -> tuple[grain.IterDataset, int]:
+  """Every window of every video in order (hop `data.eval_hop`), this process's rows of each global batch.
+
+  The table is padded with copies of its last window (flagged by `valid_window` False) to whole global
+  batches. Returns the dataset and the number of real windows.
+  """
+  table = window_table(records.videos, config.data.window, config.data.eval_hop)
+  global_batch = config.eval.batch_size
+  num_windows = len(table)
+  padded = -(-num_windows // global_batch) * global_batch
+  rows = np.concatenate([np.arange(num_windows), np.full(padded - num_windows, num_windows - 1)])
+  valid = np.arange(padded) < num_windows
+  ds = grain.MapDataset.source(np.concatenate([table[rows], valid[:, None]], axis=1))
+  ds = ds[jax.process_index()::jax.process_count()]
+  ds = ds.map(EvalWindow(_loader(records, config, train=False)))
+  ds = ds.batch(per_process_batch_size(global_batch), drop_remainder=False)
+  return _iterate(ds, config), num_windows

@@ -1,0 +1,42 @@
+"""From config to built records: the user's Aff-Wild2 tree, or the synthetic tree generated once."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pathlib
+
+import jax
+
+from affjax.data import builder, synthetic
+
+
+def _tag(values: dict) -> str:
+  return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def source_tree(config) -> pathlib.Path:
+  """config.data.manual_dir, or the synthetic tree under cache_dir (generated on first use)."""
+  data = config.data
+  if data.manual_dir:
+    return pathlib.Path(data.manual_dir).expanduser()
+  kwargs = dict(data.synthetic.to_dict(), image_size=data.image_size)
+  root = pathlib.Path(data.cache_dir).expanduser() / 'synthetic' / _tag(kwargs)
+  logging.info('no --config.data.manual_dir given: using the synthetic Aff-Wild2 tree %s', root)
+  if jax.process_index() == 0:
+    synthetic.ensure(root, **kwargs)
+  return root
+
+
+def records_dir(config) -> str:
+  """Builds the records of the configured source once and returns the dataset directory to read."""
+  data = config.data
+  tree = source_tree(config)
+  base = (pathlib.Path(data.records_dir).expanduser() if data.records_dir else
+          pathlib.Path(data.cache_dir).expanduser() / 'records' / f'{tree.name}-{_tag(str(tree.absolute()))}')
+  if jax.process_index() == 0:
+    builder.build(tree, base, chunk_size=data.chunk_size, test_list=data.test_list)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('affjax records built')
+  return str(builder.dataset_dir(base, data.chunk_size))

@@ -1,0 +1,114 @@
+"""Full-video inference: overlapping windows averaged per frame, the ABAW metric, ABAW prediction files."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from affjax import parallel
+from affjax.data import pipeline
+from affjax.train import metrics
+
+
+@dataclasses.dataclass
+class VideoPredictions:
+  """Per-frame predictions of one video, averaged over the windows that cover each frame."""
+  name: str
+  num_rows: int  # rows of the ABAW file: the annotation file's rows, or every frame for test videos
+  sums: np.ndarray  # [N,2]
+  counts: np.ndarray  # [N]
+  labels: np.ndarray  # [N,2]
+  label_mask: np.ndarray  # [N]
+
+  @classmethod
+  def empty(cls, video: pipeline.VideoIndex) -> 'VideoPredictions':
+    n = video.num_frames
+    return cls(name=video.name, num_rows=video.num_rows, sums=np.zeros((n, 2)), counts=np.zeros(n),
+               labels=np.zeros((n, 2), np.float32), label_mask=np.zeros(n, bool))
+
+  def add(self, start: int, pred: np.ndarray, labels: np.ndarray, label_mask: np.ndarray, mask: np.ndarray):
+    """Adds one window's [T,2] predictions at frames [start, start + T) where `mask` (not padding)."""
+    frames = np.arange(start, start + len(mask))[mask]
+    self.sums[frames] += pred[mask]
+    self.counts[frames] += 1
+    self.labels[frames] = labels[mask]
+    self.label_mask[frames] = label_mask[mask]
+
+  @property
+  def prediction(self) -> np.ndarray:
+    if not self.counts.all():
+      raise RuntimeError(f'video {self.name}: frames {np.flatnonzero(self.counts == 0)[:5]}... got no prediction')
+    return self.sums / self.counts[:, None]
+
+
+def predict_split(state, eval_step, records: pipeline.Records, config, mesh) -> list[VideoPredictions]:
+  """Runs `eval_step` over every window of every video of `records` (every process takes its share)."""
+  videos = [VideoPredictions.empty(v) for v in records.videos]
+  dataset, _ = pipeline.eval_dataset(records, config)
+  iterator = iter(dataset)
+  try:
+    for batch in iterator:
+      global_batch = parallel.to_global(batch, mesh)
+      pred = parallel.to_host(eval_step(state, global_batch))
+      rows = {k: parallel.to_host(global_batch[k])
+              for k in ('video_index', 'start', 'labels', 'label_mask', 'mask', 'valid_window')}
+      for i in np.flatnonzero(rows['valid_window']):
+        videos[rows['video_index'][i]].add(rows['start'][i], pred[i], rows['labels'][i],
+                                           rows['label_mask'][i], rows['mask'][i])
+  finally:
+    if hasattr(iterator, 'close'):
+      iterator.close()
+  return videos
+
+
+def split_metrics(videos: list[VideoPredictions]) -> dict[str, float]:
+  """The ABAW metric over every annotated frame of the split, concatenated."""
+  pred = np.concatenate([v.prediction[v.label_mask] for v in videos])
+  target = np.concatenate([v.labels[v.label_mask] for v in videos])
+  return metrics.va_metrics(pred, target)
+
+
+def write_abaw_file(path: pathlib.Path, prediction: np.ndarray, num_rows: int) -> None:
+  """`valence,arousal` then `num_rows` rows in [-1, 1]; rows past the video repeat its last frame."""
+  rows = np.clip(prediction[np.minimum(np.arange(num_rows), len(prediction) - 1)], -1.0, 1.0)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, 'w') as f:
+    f.write('valence,arousal\n')
+    f.writelines(f'{v:.6f},{a:.6f}\n' for v, a in rows)
+
+
+def write_split(workdir, split: str, videos: list[VideoPredictions]) -> dict[str, float] | None:
+  """Writes DIR/predictions/<split>/<video>.txt and, for annotated splits, DIR/eval/<split>/metrics.json."""
+  workdir = pathlib.Path(workdir)
+  for v in videos:
+    write_abaw_file(workdir / 'predictions' / split / f'{v.name}.txt', v.prediction, v.num_rows)
+  if not any(v.label_mask.any() for v in videos):
+    return None
+  result = split_metrics(videos)
+  out = workdir / 'eval' / split / 'metrics.json'
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(result, indent=2) + '\n')
+  return result
+
+
+def trace_image(video: VideoPredictions, width: int = 640, height: int = 240) -> np.ndarray:
+  """A [H,W,3] uint8 plot of predicted (solid) vs annotated (dots) valence (top) and arousal (bottom)."""
+  image = Image.new('RGB', (width, height), 'white')
+  draw = ImageDraw.Draw(image)
+  n, half = len(video.counts), height // 2
+  x = np.linspace(0, width - 1, n)
+  for d, colour in ((0, (31, 119, 180)), (1, (214, 39, 40))):
+    top = d * half
+
+    def y(values):
+      return top + (1 - (np.clip(values, -1, 1) + 1) / 2) * (half - 1)
+
+    draw.line([(0, top + half // 2), (width, top + half // 2)], fill=(200, 200, 200))
+    for xi, yi in zip(x[video.label_mask], y(video.labels[video.label_mask, d])):
+      draw.point((xi, yi), fill=(0, 0, 0))
+    draw.line(list(zip(x, y(video.prediction[:, d]))), fill=colour, width=2)
+    draw.text((4, top + 2), ('valence', 'arousal')[d], fill=colour)
+  return np.asarray(image)

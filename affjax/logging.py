@@ -1,0 +1,29 @@
+"""TensorBoard scalars and images (tensorboardX), written by process 0 only."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+class MetricWriter:
+
+  def __init__(self, logdir):
+    self._writer = None
+    if jax.process_index() == 0:
+      import tensorboardX  # pylint: disable=g-import-not-at-top
+      self._writer = tensorboardX.SummaryWriter(str(logdir))
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    if self._writer is not None:
+      for tag, value in values.items():
+        self._writer.add_scalar(tag, float(value), step)
+      self._writer.flush()
+
+  def image(self, step: int, tag: str, image: np.ndarray) -> None:
+    if self._writer is not None:
+      self._writer.add_image(tag, image, step, dataformats='HWC')
+      self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()

@@ -1,0 +1,166 @@
+"""The whole run: train, evaluate, checkpoint; resumable by rerunning the same command on the same workdir."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import pathlib
+import time
+
+import jax
+import tqdm
+
+from affjax import checkpoint, evaluate, models, parallel, profiling
+from affjax import logging as affjax_logging
+from affjax.data import pipeline, prepare
+from affjax.train import optim, state as state_lib, step as step_lib
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+class Experiment:
+  """The pieces of a run that training and evaluation share: records, mesh, model, state, checkpoints."""
+
+  def __init__(self, config, workdir):
+    self.config = config
+    self.workdir = pathlib.Path(workdir).expanduser().absolute()
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.records_dir = prepare.records_dir(config)
+    self.mesh = parallel.make_mesh()
+    self.model = models.build_model(config.model)
+    self.tx = optim.make_optimizer(config.optim, config.train.num_steps)
+    with jax.set_mesh(self.mesh):
+      self.state = jax.jit(lambda rng: state_lib.create_state(self.model, self.tx, config, rng),
+                           out_shardings=parallel.replicated(self.mesh))(jax.random.key(config.seed))
+    self.checkpoints = checkpoint.Checkpointer(self.workdir, keep=config.train.keep_checkpoints)
+    self.eval_step = step_lib.make_eval_step(self.model)
+
+  def records(self, split: str) -> pipeline.Records:
+    return pipeline.open_records(self.records_dir, split)
+
+  def evaluate(self, split: str, *, write: bool) -> tuple[dict[str, float] | None, list]:
+    """Predicts every frame of `split`; returns its metrics (None without annotations) and predictions."""
+    records = self.records(split)
+    with jax.set_mesh(self.mesh):
+      videos = evaluate.predict_split(self.state, self.eval_step, records, self.config, self.mesh)
+    if write and jax.process_index() == 0:
+      return evaluate.write_split(self.workdir, split, videos), videos
+    annotated = any(v.label_mask.any() for v in videos)
+    return (evaluate.split_metrics(videos) if annotated else None), videos
+
+  def restore_for_evaluation(self) -> int:
+    """Loads the best checkpoint (by validation mean CCC), else the latest; returns its step."""
+    step = self.checkpoints.best_step() or self.checkpoints.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint under {self.workdir}/checkpoints: train first (--mode=train)')
+    self.state = self.checkpoints.restore(step, self.state)
+    return step
+
+  def close(self):
+    self.checkpoints.close()
+
+
+def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
+  """Trains config.train.num_steps steps (resuming from the latest checkpoint), then evaluates the best one."""
+  exp = Experiment(config, workdir)
+  try:
+    _train(exp)
+    return _final_evaluation(exp)
+  finally:
+    exp.close()
+
+
+def evaluate_only(config, workdir) -> dict[str, dict[str, float] | None]:
+  exp = Experiment(config, workdir)
+  try:
+    return _final_evaluation(exp)
+  finally:
+    exp.close()
+
+
+def _final_evaluation(exp: Experiment) -> dict[str, dict[str, float] | None]:
+  step = exp.restore_for_evaluation()
+  results = {}
+  for split in exp.config.eval.splits:
+    if exp.records(split).videos:
+      results[split], _ = exp.evaluate(split, write=True)
+      logging.info('step %d %s: %s', step, split, results[split])
+  if jax.process_index() == 0:
+    (exp.workdir / 'eval').mkdir(exist_ok=True)
+    (exp.workdir / 'eval' / 'summary.json').write_text(json.dumps(dict(step=step, **results), indent=2) + '\n')
+  return results
+
+
+def _train(exp: Experiment) -> None:
+  config, train_cfg = exp.config, exp.config.train
+  has_validation = bool(exp.records('validation').videos)
+  train_iter = iter(pipeline.train_dataset(exp.records('train'), config))
+  start = exp.checkpoints.latest_step() or 0
+  if start:
+    exp.state = exp.checkpoints.restore(start, exp.state, train_iter)
+    logging.info('resumed from the checkpoint of step %d', start)
+  if start >= train_cfg.num_steps:
+    return
+  writer = affjax_logging.MetricWriter(exp.workdir)
+  profiler = profiling.StepProfiler(exp.workdir, first=start + train_cfg.first_profile,
+                                    num_steps=train_cfg.profile_steps)
+  train_step = step_lib.make_train_step(exp.model, exp.tx, config)
+  lr_schedule = optim.learning_rate_schedule(config.optim, train_cfg.num_steps)
+  frames_per_step = train_cfg.batch_size * config.data.window
+  progress = tqdm.tqdm(total=train_cfg.num_steps, initial=start, desc='train', unit='step',
+                       disable=jax.process_index() != 0, dynamic_ncols=True)
+  with jax.set_mesh(exp.mesh):
+    acc = jax.device_put(step_lib.zero_accumulator(), parallel.replicated(exp.mesh))
+    window_start, data_wait = time.perf_counter(), 0.0
+    try:
+      for step in range(start, train_cfg.num_steps):
+        t = time.perf_counter()
+        batch = parallel.to_global(next(train_iter), exp.mesh)
+        data_wait += time.perf_counter() - t
+        profiler.before_step(step)
+        with jax.profiler.StepTraceAnnotation('train', step_num=step), jax.transfer_guard('disallow'):
+          exp.state, acc = train_step(exp.state, acc, batch)
+        profiler.after_step(step, acc)
+        progress.update()
+        done = step + 1
+        last = done == train_cfg.num_steps
+        if done % train_cfg.log_every == 0 or last:
+          logged = _check_finite(jax.device_get(acc), done, exp.checkpoints)
+          elapsed = time.perf_counter() - window_start
+          scalars = {f'train/{k}': v / logged['steps'] for k, v in logged.items()
+                     if k not in ('steps', 'nonfinite')}
+          scalars.update({'train/learning_rate': float(lr_schedule(step)),
+                          'perf/steps_per_s': logged['steps'] / elapsed,
+                          'perf/frames_per_s': logged['steps'] * frames_per_step / elapsed,
+                          'perf/data_wait_fraction': data_wait / elapsed})
+          writer.scalars(done, scalars)
+          progress.set_postfix(loss=f"{scalars['train/loss']:.3f}", fps=f"{scalars['perf/frames_per_s']:.0f}")
+          acc = jax.device_put(step_lib.zero_accumulator(), parallel.replicated(exp.mesh))
+          window_start, data_wait = time.perf_counter(), 0.0
+        metrics = None
+        if has_validation and (done % train_cfg.eval_every == 0 or last):
+          metrics, videos = exp.evaluate('validation', write=False)
+          writer.scalars(done, {f'validation/{k}': v for k, v in metrics.items()})
+          writer.image(done, 'validation/trace', evaluate.trace_image(videos[0]))
+          progress.write(f'step {done}: validation ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
+          window_start = time.perf_counter()  # evaluation time is not training throughput
+        if done % train_cfg.checkpoint_every == 0 or last or metrics is not None:
+          _check_finite(jax.device_get(acc), done, exp.checkpoints)
+          exp.checkpoints.save(done, exp.state, train_iter, metrics=metrics)
+    finally:
+      progress.close()
+      writer.close()
+      with contextlib.suppress(AttributeError):
+        train_iter.close()
+
+
+def _check_finite(acc: dict, step: int, checkpoints: checkpoint.Checkpointer) -> dict:
+  """Stops the run at a non-finite loss, before anything of the bad state is saved."""
+  if acc['nonfinite']:
+    raise NonFiniteLossError(
+        f'non-finite training loss in {int(acc["nonfinite"])} step(s) up to step {step}; the run stopped and '
+        f'the last good checkpoint (step {checkpoints.latest_step()}) is kept. Lower config.optim.learning_rate '
+        'or set config.optim.grad_clip_norm, then rerun the same command to resume from it.')
+  return acc

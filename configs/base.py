@@ -1,0 +1,63 @@
+"""Fields shared by every affjax system; each system's config starts from `get_base_config()`.
+
+Every field is overridable from the command line, e.g. `--config.train.batch_size=32`.
+"""
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = data = ml_collections.ConfigDict()
+  data.manual_dir = ''  # the Aff-Wild2 release tree; '' trains on the synthetic tree (generated once)
+  data.cache_dir = '~/.cache/affjax'  # synthetic trees and records live here unless records_dir is set
+  data.records_dir = ''  # where the ArrayRecord shards are written; '' = <cache_dir>/records/<source>
+  data.test_list = 'va_test_set.txt'  # test video names, relative to manual_dir (or absolute)
+  data.chunk_size = 32  # frames per record; fixed when the records are built
+  data.window = 8  # T, frames per training/evaluation window
+  data.train_hop = 8  # hop between training windows (= window: no overlap, padded tail window)
+  data.eval_hop = 4  # hop between evaluation windows; overlapping predictions are averaged
+  data.image_size = 112
+  data.audio_window = 10560  # int(16000 * 0.66) samples centred on each frame
+  data.min_fps = 24.0  # lowest frame rate a window's audio segment is sized for
+  data.num_workers = 2  # grain worker processes (0 = decode in the training process)
+  data.worker_buffer_size = 2
+  data.require_face = True  # train only on frames that have a face crop (evaluation scores every annotated frame)
+  data.augment = ml_collections.ConfigDict(dict(brightness=0.2, contrast=0.2, saturation=0.2, flip=True))
+  data.synthetic = ml_collections.ConfigDict(dict(
+      num_train=12, num_validation=4, num_test=2, min_frames=240, max_frames=480, seed=0))
+
+  config.model = ml_collections.ConfigDict()
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.ccc_weights = (0.5, 0.5)  # (valence, arousal) weights of 1 - CCC
+  config.loss.mse_weight = 0.0
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.learning_rate = 1e-3
+  optim.weight_decay = 1e-2  # AdamW, decoupled, scaled by the learning rate
+  optim.b1 = 0.9
+  optim.b2 = 0.999
+  optim.eps = 1e-8
+  optim.warmup_steps = 50
+  optim.restart_period = 0  # T0 of cosine warm restarts in steps; 0 = one cosine decay over the run
+  optim.grad_clip_norm = 0.0  # 0 = no clipping
+
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 16  # global, over every device of every host
+  train.num_steps = 1000
+  train.log_every = 25
+  train.eval_every = 250
+  train.checkpoint_every = 250
+  train.keep_checkpoints = 1  # latest N kept, plus the best by validation mean CCC
+  train.dtype = 'float32'  # compute dtype of the backbones: float32 | bfloat16
+  train.profile_steps = 0  # > 0: capture a jax.profiler trace of this many steps after `first_profile`
+  train.first_profile = 10
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 16
+  config.eval.splits = ('validation',)  # splits scored (and written as ABAW files) by --mode=eval
+
+  config.compat = ml_collections.ConfigDict()
+  return config
