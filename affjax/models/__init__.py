@@ -1,0 +1,52 @@
+"""Model registry: `build_model(config.model)` maps `config.model.name` to a Linen module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from affjax.models.attention import ATTENTION_IMPLS
+from affjax.models.av_model import AUDIO_BACKBONES, MODALITIES, VISUAL_BACKBONES, AudioVisualModel
+from affjax.models.layers import ACTIVATIONS, DEPTHWISE_IMPLS, lookup
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def _field(cfg: ml_collections.ConfigDict, name: str, allowed) -> object:
+  """cfg[name], validated against the names in `allowed`."""
+  return lookup(tuple(allowed), cfg[name], f'config.model.{name}')
+
+
+def _build_cross_attn(cfg: ml_collections.ConfigDict) -> nn.Module:
+  modalities = tuple(cfg.modalities)
+  if not modalities:
+    raise ValueError('config.model.modalities is empty')
+  for i, m in enumerate(modalities):
+    lookup(MODALITIES, m, f'config.model.modalities[{i}]')
+  fusion = dict(
+      d_embedding=cfg.d_embedding, d_ff=cfg.d_ff, num_heads=cfg.num_heads, n_ca=cfg.n_ca, n_cv=cfg.n_cv,
+      num_layers=cfg.num_layers, dropout=cfg.dropout, act=_field(cfg, 'act', ACTIVATIONS),
+      gated=cfg.gated, compat_reference_layers=cfg.compat_reference_layers,
+      attention_impl=_field(cfg, 'attention_impl', ATTENTION_IMPLS))
+  return AudioVisualModel(
+      modalities=modalities,
+      visual_backbone=_field(cfg, 'visual_backbone', VISUAL_BACKBONES),
+      audio_backbone=_field(cfg, 'audio_backbone', AUDIO_BACKBONES),
+      audio_window=cfg.audio_window,
+      depthwise_impl=_field(cfg, 'depthwise_impl', DEPTHWISE_IMPLS),
+      fusion=fusion,
+      dtype=DTYPES[_field(cfg, 'dtype', DTYPES)])
+
+
+MODELS: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
+    'cross_attn': _build_cross_attn,
+}
+
+
+def build_model(model_config: ml_collections.ConfigDict) -> nn.Module:
+  """The Linen module `model_config.name` names, built from the config's fields; unknown names raise
+  ValueError naming the field (e.g. "config.model.visual_backbone='x' is not one of [...]")."""
+  return MODELS[_field(model_config, 'name', MODELS)](model_config)

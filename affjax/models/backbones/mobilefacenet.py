@@ -1,0 +1,129 @@
+"""MobileFaceNet without its output layer: `[N, 112, 112, 3]` faces in [0, 1] -> `[N, 512]`.
+
+Layout (spec rnn_attn 2.1), spatial size 112 -> 56 -> 28 -> 14 -> 7 -> 1:
+  CB 3x3 s2 (64) -> depthwise CB (64) -> DW(64->64, 128, s2) -> 4 x DW(64, 128)
+  -> DW(64->128, 256, s2) -> 6 x DW(128, 256) -> DW(128->128, 512, s2) -> 2 x DW(128, 256)
+  -> 1x1 CB (512) -> 7x7 depthwise linear conv + BN -> flatten.
+CB = conv (no bias) + BN + per-channel PReLU. DW(c->c', g, s) = 1x1 CB to g -> 3x3 depthwise CB
+stride s -> 1x1 conv + BN, residual when s = 1. Convolutions pad like PyTorch (3x3: 1 on each side).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from affjax.models.layers import DepthwiseConv, PointwiseConv, torch_kernel_init
+
+Array = jax.Array
+
+
+class PReLU(nn.Module):
+  """Per-channel PReLU (PyTorch `nn.PReLU(C)`, slopes initialised to 0.25)."""
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    slope = self.param('negative_slope', nn.initializers.constant(0.25), (x.shape[-1],), jnp.float32)
+    return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
+
+
+class ConvBlock(nn.Module):
+  """Conv (no bias) -> BN (momentum 0.9, eps 1e-5) [-> PReLU when `act`].
+
+  `depthwise`: a depthwise conv (`features` must equal the input channels); 1x1 convs are `PointwiseConv`
+  matmuls. Kernels are HWIO in every case, padding is PyTorch's k // 2 on each side."""
+
+  features: int
+  kernel_size: int = 1
+  strides: int = 1
+  depthwise: bool = False
+  act: bool = True
+  depthwise_impl: str = 'auto'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
+    k, pad = self.kernel_size, self.kernel_size // 2
+    if self.depthwise:
+      x = DepthwiseConv(k, self.strides, pad, impl=self.depthwise_impl, dtype=self.dtype, name='conv')(x)
+    elif k == 1 and self.strides == 1:
+      x = PointwiseConv(self.features, dtype=self.dtype, name='conv')(x)
+    else:
+      x = nn.Conv(self.features, (k, k), self.strides, padding=((pad, pad), (pad, pad)), use_bias=False,
+                  kernel_init=torch_kernel_init, dtype=self.dtype, name='conv')(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                     name='bn')(x, mask=mask)
+    return PReLU(name='prelu')(x) if self.act else x
+
+
+class DWBlock(nn.Module):
+  """1x1 CB to `groups` -> 3x3 depthwise CB (stride) -> 1x1 conv + BN to `features`; residual if stride 1."""
+
+  features: int
+  groups: int
+  strides: int = 1
+  depthwise_impl: str = 'auto'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
+    y = ConvBlock(self.groups, dtype=self.dtype, name='expand')(x, train=train, mask=mask)
+    y = ConvBlock(self.groups, 3, self.strides, depthwise=True, depthwise_impl=self.depthwise_impl,
+                  dtype=self.dtype, name='dw')(y, train=train, mask=mask)
+    y = ConvBlock(self.features, act=False, dtype=self.dtype, name='project')(y, train=train, mask=mask)
+    return x + y if self.strides == 1 else y
+
+
+class GlobalDepthwiseConv(nn.Module):
+  """A k x k depthwise conv without padding over a k x k map, i.e. a per-channel weighted sum:
+  `[N, k, k, C] -> [N, C]` (kernel `[k, k, 1, C]`). Exact elementwise multiply-sum on every backend."""
+
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param('kernel', torch_kernel_init, (x.shape[1], x.shape[2], 1, x.shape[3]), jnp.float32)
+    acc = jnp.promote_types(self.dtype, jnp.float32)
+    y = jnp.sum(x.astype(acc) * kernel[:, :, 0, :].astype(acc), axis=(1, 2))
+    return y.astype(self.dtype)
+
+
+# (features, groups, stride, repeats) of the DW stages after the first two conv blocks.
+STAGES = ((64, 128, 2, 1), (64, 128, 1, 4), (128, 256, 2, 1), (128, 256, 1, 6), (128, 512, 2, 1),
+          (128, 256, 1, 2))
+
+
+class MobileFaceNet(nn.Module):
+  """MobileFaceNet feature extractor (0.94 M params), `[N, 112, 112, 3]` in [0, 1] -> `[N, 512]`.
+
+  `mask` (`[N]` bool, optional) keeps padded images out of the train-mode BatchNorm statistics.
+  `dtype` is the compute dtype (params float32); `depthwise_impl` selects the 3x3 depthwise conv
+  implementation ('auto' | 'grouped' | 'shifted', see `layers.depthwise_conv2d`).
+  """
+
+  dtype: Any = jnp.float32
+  depthwise_impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
+    if x.shape[1:] != (112, 112, 3):
+      raise ValueError(f'MobileFaceNet needs [N, 112, 112, 3] faces (its last conv is 7x7 over the 7x7 map), '
+                       f'got {list(x.shape)}')
+    bn_mask = None if mask is None else mask[:, None, None, None]
+    x = (x.astype(self.dtype) - 0.5) / 0.5
+    x = ConvBlock(64, 3, 2, dtype=self.dtype, name='conv1')(x, train=train, mask=bn_mask)
+    x = ConvBlock(64, 3, 1, depthwise=True, depthwise_impl=self.depthwise_impl, dtype=self.dtype,
+                  name='conv2_dw')(x, train=train, mask=bn_mask)
+    i = 0
+    for features, groups, stride, repeats in STAGES:
+      for _ in range(repeats):
+        x = DWBlock(features, groups, stride, self.depthwise_impl, self.dtype, name=f'dw{i}')(
+            x, train=train, mask=bn_mask)
+        i += 1
+    x = ConvBlock(512, dtype=self.dtype, name='conv6_sep')(x, train=train, mask=bn_mask)
+    x = GlobalDepthwiseConv(self.dtype, name='conv6_dw')(x)
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                        name='bn_out')(x, mask=None if mask is None else mask[:, None])

@@ -1,0 +1,169 @@
+"""Small pieces shared by the models: name look-up, PyTorch-style initialisers, activations,
+sinusoidal positional encoding and a depthwise 2-D convolution with a CPU-friendly implementation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Padding = int | Sequence[tuple[int, int]]
+
+
+def lookup(table: Mapping[str, Any] | Collection[Any], key: Any, field: str) -> Any:
+  """`table[key]` for a mapping, `key` itself for a plain collection of allowed values.
+
+  Raises ValueError naming `field` (e.g. "config.model.act") when `key` is not allowed.
+  """
+  if key not in table:
+    raise ValueError(f'{field}={key!r} is not one of {list(table)}')
+  return table[key] if isinstance(table, Mapping) else key
+
+
+# ----------------------------------------------------------------------------- initialisers
+def symmetric_uniform(bound: float) -> Callable[..., Array]:
+  """Initialiser drawing U(-bound, bound)."""
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+# PyTorch's default Linear/Conv weight init, kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)),
+# with fan_in = receptive field x input channels (Flax's WIO/HWIO layouts: in_axis=-2).
+torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+def torch_bias_init(fan_in: int) -> Callable[..., Array]:
+  """PyTorch's default Linear/Conv bias init, U(+-1/sqrt(fan_in))."""
+  return symmetric_uniform(1.0 / np.sqrt(fan_in))
+
+
+def torch_dense(features: int, fan_in: int, **kwargs) -> nn.Dense:
+  """`nn.Dense` initialised like `torch.nn.Linear(fan_in, features)`."""
+  return nn.Dense(features, kernel_init=torch_kernel_init, bias_init=torch_bias_init(fan_in), **kwargs)
+
+
+# ----------------------------------------------------------------------------- activations
+ACTIVATIONS: Mapping[str, Callable[[Array], Array]] = {
+    'gelu': lambda x: nn.gelu(x, approximate=False),  # PyTorch nn.GELU(): exact erf
+    'selu': nn.selu,
+}
+
+
+def activation(name: str, field: str = 'act') -> Callable[[Array], Array]:
+  """Activation function by name ('gelu' = exact erf GELU, 'selu')."""
+  return lookup(ACTIVATIONS, name, field)
+
+
+# ----------------------------------------------------------------------------- positional encoding
+def sinusoidal_pe(length: int, d: int) -> np.ndarray:
+  """Fixed positional encoding `[length, d]` (float32): channel 2i is sin(p * 10000^(-2i/d)),
+  channel 2i+1 is cos of the same angle. Added to the features without sqrt(d) scaling."""
+  pos = np.arange(length, dtype=np.float64)[:, None]
+  freq = np.exp(np.arange(0, d, 2, dtype=np.float64) * (-np.log(10000.0) / d))
+  pe = np.zeros((length, d), np.float64)
+  pe[:, 0::2] = np.sin(pos * freq)
+  pe[:, 1::2] = np.cos(pos * freq[: d // 2])
+  return pe.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- depthwise conv
+DEPTHWISE_IMPLS = ('auto', 'grouped', 'shifted')
+
+
+def _pairs(padding: Padding) -> tuple[tuple[int, int], tuple[int, int]]:
+  if isinstance(padding, int):
+    return ((padding, padding), (padding, padding))
+  (t, b), (l, r) = padding
+  return ((int(t), int(b)), (int(l), int(r)))
+
+
+def _depthwise_grouped(x: Array, kernel: Array, stride: int, padding) -> Array:
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(stride, stride), padding=padding,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=x.shape[-1])
+
+
+def _depthwise_shifted(x: Array, kernel: Array, stride: int, padding) -> Array:
+  kh, kw = kernel.shape[:2]
+  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  n, hp, wp, c = xp.shape
+  ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
+  acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
+  out = jnp.zeros((n, ho, wo, c), acc_dtype)
+  for i in range(kh):
+    for j in range(kw):
+      tap = jax.lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
+                          (1, stride, stride, 1))
+      out = out + tap.astype(acc_dtype) * kernel[i, j, 0].astype(acc_dtype)
+  return out.astype(x.dtype)
+
+
+def depthwise_conv2d(x: Array, kernel: Array, stride: int = 1, padding: Padding = 0,
+                     impl: str = 'auto') -> Array:
+  """Depthwise 2-D convolution (channel multiplier 1, no bias).
+
+  Args:
+    x: `[N, H, W, C]`.
+    kernel: `[kh, kw, 1, C]` (HWIO with one input channel per group, as Flax stores it).
+    stride: the same stride along H and W.
+    padding: zero padding, an int (both sides of H and W, PyTorch style) or ((top, bottom), (left, right)).
+    impl: 'grouped' = XLA's grouped convolution (`feature_group_count=C`); 'shifted' = kh*kw
+      strided slices multiplied by the per-channel taps and summed (accumulated in at least float32);
+      'auto' = 'shifted' on CPU, whose grouped convolution is very slow, else 'grouped'.
+  Returns:
+    `[N, Ho, Wo, C]` in x's dtype.
+  """
+  impl = lookup(DEPTHWISE_IMPLS, impl, 'depthwise_impl')
+  if impl == 'auto':
+    impl = 'shifted' if jax.default_backend() == 'cpu' else 'grouped'
+  kernel = kernel.astype(x.dtype)
+  fn = _depthwise_shifted if impl == 'shifted' else _depthwise_grouped
+  return fn(x, kernel, stride, _pairs(padding))
+
+
+class PointwiseConv(nn.Module):
+  """1x1 convolution (stride 1, no bias) over `[..., C]` written as a matmul over channels.
+
+  The kernel is stored `[1, 1, C, features]` (HWIO, as `nn.Conv` stores it). XLA:CPU computes the
+  weight gradient of a 1x1 `conv_general_dilated` an order of magnitude slower than that of the
+  same contraction as a matmul (tools/bench_depthwise.py); on GPU both are one GEMM.
+  """
+
+  features: int
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Callable[..., Array] = torch_kernel_init
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param('kernel', self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype)
+    dtype = self.dtype or x.dtype
+    return jnp.einsum('...c,cd->...d', x.astype(dtype), kernel[0, 0].astype(dtype))
+
+
+class DepthwiseConv(nn.Module):
+  """Depthwise `k x k` conv over `[N, H, W, C]`, kernel param `[k, k, 1, C]`, no bias
+  (PyTorch `Conv2d(C, C, k, stride, padding, groups=C, bias=False)`)."""
+
+  kernel_size: int
+  strides: int = 1
+  padding: Padding = 0
+  impl: str = 'auto'
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Callable[..., Array] = torch_kernel_init
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    k = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init, (k, k, 1, x.shape[-1]), self.param_dtype)
+    dtype = self.dtype or x.dtype
+    return depthwise_conv2d(x.astype(dtype), kernel, self.strides, self.padding, self.impl)

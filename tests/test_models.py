@@ -1,0 +1,505 @@
+"""Tests for affjax.models: numbers against numpy float64 / PyTorch references, shapes and masks."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from affjax.models import build_model
+from affjax.models.attention import MultiHeadAttention, dot_product_attention
+from affjax.models.av_model import AudioVisualModel, slice_audio_windows
+from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES, AudioCNN1D
+from affjax.models.backbones.mobilefacenet import MobileFaceNet
+from affjax.models.fusion.cross_attn import CrossModalFusion
+from affjax.models.layers import depthwise_conv2d, sinusoidal_pe
+
+# unsafe_rbg keys: parameter init and dropout compile several times faster than with threefry on CPU.
+KEY = jax.random.key(0, impl='unsafe_rbg')
+DROPOUT_KEY = jax.random.key(1, impl='unsafe_rbg')
+
+
+def _init(model, *args, **kwargs):
+  return jax.jit(functools.partial(model.init, **kwargs))(KEY, *args)
+
+
+attention = jax.jit(dot_product_attention, static_argnames=('dropout_rate', 'deterministic', 'implementation'))
+
+
+def _np(tree):
+  return jax.tree.map(np.asarray, tree)
+
+
+# ----------------------------------------------------------------------------- PE, attention
+def test_sinusoidal_pe_matches_formula():
+  length, d = 7, 6
+  pe = sinusoidal_pe(length, d)
+  assert pe.shape == (length, d) and pe.dtype == np.float32
+  for p in range(length):
+    for c in range(d):
+      i = c // 2
+      angle = p * 10000.0 ** (-2 * i / d)
+      np.testing.assert_allclose(pe[p, c], math.sin(angle) if c % 2 == 0 else math.cos(angle), atol=1e-6)
+
+
+def _np_attention(q, k, v, key_mask):
+  """float64 reference: softmax(q k^T / sqrt(H)) v over keys where key_mask is True."""
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  logits = np.einsum('btnh,bsnh->bnts', q, k) / np.sqrt(q.shape[-1])
+  logits = np.where(key_mask[:, None, None, :], logits, -np.inf)
+  w = np.exp(logits - logits.max(-1, keepdims=True))
+  w = w / w.sum(-1, keepdims=True)
+  return np.einsum('bnts,bsnh->btnh', w, v), w
+
+
+def test_attention_matches_numpy_with_key_mask():
+  rng = np.random.default_rng(0)
+  b, t, s, n, h = 3, 4, 5, 2, 8
+  q, k, v = (rng.standard_normal(shape).astype(np.float32) for shape in [(b, t, n, h), (b, s, n, h), (b, s, n, h)])
+  key_mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 1, 0], [0, 0, 0, 0, 0]], bool)  # row 2: all keys masked
+  out = np.asarray(attention(q, k, v, key_mask=key_mask))
+  ref, _ = _np_attention(q[:2], k[:2], v[:2], key_mask[:2])
+  np.testing.assert_allclose(out[:2], ref, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(out[2], 0.0)  # fully masked rows: zeros, not NaN
+  grad = jax.grad(lambda q: attention(q, k, v, key_mask=key_mask).sum())(q)
+  assert np.isfinite(np.asarray(grad)).all()
+  np.testing.assert_allclose(np.asarray(attention(q, k, v)), _np_attention(q, k, v, np.ones((b, s), bool))[0],
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_attention_dropout_drops_weights():
+  """With v = identity over keys the output is the weight matrix: each entry is 0 or w / (1 - p)."""
+  rng = np.random.default_rng(1)
+  b, t, s, p = 2, 6, 8, 0.5
+  q, k = rng.standard_normal((b, t, 1, s)).astype(np.float32), rng.standard_normal((b, s, 1, s)).astype(np.float32)
+  v = np.broadcast_to(np.eye(s, dtype=np.float32)[None, :, None, :], (b, s, 1, s))
+  key_mask = np.ones((b, s), bool)
+  key_mask[1, 5:] = False
+  out = np.asarray(attention(q, k, v, key_mask=key_mask, dropout_rate=p, dropout_rng=DROPOUT_KEY,
+                             deterministic=False))[:, :, 0, :]
+  _, w = _np_attention(q, k, v, key_mask)
+  w = w[:, 0]
+  kept = out != 0
+  assert 0.3 < kept[key_mask[:, None, :].repeat(t, 1)].mean() < 0.7
+  np.testing.assert_allclose(out[kept], w[kept] / (1 - p), rtol=1e-5)
+  assert not kept[1, :, 5:].any()
+  np.testing.assert_array_equal(  # deterministic=True ignores the rate
+      np.asarray(attention(q, k, v, key_mask=key_mask, dropout_rate=p)), np.asarray(attention(q, k, v, key_mask=key_mask)))
+
+
+def test_multihead_attention_matches_torch():
+  torch = pytest.importorskip('torch')
+  e, heads, b, t, s = 16, 4, 2, 5, 7
+  rng = np.random.default_rng(2)
+  xq, xkv = rng.standard_normal((b, t, e)).astype(np.float32), rng.standard_normal((b, s, e)).astype(np.float32)
+  key_mask = np.ones((b, s), bool)
+  key_mask[1, 4:] = False
+  ref = torch.nn.MultiheadAttention(e, heads, batch_first=True)
+  with torch.no_grad():
+    ref.in_proj_bias.uniform_(-0.5, 0.5)
+    ref.out_proj.bias.uniform_(-0.5, 0.5)
+    expected, _ = ref(torch.tensor(xq), torch.tensor(xkv), torch.tensor(xkv), key_padding_mask=torch.tensor(~key_mask))
+  mha = MultiHeadAttention(heads)
+  params = _init(mha, xq, xkv)['params']
+  assert params['query']['kernel'].shape == (e, heads, e // heads) and params['out']['kernel'].shape == (heads, e // heads, e)
+  w, bias = ref.in_proj_weight.detach().numpy(), ref.in_proj_bias.detach().numpy()
+  for i, name in enumerate(['query', 'key', 'value']):
+    params[name] = {'kernel': w[i * e:(i + 1) * e].T.reshape(e, heads, e // heads),
+                    'bias': bias[i * e:(i + 1) * e].reshape(heads, e // heads)}
+  params['out'] = {'kernel': ref.out_proj.weight.detach().numpy().T.reshape(heads, e // heads, e),
+                   'bias': ref.out_proj.bias.detach().numpy()}
+  out = jax.jit(mha.apply)({'params': params}, xq, xkv, key_mask=key_mask)
+  np.testing.assert_allclose(np.asarray(out), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- depthwise conv
+@pytest.mark.parametrize('stride', [1, 2])
+def test_depthwise_shifted_matches_grouped(stride):
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.standard_normal((2, 9, 9, 8)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 1, 8)), jnp.float32)
+  ct = None
+  results = {}
+  for impl in ['grouped', 'shifted']:
+    f = jax.jit(functools.partial(depthwise_conv2d, stride=stride, padding=1, impl=impl))
+    out, vjp = jax.vjp(f, x, kernel)
+    ct = jnp.asarray(rng.standard_normal(out.shape), jnp.float32) if ct is None else ct
+    results[impl] = (out, *vjp(ct))
+  size = {1: 9, 2: 5}[stride]
+  assert results['grouped'][0].shape == (2, size, size, 8)
+  for a, b in zip(results['grouped'], results['shifted']):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- MobileFaceNet
+def test_mobilefacenet_param_count():
+  shapes = jax.eval_shape(functools.partial(MobileFaceNet().init, train=False), KEY,
+                          jax.ShapeDtypeStruct((1, 112, 112, 3), jnp.float32))
+  n = sum(math.prod(p.shape) for p in jax.tree.leaves(shapes['params']))
+  assert abs(n - 0.94e6) / 0.94e6 < 0.01, n  # spec: 0.94 M
+  with pytest.raises(ValueError, match='112, 112, 3'):  # the reference turns 160 px into 8192-d features
+    jax.eval_shape(functools.partial(MobileFaceNet().init, train=False), KEY,
+                   jax.ShapeDtypeStruct((1, 160, 160, 3), jnp.float32))
+
+
+@pytest.fixture(scope='module')
+def mobilefacenet(av_model):
+  """MobileFaceNet with the variables of the AV model's visual backbone (saves an init compile)."""
+  variables = av_model[2]
+  model = MobileFaceNet()
+  images = np.random.default_rng(4).uniform(size=(3, 112, 112, 3)).astype(np.float32)
+  return model, {c: variables[c]['visual'] for c in variables}, images, jax.jit(functools.partial(model.apply, train=False))
+
+
+def _torch_mobilefacenet(torch):
+  """MobileFaceNet written directly from the spec layout (NCHW, PyTorch padding)."""
+  tnn = torch.nn
+
+  class CB(tnn.Module):
+    def __init__(self, cin, cout, k=1, stride=1, pad=0, groups=1, act=True):
+      super().__init__()
+      self.conv = tnn.Conv2d(cin, cout, k, stride, pad, groups=groups, bias=False)
+      self.bn = tnn.BatchNorm2d(cout)
+      self.prelu = tnn.PReLU(cout) if act else None
+
+    def forward(self, x):
+      x = self.bn(self.conv(x))
+      return self.prelu(x) if self.prelu is not None else x
+
+  class DW(tnn.Module):
+    def __init__(self, cin, cout, g, stride):
+      super().__init__()
+      self.expand, self.dw = CB(cin, g), CB(g, g, 3, stride, 1, groups=g)
+      self.project, self.residual = CB(g, cout, act=False), stride == 1
+
+    def forward(self, x):
+      y = self.project(self.dw(self.expand(x)))
+      return x + y if self.residual else y
+
+  class Net(tnn.Module):
+    def __init__(self):
+      super().__init__()
+      self.conv1, self.conv2_dw = CB(3, 64, 3, 2, 1), CB(64, 64, 3, 1, 1, groups=64)
+      self.blocks = tnn.ModuleList(
+          [DW(64, 64, 128, 2)] + [DW(64, 64, 128, 1) for _ in range(4)] + [DW(64, 128, 256, 2)]
+          + [DW(128, 128, 256, 1) for _ in range(6)] + [DW(128, 128, 512, 2)] + [DW(128, 128, 256, 1) for _ in range(2)])
+      self.conv6_sep, self.conv6_dw = CB(128, 512), CB(512, 512, 7, groups=512, act=False)
+
+    def forward(self, x):
+      x = self.conv2_dw(self.conv1((x - 0.5) / 0.5))
+      for blk in self.blocks:
+        x = blk(x)
+      return self.conv6_dw(self.conv6_sep(x)).flatten(1)
+
+  net = Net()
+  with torch.no_grad():
+    for m in net.modules():
+      if isinstance(m, tnn.BatchNorm2d):
+        m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
+        m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 1.5)
+      if isinstance(m, tnn.PReLU):
+        m.weight.uniform_(0.0, 0.5)
+  return net.eval()
+
+
+def _convert_mobilefacenet(net):
+  t = lambda a: a.detach().numpy()
+  hwio = lambda w: t(w).transpose(2, 3, 1, 0)
+
+  def cb(m):
+    p = {'conv': {'kernel': hwio(m.conv.weight)}, 'bn': {'scale': t(m.bn.weight), 'bias': t(m.bn.bias)}}
+    if m.prelu is not None:
+      p['prelu'] = {'negative_slope': t(m.prelu.weight)}
+    return p, {'bn': {'mean': t(m.bn.running_mean), 'var': t(m.bn.running_var)}}
+
+  params, stats = {}, {}
+  mods = {'conv1': net.conv1, 'conv2_dw': net.conv2_dw, 'conv6_sep': net.conv6_sep}
+  for name, m in mods.items():
+    params[name], stats[name] = cb(m)
+  for i, blk in enumerate(net.blocks):
+    parts = {s: cb(getattr(blk, s)) for s in ['expand', 'dw', 'project']}
+    params[f'dw{i}'] = {s: p for s, (p, _) in parts.items()}
+    stats[f'dw{i}'] = {s: st for s, (_, st) in parts.items()}
+  p, st = cb(net.conv6_dw)  # conv + BN, no PReLU
+  params['conv6_dw'], params['bn_out'], stats['bn_out'] = {'kernel': p['conv']['kernel']}, p['bn'], st['bn']
+  return {'params': params, 'batch_stats': stats}
+
+
+def test_mobilefacenet_matches_torch(mobilefacenet):
+  torch = pytest.importorskip('torch')
+  _, variables, images, apply_eval = mobilefacenet
+  net = _torch_mobilefacenet(torch)
+  converted = _convert_mobilefacenet(net)
+  assert jax.tree.structure(converted) == jax.tree.structure(_np(variables))
+  assert jax.tree.map(np.shape, converted) == jax.tree.map(np.shape, _np(variables))
+  with torch.no_grad():
+    expected = net(torch.tensor(images.transpose(0, 3, 1, 2))).numpy()
+  out = np.asarray(apply_eval(converted, images))
+  assert out.shape == (3, 512)
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_mobilefacenet_eval_is_per_image_and_deterministic(mobilefacenet):
+  _, variables, images, apply_eval = mobilefacenet
+  e1, e2 = np.asarray(apply_eval(variables, images)), np.asarray(apply_eval(variables, images[::-1]))
+  np.testing.assert_array_equal(e1, np.asarray(apply_eval(variables, images)))
+  np.testing.assert_allclose(e2[::-1], e1, rtol=1e-5, atol=1e-5 * np.abs(e1).max())
+
+
+# ----------------------------------------------------------------------------- audio CNN
+@pytest.mark.parametrize('name, lengths', [('zhao19', [2640, 660, 165, 41]), ('emo18', [1055, 131, 16]),
+                                           ('emo16', [5280, 528])])
+def test_audio_cnn_shapes(name, lengths):
+  table = AUDIO_CNN_TABLES[name]
+  model = AudioCNN1D(table)
+  x = jax.ShapeDtypeStruct((3, 10560), jnp.float32)
+  (out, variables) = jax.eval_shape(
+      lambda x: model.init_with_output(KEY, x, train=False, mutable=['params', 'batch_stats', 'intermediates']), x)
+  assert out.shape == (3, table[-1].features)
+  inter = variables['intermediates']
+  assert [inter[f'block{i}'][0].shape for i in range(len(table))] == [
+      (3, n, blk.features) for n, blk in zip(lengths, table)]
+
+
+@pytest.mark.parametrize('name', ['zhao19', 'emo16'])
+def test_audio_cnn_matches_torch(name):
+  torch = pytest.importorskip('torch')
+  tnn = torch.nn
+  table = AUDIO_CNN_TABLES[name]
+  layers, cin = [], 1
+  for blk in table:
+    layers += [tnn.Conv1d(cin, blk.features, blk.kernel_size, padding=blk.padding), tnn.BatchNorm1d(blk.features),
+               tnn.ELU(), tnn.MaxPool1d(blk.pool, blk.pool, blk.pool_padding)]
+    cin = blk.features
+  net = tnn.Sequential(*layers).eval()
+  params, stats = {}, {}
+  with torch.no_grad():
+    for i in range(len(table)):
+      conv, bn = net[4 * i], net[4 * i + 1]
+      bn.running_mean.uniform_(-0.2, 0.2), bn.running_var.uniform_(0.5, 1.5), bn.bias.uniform_(-0.2, 0.2)
+      params[f'conv{i}'] = {'kernel': conv.weight.numpy().transpose(2, 1, 0), 'bias': conv.bias.numpy()}
+      params[f'bn{i}'] = {'scale': bn.weight.numpy(), 'bias': bn.bias.numpy()}
+      stats[f'bn{i}'] = {'mean': bn.running_mean.numpy(), 'var': bn.running_var.numpy()}
+    x = np.random.default_rng(5).uniform(-1, 1, (2, 10560)).astype(np.float32)
+    expected = net(torch.tensor(x)[:, None, :]).mean(-1).numpy()
+  out = jax.jit(functools.partial(AudioCNN1D(table).apply, train=False))({'params': params, 'batch_stats': stats}, x)
+  np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_audio_cnn_kaiming_uniform_init():
+  params = _np(jax.jit(lambda: AudioCNN1D(AUDIO_CNN_TABLES['emo18']).init(KEY, jnp.zeros((1, 10560)), train=False))())
+  k = params['params']['conv1']['kernel']  # [6, 16, 32]: fan_in 96
+  bound = math.sqrt(6 / 96)
+  assert np.abs(k).max() <= bound and np.abs(k).max() > 0.9 * bound
+  np.testing.assert_array_equal(params['params']['conv1']['bias'], 0.0)
+
+
+# ----------------------------------------------------------------------------- fusion
+FUSION = dict(d_embedding=16, d_ff=8, num_heads=2, n_ca=2, n_cv=1, num_layers=1)
+
+
+def _fusion_inputs(b=2, t=5):
+  rng = np.random.default_rng(6)
+  audio, visual = rng.standard_normal((b, t, 6)).astype(np.float32), rng.standard_normal((b, t, 10)).astype(np.float32)
+  mask = np.ones((b, t), bool)
+  mask[1, 3:] = False
+  return audio, visual, mask
+
+
+@functools.lru_cache
+def _fusion_apply(train: bool, gated: bool, compat: bool):
+  """Jitted CrossModalFusion(**FUSION, ...).apply, shared between tests (one compile each)."""
+  model = CrossModalFusion(**FUSION, gated=gated, compat_reference_layers=compat)
+  return jax.jit(lambda v, a, vis, m: model.apply(v, a, vis, m, train=train, rngs={'dropout': DROPOUT_KEY}))
+
+
+@pytest.fixture(scope='module')
+def fusion_params():
+  audio, visual, mask = _fusion_inputs()
+  return _init(CrossModalFusion(**FUSION), audio, visual, mask, train=False)['params']
+
+
+def _torch_fusion(torch, params, audio, visual, mask, *, compat, gated):
+  """float64 eval-mode reference of CrossModalFusion written from the spec."""
+  F = torch.nn.functional
+  p = jax.tree.map(lambda a: torch.tensor(np.asarray(a), dtype=torch.float64), params)
+  m = torch.tensor(mask)
+  ln = lambda x, q: F.layer_norm(x, x.shape[-1:], q['scale'], q['bias'], eps=1e-5)
+  dense = lambda x, q: x @ q['kernel'] + q['bias']
+  gelu = lambda x: F.gelu(x)  # exact erf
+
+  def mha(xq, xkv, q):
+    heads = lambda x, w: torch.einsum('bte,enh->btnh', x, w['kernel']) + w['bias']
+    qq, kk, vv = heads(xq, q['query']), heads(xkv, q['key']), heads(xkv, q['value'])
+    logits = torch.einsum('btnh,bsnh->bnts', qq, kk) / math.sqrt(qq.shape[-1])
+    w = torch.softmax(logits.masked_fill(~m[:, None, None, :], -math.inf), -1)
+    return torch.einsum('bnts,bsnh->btnh', w, vv).flatten(2) @ q['out']['kernel'].flatten(0, 1) + q['out']['bias']
+
+  def front(x, q):
+    x = torch.tensor(x, dtype=torch.float64) * m[..., None]
+    y = F.conv1d(x.transpose(1, 2), q['conv']['kernel'].permute(2, 1, 0), q['conv']['bias'], padding=1).transpose(1, 2)
+    return y + torch.tensor(sinusoidal_pe(x.shape[1], y.shape[-1]), dtype=torch.float64)
+
+  def cross(s, x, q):
+    a = mha(ln(x, q['norm_tgt']), ln(s, q['norm_src']), q['attn'])
+    base = a if compat else x
+    y = q['alpha'] * a + (1 - q['alpha']) * base if gated else a + base
+    return y + gelu(dense(gelu(dense(ln(y, q['norm_ffn']), q['ffn_in'])), q['ffn_out']))
+
+  def self_layer(x, q):
+    x = ln(x + mha(x, x, q['attn']), q['norm_attn'])
+    return ln(x + dense(gelu(dense(x, q['ffn_in'])), q['ffn_out']), q['norm_ffn'])
+
+  def stack(src, tgt, n, prefix):
+    x = tgt
+    for i in range(n):
+      x = cross(src, tgt if compat else x, p[f'{prefix}_{i}'])
+    return x
+
+  a0, v0 = front(audio, p['audio_in']), front(visual, p['visual_in'])
+  x = torch.cat([stack(a0, v0, FUSION['n_ca'], 'a2v'), stack(v0, a0, FUSION['n_cv'], 'v2a')], -1)
+  for i in range(FUSION['num_layers']):
+    x = self_layer(x, p[f'self_{i}'])
+  return gelu(x).numpy()
+
+
+@pytest.mark.parametrize('compat, gated', [(False, False), (True, False), (False, True)])
+def test_cross_modal_fusion_matches_torch(fusion_params, compat, gated):
+  torch = pytest.importorskip('torch')
+  audio, visual, mask = _fusion_inputs()
+  params = fusion_params
+  if gated:  # the gated layer's only extra parameter: alpha (init 0.5), set to 0.3 here
+    params = {k: {**v, 'alpha': np.float32(0.3)} if k.startswith(('a2v', 'v2a')) else v for k, v in params.items()}
+    gated_init = functools.partial(CrossModalFusion(**FUSION, gated=True).init, train=False)
+    assert jax.tree.structure(params) == jax.tree.structure(jax.eval_shape(gated_init, KEY, audio, visual, mask)['params'])
+  apply = _fusion_apply(False, gated, compat)
+  out = np.asarray(apply({'params': params}, audio, visual, mask))
+  assert out.shape == (2, 5, FUSION['d_embedding'])
+  expected = _torch_fusion(torch, params, audio, visual, mask, compat=compat, gated=gated)
+  np.testing.assert_allclose(out[mask], expected[mask], rtol=1e-4, atol=1e-5)
+
+
+def test_compat_reference_layers_only_last_layer_counts(fusion_params):
+  audio, visual, mask = _fusion_inputs()
+  perturbed = {**fusion_params, 'a2v_0': jax.tree.map(lambda a: a + 0.5, fusion_params['a2v_0'])}
+  outs = {}
+  for compat in [False, True]:
+    apply = _fusion_apply(False, False, compat)
+    outs[compat] = [np.asarray(apply({'params': p}, audio, visual, mask)) for p in (fusion_params, perturbed)]
+  assert not np.allclose(outs[False][0], outs[True][0])  # same params, different computation
+  assert not np.allclose(outs[False][0], outs[False][1])  # stacked: layer 0 feeds layer 1
+  np.testing.assert_array_equal(outs[True][0], outs[True][1])  # compat: layer 0's output is discarded
+
+
+def test_fusion_ignores_padded_frames(fusion_params):
+  audio, visual, mask = _fusion_inputs()
+  noisy = lambda x: np.where(mask[..., None], x, 100.0).astype(np.float32)
+  for train in [False, True]:
+    apply = _fusion_apply(train, False, False)
+    clean = np.asarray(apply({'params': fusion_params}, audio, visual, mask))
+    dirty = np.asarray(apply({'params': fusion_params}, noisy(audio), noisy(visual), mask))
+    np.testing.assert_allclose(dirty[mask], clean[mask], rtol=1e-5, atol=1e-6)
+    assert np.isfinite(dirty).all()
+
+
+# ----------------------------------------------------------------------------- whole model
+def test_slice_audio_windows_matches_numpy():
+  rng = np.random.default_rng(8)
+  audio = rng.standard_normal((2, 50)).astype(np.float32)
+  offsets = rng.integers(0, 50 - 12 + 1, (2, 4)).astype(np.int32)
+  out = np.asarray(jax.jit(slice_audio_windows, static_argnums=2)(audio, offsets, 12))
+  expected = np.stack([np.stack([audio[b, o:o + 12] for o in offsets[b]]) for b in range(2)])
+  np.testing.assert_array_equal(out, expected)
+
+
+def _model_config(**overrides):
+  cfg = ml_collections.ConfigDict(dict(
+      name='cross_attn', modalities=('audio', 'visual'), visual_backbone='mobilefacenet', audio_backbone='zhao19',
+      audio_window=10560, d_embedding=16, d_ff=8, num_heads=2, n_ca=1, n_cv=1, num_layers=1, dropout=0.3, act='gelu',
+      gated=False, attention_impl='xla', depthwise_impl='auto', dtype='float32', compat_reference_layers=False))
+  cfg.update(overrides)
+  return cfg
+
+
+def _av_batch(b=2, t=3, window=10560, hop=533):
+  rng = np.random.default_rng(9)
+  mask = np.array([[True, True, False], [True, False, False]])
+  return dict(faces=rng.integers(0, 256, (b, t, 112, 112, 3), dtype=np.uint8),
+              audio=rng.uniform(-1, 1, (b, (t - 1) * hop + window)).astype(np.float32),
+              audio_offsets=np.tile(np.arange(t, dtype=np.int32) * hop, (b, 1)), mask=mask)
+
+
+@pytest.fixture(scope='module')
+def av_model():
+  """(model, batch, variables, step) for the default two-modality model built from a config.
+
+  `step(batch)` -> (variables, train-mode output, updated BN statistics): init (fixed key) and one
+  train-mode forward (dropout with a fixed key) in a single compiled function, so reruns are exact."""
+  model = build_model(_model_config())
+
+  def init_and_train_forward(batch):
+    variables = model.init(KEY, batch, train=False)
+    out, upd = model.apply(variables, batch, train=True, rngs={'dropout': DROPOUT_KEY}, mutable=['batch_stats'])
+    return variables, out, upd
+
+  batch = _av_batch()
+  step = jax.jit(init_and_train_forward)
+  return model, batch, step(batch)[0], step
+
+
+def test_av_model_train_step_and_padding(av_model):
+  """Train mode: every BN's running variance moves; changing padded frames' faces and audio windows leaves
+  the valid frames' outputs and the BN statistics unchanged; changing valid frames' inputs does not."""
+  model, batch, variables, step = av_model
+  assert isinstance(model, AudioVisualModel)
+  assert set(variables['params']) == {'visual', 'audio', 'fusion', 'va'}
+  _, out, upd = step(batch)
+  out = np.asarray(out)
+  assert out.shape == (2, 3, 2) and out.dtype == np.float32 and np.isfinite(out).all()
+  moved = jax.tree.map(lambda a, b: not np.allclose(a, b), _np(upd['batch_stats']), _np(variables['batch_stats']))
+  # (Means after zero-mean inputs and a bias-free 1x1 conv legitimately stay 0, so check the variances.)
+  assert all(m for path, m in jax.tree_util.tree_leaves_with_path(moved) if path[-1].key == 'var')
+  mask = batch['mask']
+  dirty = dict(batch, faces=np.where(mask[..., None, None, None], batch['faces'], 255 - batch['faces']),
+               audio_offsets=np.where(mask, batch['audio_offsets'], 7))
+  _, out_dirty, upd_dirty = step(dirty)
+  np.testing.assert_allclose(np.asarray(out_dirty)[mask], out[mask], rtol=1e-5, atol=1e-5)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), _np(upd_dirty), _np(upd))
+  for name, value in [('faces', 255 - batch['faces']), ('audio_offsets', batch['audio_offsets'] + 100)]:
+    changed = {**batch, name: np.where(mask[:, :, None, None, None] if name == 'faces' else mask, value, batch[name])}
+    assert not np.allclose(np.asarray(step(changed)[1])[mask], out[mask], rtol=1e-3, atol=1e-3), name
+
+
+@pytest.mark.parametrize('modality, inputs, width', [('audio', ('audio', 'audio_offsets'), 128), ('visual', ('faces',), 512)])
+def test_single_modality_models(modality, inputs, width):
+  """Built from a config and traced (eval_shape) without the other modality's inputs; the code they run
+  is the two-modality model's backbone path plus the fusion's single-modality path, both run elsewhere."""
+  model = build_model(_model_config(modalities=(modality,)))
+  batch = {k: v for k, v in _av_batch().items() if k in inputs + ('mask',)}
+  out, variables = jax.eval_shape(functools.partial(model.init_with_output, train=False), KEY, batch)
+  assert set(variables['params']) == {modality, 'fusion', 'va'}
+  assert variables['params']['fusion'][f'{modality}_in']['conv']['kernel'].shape == (3, width, 16)
+  assert out.shape == (2, 3, 2) and out.dtype == jnp.float32
+
+
+def test_fusion_single_modality_runs_and_masks():
+  _, visual, mask = _fusion_inputs()
+  model = CrossModalFusion(**FUSION)
+  variables = _init(model, None, visual, mask, train=False)
+  assert 'audio_in' not in variables['params'] and variables['params']['visual_in']['conv']['kernel'].shape == (3, 10, 16)
+  apply = jax.jit(lambda v: model.apply(variables, None, v, mask, train=False))
+  clean, dirty = np.asarray(apply(visual)), np.asarray(apply(np.where(mask[..., None], visual, 100.0)))
+  assert clean.shape == (2, 5, 16) and np.isfinite(dirty).all()
+  np.testing.assert_allclose(dirty[mask], clean[mask], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('field, value, allowed', [
+    ('visual_backbone', 'x', "['mobilefacenet']"), ('audio_backbone', 'vggish', "['emo16', 'emo18', 'zhao19']"),
+    ('name', 'mult', "['cross_attn']"), ('dtype', 'float16', "['float32', 'bfloat16']")])
+def test_build_model_rejects_unknown_names(field, value, allowed):
+  with pytest.raises(ValueError) as err:
+    build_model(_model_config(**{field: value}))
+  assert str(err.value) == f'config.model.{field}={value!r} is not one of {allowed}'
