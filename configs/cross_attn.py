@@ -27,7 +27,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   model.dropout = 0.3
   model.act = 'gelu'
   model.gated = False
-  model.attention_impl = ''  # '' = XLA; 'cudnn' on GPUs with bf16
+  model.attention_impl = 'xla'  # or 'cudnn' on GPUs with bfloat16
   model.depthwise_impl = 'auto'
   model.dtype = config.train.get_ref('dtype')
   model.compat_reference_layers = False  # rnn_attn bug 2: the reference multv2 layers

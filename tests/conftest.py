@@ -1,8 +1,12 @@
 """Tests run on CPU with 4 forced host devices, so that every step exercises the data-parallel path."""
 import os
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Runs in one session recompile the same steps: a persistent cache turns every repeat into a load.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(tempfile.gettempdir(), 'affjax-test-jax-cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 import pytest  # noqa: E402
 

@@ -43,7 +43,7 @@ def make_train_step(model, tx: optax.GradientTransformation, config):
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
     state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, param_updates),
                           batch_stats=updates.get('batch_stats', state.batch_stats), opt_state=opt_state)
-    metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads))
+    metrics = dict(aux, loss=loss, grad_norm=optax.tree.norm(grads))
     acc = dict({k: acc[k] + metrics[k] for k in ACCUMULATED}, steps=acc['steps'] + 1,
                nonfinite=acc['nonfinite'] + (~jnp.isfinite(loss)).astype(jnp.int32))
     return state, acc
