@@ -27,3 +27,17 @@ class MetricWriter:
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
+
+
+_CHATTY_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/grain/', '/jax/_src/')
+
+
+def quiet_library_info() -> None:
+  """Drops INFO lines of orbax, TFDS, grain and jax internals (dozens per checkpoint); warnings still show."""
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+
+  def keep(record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(s in record.pathname for s in _CHATTY_LIBRARIES)
+
+  for handler in std_logging.getLogger().handlers:
+    handler.addFilter(keep)

@@ -15,8 +15,10 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top  (nothing heavy at import: grain workers re-import this module)
 
   from affjax import config_validation, parallel  # pylint: disable=g-import-not-at-top
+  from affjax import logging as affjax_logging  # pylint: disable=g-import-not-at-top
   from affjax.train import loop  # pylint: disable=g-import-not-at-top
 
+  affjax_logging.quiet_library_info()
   parallel.maybe_initialize_distributed()
   jax.config.update('jax_threefry_partitionable', True)
   logging.info('process %d of %d, devices: %s', jax.process_index(), jax.process_count(), jax.devices())

@@ -1,0 +1,78 @@
+"""Throughput of the train step and of the input pipeline (frames/s), medians after warm-up.
+
+  python tools/bench_throughput.py --config=configs/cross_attn.py [--steps=10] [--config.train.batch_size=8]
+
+The train step runs on fixed batches already on device (compute only); the pipeline is timed alone, batch
+by batch, with the config's worker processes. Prints one markdown table row per measurement.
+"""
+import platform
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps / batches (after warm-up).')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps / batches first.')
+
+
+def _cpu_name() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    return platform.processor()
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from affjax import config_validation, models, parallel  # pylint: disable=g-import-not-at-top
+  from affjax.data import pipeline, prepare  # pylint: disable=g-import-not-at-top
+  from affjax.train import optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
+
+  config = _CONFIG.value
+  config_validation.validate(config)
+  records = pipeline.open_records(prepare.records_dir(config), 'train')
+  frames_per_batch = config.train.batch_size * config.data.window
+  device = f'{jax.devices()[0].device_kind} x{jax.device_count()} ({_cpu_name()}, {jax.local_device_count()} devices)'
+
+  def median_rate(times):
+    return frames_per_batch / float(np.median(times))
+
+  it = iter(pipeline.train_dataset(records, config))
+  times = []
+  for i in range(_WARMUP.value + _STEPS.value):
+    t = time.perf_counter()
+    batch = next(it)
+    if i >= _WARMUP.value:
+      times.append(time.perf_counter() - t)
+  it.close() if hasattr(it, 'close') else None
+  print(f'| input pipeline | {device} | {config.data.num_workers} workers | batch {config.train.batch_size}x'
+        f'{config.data.window} | {median_rate(times):.1f} frames/s |')
+
+  mesh = parallel.make_mesh()
+  model = models.build_model(config.model)
+  tx = optim.make_optimizer(config.optim, config.train.num_steps)
+  with jax.set_mesh(mesh):
+    state = jax.jit(lambda r: state_lib.create_state(model, tx, config, r),
+                    out_shardings=parallel.replicated(mesh))(jax.random.key(0))
+    acc = jax.device_put(step_lib.zero_accumulator(), parallel.replicated(mesh))
+    train_step = step_lib.make_train_step(model, tx, config)
+    global_batch = parallel.to_global(batch, mesh)
+    times = []
+    for i in range(_WARMUP.value + _STEPS.value):
+      t = time.perf_counter()
+      state, acc = train_step(state, acc, global_batch)
+      jax.block_until_ready(acc)
+      if i >= _WARMUP.value:
+        times.append(time.perf_counter() - t)
+  print(f'| train step ({config.model.name}, {"+".join(config.model.modalities)}, {config.train.dtype}) | {device} '
+        f'| - | batch {config.train.batch_size}x{config.data.window} | {median_rate(times):.1f} frames/s '
+        f'({float(np.median(times)):.2f} s/step) |')
+
+
+if __name__ == '__main__':
+  app.run(main)
