@@ -40,15 +40,10 @@ class Experiment:
   def records(self, split: str) -> pipeline.Records:
     return pipeline.open_records(self.records_dir, split)
 
-  def evaluate(self, split: str, *, write: bool) -> tuple[dict[str, float] | None, list]:
-    """Predicts every frame of `split`; returns its metrics (None without annotations) and predictions."""
-    records = self.records(split)
+  def predict(self, split: str) -> list[evaluate.VideoPredictions]:
+    """Predicts every frame of every video of `split` with the current state."""
     with jax.set_mesh(self.mesh):
-      videos = evaluate.predict_split(self.state, self.eval_step, records, self.config, self.mesh)
-    if write and jax.process_index() == 0:
-      return evaluate.write_split(self.workdir, split, videos), videos
-    annotated = any(v.label_mask.any() for v in videos)
-    return (evaluate.split_metrics(videos) if annotated else None), videos
+      return evaluate.predict_split(self.state, self.eval_step, self.records(split), self.config, self.mesh)
 
   def restore_for_evaluation(self) -> int:
     """Loads the best checkpoint (by validation mean CCC), else the latest; returns its step."""
@@ -66,8 +61,7 @@ def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
   """Trains config.train.num_steps steps (resuming from the latest checkpoint), then evaluates the best one."""
   exp = Experiment(config, workdir)
   try:
-    _train(exp)
-    return _final_evaluation(exp)
+    return _final_evaluation(exp, last_validation=_train(exp))
   finally:
     exp.close()
 
@@ -80,12 +74,20 @@ def evaluate_only(config, workdir) -> dict[str, dict[str, float] | None]:
     exp.close()
 
 
-def _final_evaluation(exp: Experiment) -> dict[str, dict[str, float] | None]:
+def _final_evaluation(exp: Experiment, last_validation=None) -> dict[str, dict[str, float] | None]:
+  """Scores the best checkpoint on config.eval.splits and writes metrics and ABAW files (process 0).
+
+  `last_validation` = (step, predictions) of the evaluation that ended training, reused if that step is best.
+  """
   step = exp.restore_for_evaluation()
   results = {}
   for split in exp.config.eval.splits:
-    if exp.records(split).videos:
-      results[split], _ = exp.evaluate(split, write=True)
+    if not exp.records(split).videos:
+      continue
+    reuse = split == 'validation' and last_validation is not None and last_validation[0] == step
+    videos = last_validation[1] if reuse else exp.predict(split)
+    if jax.process_index() == 0:
+      results[split] = evaluate.write_split(exp.workdir, split, videos)
       logging.info('step %d %s: %s', step, split, results[split])
   if jax.process_index() == 0:
     (exp.workdir / 'eval').mkdir(exist_ok=True)
@@ -93,16 +95,17 @@ def _final_evaluation(exp: Experiment) -> dict[str, dict[str, float] | None]:
   return results
 
 
-def _train(exp: Experiment) -> None:
+def _train(exp: Experiment):
+  """Trains to config.train.num_steps; returns (step, validation predictions) of its last evaluation, if any."""
   config, train_cfg = exp.config, exp.config.train
   has_validation = bool(exp.records('validation').videos)
-  train_iter = iter(pipeline.train_dataset(exp.records('train'), config))
   start = exp.checkpoints.latest_step() or 0
+  if start >= train_cfg.num_steps:
+    return None
+  train_iter = iter(pipeline.train_dataset(exp.records('train'), config))
   if start:
     exp.state = exp.checkpoints.restore(start, exp.state, train_iter)
     logging.info('resumed from the checkpoint of step %d', start)
-  if start >= train_cfg.num_steps:
-    return
   writer = affjax_logging.MetricWriter(exp.workdir)
   profiler = profiling.StepProfiler(exp.workdir, first=start + train_cfg.first_profile,
                                     num_steps=train_cfg.profile_steps)
@@ -111,6 +114,7 @@ def _train(exp: Experiment) -> None:
   frames_per_step = train_cfg.batch_size * config.data.window
   progress = tqdm.tqdm(total=train_cfg.num_steps, initial=start, desc='train', unit='step',
                        disable=jax.process_index() != 0, dynamic_ncols=True)
+  last_validation = None
   with jax.set_mesh(exp.mesh):
     acc = jax.device_put(step_lib.zero_accumulator(), parallel.replicated(exp.mesh))
     window_start, data_wait = time.perf_counter(), 0.0
@@ -141,7 +145,8 @@ def _train(exp: Experiment) -> None:
           window_start, data_wait = time.perf_counter(), 0.0
         metrics = None
         if has_validation and (done % train_cfg.eval_every == 0 or last):
-          metrics, videos = exp.evaluate('validation', write=False)
+          videos = exp.predict('validation')
+          metrics, last_validation = evaluate.split_metrics(videos), (done, videos)
           writer.scalars(done, {f'validation/{k}': v for k, v in metrics.items()})
           writer.image(done, 'validation/trace', evaluate.trace_image(videos[0]))
           progress.write(f'step {done}: validation ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
@@ -154,6 +159,7 @@ def _train(exp: Experiment) -> None:
       writer.close()
       with contextlib.suppress(AttributeError):
         train_iter.close()
+  return last_validation
 
 
 def _check_finite(acc: dict, step: int, checkpoints: checkpoint.Checkpointer) -> dict:
