@@ -133,9 +133,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_tree, tmp_path, monk
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
-def test_smoke_run_writes_metrics_and_abaw_files(tiny_tree, tmp_path):
+def test_smoke_run_writes_metrics_abaw_files_events_and_profile(tiny_tree, tmp_path):
   config = smoke_config(tiny_tree, tmp_path)
+  config.train.update(profile_steps=2, first_profile=1)
   results = loop.train_and_evaluate(config, tmp_path / 'run')
+  assert list((tmp_path / 'run').glob('events.out.tfevents.*'))  # tensorboardX scalars and traces
+  assert list((tmp_path / 'run' / 'plugins' / 'profile').glob('*/*.xplane.pb'))  # jax.profiler trace
   metrics = json.loads((tmp_path / 'run' / 'eval' / 'validation' / 'metrics.json').read_text())
   assert set(metrics) == {'ccc_valence', 'ccc_arousal', 'ccc_mean', 'num_frames'}
   assert metrics == pytest.approx(results['validation'])
