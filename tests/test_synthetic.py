@@ -131,7 +131,7 @@ def test_ensure_reuses_and_replaces(tmp_path):
   root = tmp_path / 'tree'
   assert synthetic.ensure(root, **SMALLEST) == root
   marker = root / '.complete'
-  assert json.loads(marker.read_text()) == dict(SMALLEST, image_size=112, seed=0)
+  assert json.loads(marker.read_text()) == dict(SMALLEST, image_size=112, seed=0, version=synthetic.VERSION)
   (root / 'va_test_set.txt').write_text('touched\n')   # a reused tree is not rewritten
   synthetic.ensure(root, **SMALLEST, seed=0)
   assert (root / 'va_test_set.txt').read_text() == 'touched\n'

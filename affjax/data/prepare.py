@@ -21,7 +21,7 @@ def source_tree(config) -> pathlib.Path:
   if data.manual_dir:
     return pathlib.Path(data.manual_dir).expanduser()
   kwargs = dict(data.synthetic.to_dict(), image_size=data.image_size)
-  root = pathlib.Path(data.cache_dir).expanduser() / 'synthetic' / _tag(kwargs)
+  root = pathlib.Path(data.cache_dir).expanduser() / 'synthetic' / _tag(dict(kwargs, version=synthetic.VERSION))
   logging.info('no --config.data.manual_dir given: using the synthetic Aff-Wild2 tree %s', root)
   if jax.process_index() == 0:
     synthetic.ensure(root, **kwargs)

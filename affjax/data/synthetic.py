@@ -14,11 +14,13 @@ What encodes the labels (so faces alone give valence, audio alone arousal, and b
   position and size vary per person), uniform pixel noise in [-8, 7]:
   - valence, strongly: the mouth bends from a frown (v = -1) to a smile (v = +1), depth 0.25 of
     the head's half-height, and the skin shifts by v * (+40, 0, -40) in RGB (warmer when positive);
-  - arousal, weakly: eye opening, from 4% to 18% of the head's half-height.
+  - arousal, weakly: eye opening, from 6% to 13% of the head's half-height.
 - audio (a voice: harmonic tone with 5.5 Hz vibrato and a syllable envelope, plus noise):
   - arousal, strongly: f0 = 100 + 80 * (a + 1) Hz and amplitude 0.05 + 0.175 * (a + 1), syllables
     from 3.5 to 5 per second;
-  - valence, weakly: brightness, the k-th harmonic's amplitude is k ** -(1.6 - 0.25 * v);
+  - valence, weakly: brightness, the k-th harmonic's amplitude is k ** -(tilt - 0.08 * v) with a
+    per-video tilt in [1.4, 1.8], so across speakers brightness says little about valence (version 1
+    used 1.6 - 0.25 v, and audio alone then predicted valence nearly as well as faces);
     a `_left`/`_right` pair's voice uses the mean of the two valences.
 
 Quirks of the real release that every tree has (the reader's reports show them): a run of -5
@@ -57,6 +59,9 @@ TEST_LIST = 'va_test_set.txt'
 ANNOTATION_DIRS = {'train': 'Train_Set', 'validation': 'Validation_Set'}
 EXTRA_LABEL_FRAMES = 3  # curves run this far past a video so a long annotation continues smoothly
 
+
+# Bumped whenever the trees change: `ensure` regenerates a tree made by another version.
+VERSION = 2
 
 @dataclasses.dataclass(frozen=True)
 class Person:
@@ -104,7 +109,7 @@ def draw_face(person: Person, valence: float, arousal: float, size: int,
   rx, ry = person.radii[0] * size, person.radii[1] * size
   skin = np.clip(person.skin + valence * np.array([40.0, 0.0, -40.0]), 0, 255)
   draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=tuple(int(c) for c in skin))
-  eye_w, eye_h = 0.22 * rx, ry * (0.04 + 0.07 * (arousal + 1))
+  eye_w, eye_h = 0.22 * rx, ry * (0.06 + 0.035 * (arousal + 1))
   for ex in (cx - 0.4 * rx, cx + 0.4 * rx):
     ey = cy - 0.25 * ry
     draw.ellipse([ex - eye_w / 2, ey - eye_h / 2, ex + eye_w / 2, ey + eye_h / 2],
@@ -126,9 +131,9 @@ def voice(valence: np.ndarray, arousal: np.ndarray, fps: float, sample_rate: int
   a = np.interp(frame_pos, np.arange(len(arousal)), arousal)
   f0 = (100 + 80 * (a + 1)) * (1 + 0.02 * np.sin(2 * np.pi * 5.5 * t + rng.uniform(0, 2 * np.pi)))
   phase = 2 * np.pi * np.cumsum(f0) / sample_rate
-  # Harmonic k has amplitude k ** -(1.6 - 0.25 v): a table per frame, interpolated per sample;
+  # Harmonic k has amplitude k ** -(tilt - 0.08 v): a table per frame, interpolated per sample;
   # sin(k phase) by the recurrence sin((k+1)x) = 2 cos(x) sin(kx) - sin((k-1)x).
-  exponents = 1.6 - 0.25 * np.asarray(valence)
+  exponents = rng.uniform(1.4, 1.8) - 0.08 * np.asarray(valence)
   table = np.arange(1, 11)[None, :] ** -exponents[:, None]
   table /= table.sum(1, keepdims=True)
   two_cos, previous, current = 2 * np.cos(phase), np.zeros_like(phase), np.sin(phase)
@@ -304,7 +309,8 @@ def ensure(root, **kwargs) -> pathlib.Path:
   root = pathlib.Path(root)
   bound = inspect.signature(generate).bind(root, **kwargs)
   bound.apply_defaults()
-  config = {k: v for k, v in bound.arguments.items() if k != 'root'}
+  arguments = {k: v for k, v in bound.arguments.items() if k != 'root'}
+  config = dict(arguments, version=VERSION)
   if _completed_with(root) == config:
     return root
   if root.is_dir() and any(root.iterdir()) and _completed_with(root) is None:
@@ -313,7 +319,7 @@ def ensure(root, **kwargs) -> pathlib.Path:
   root.parent.mkdir(parents=True, exist_ok=True)
   work = pathlib.Path(tempfile.mkdtemp(prefix=f'.{root.name}.', dir=root.parent))
   try:
-    generate(work / 'tree', **config)
+    generate(work / 'tree', **arguments)
     (work / 'tree' / '.complete').write_text(json.dumps(config, sort_keys=True))
     if _completed_with(root) != config:  # else a concurrent ensure finished first: keep its tree
       if root.exists():  # a tree generated with other arguments, or an empty folder
