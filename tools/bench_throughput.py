@@ -49,7 +49,8 @@ def main(argv):
     batch = next(it)
     if i >= _WARMUP.value:
       times.append(time.perf_counter() - t)
-  it.close() if hasattr(it, 'close') else None
+  if hasattr(it, 'close'):  # stops the grain worker processes
+    it.close()
   print(f'| input pipeline | {device} | {config.data.num_workers} workers | batch {config.train.batch_size}x'
         f'{config.data.window} | {median_rate(times):.1f} frames/s |')
 
