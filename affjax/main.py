@@ -1,4 +1,6 @@
 """Entry point: python -m affjax.main --config=configs/cross_attn.py --workdir=DIR [--mode=train|eval]."""
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -21,6 +23,8 @@ def main(argv):
   affjax_logging.quiet_library_info()
   parallel.maybe_initialize_distributed()
   jax.config.update('jax_threefry_partitionable', True)
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):  # reruns and resumes load compiled steps instead of recompiling
+    jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.expanduser(_CONFIG.value.data.cache_dir), 'jax'))
   logging.info('process %d of %d, devices: %s', jax.process_index(), jax.process_count(), jax.devices())
   config_validation.validate(_CONFIG.value)
   run = loop.train_and_evaluate if _MODE.value == 'train' else loop.evaluate_only

@@ -38,10 +38,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.optim.warmup_steps = 20
   config.train.batch_size = 4
   config.eval.batch_size = 8
-  config.train.num_steps = 220
+  config.train.num_steps = 200
   config.train.log_every = 10
-  config.train.eval_every = 110
-  config.train.checkpoint_every = 55
+  config.train.eval_every = 100
+  config.train.checkpoint_every = 50
   return apply_variants(config, arg)
 
 

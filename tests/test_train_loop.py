@@ -24,9 +24,8 @@ def smoke_config(tiny_tree, tmp_path, variant='smoke,audio'):
 
 def one_step_on(devices, model, tx, config, batch):
   mesh = jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+  state = state_lib.initial_state(model, tx, config, mesh, seed=0)
   with jax.set_mesh(mesh):
-    state = jax.jit(lambda r: state_lib.create_state(model, tx, config, r),
-                    out_shardings=parallel.replicated(mesh))(jax.random.key(0))
     acc = jax.device_put(step_lib.zero_accumulator(), parallel.replicated(mesh))
     state, acc = step_lib.make_train_step(model, tx, config)(state, acc, parallel.to_global(batch, mesh))
     return jax.device_get((state.params, state.batch_stats, acc['loss']))

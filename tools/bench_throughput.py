@@ -57,9 +57,8 @@ def main(argv):
   mesh = parallel.make_mesh()
   model = models.build_model(config.model)
   tx = optim.make_optimizer(config.optim, config.train.num_steps)
+  state = state_lib.initial_state(model, tx, config, mesh, seed=0)
   with jax.set_mesh(mesh):
-    state = jax.jit(lambda r: state_lib.create_state(model, tx, config, r),
-                    out_shardings=parallel.replicated(mesh))(jax.random.key(0))
     acc = jax.device_put(step_lib.zero_accumulator(), parallel.replicated(mesh))
     train_step = step_lib.make_train_step(model, tx, config)
     global_batch = parallel.to_global(batch, mesh)

@@ -31,9 +31,7 @@ class Experiment:
     self.mesh = parallel.make_mesh()
     self.model = models.build_model(config.model)
     self.tx = optim.make_optimizer(config.optim, config.train.num_steps)
-    with jax.set_mesh(self.mesh):
-      self.state = jax.jit(lambda rng: state_lib.create_state(self.model, self.tx, config, rng),
-                           out_shardings=parallel.replicated(self.mesh))(jax.random.key(config.seed))
+    self.state = state_lib.initial_state(self.model, self.tx, config, self.mesh, config.seed)
     self.checkpoints = checkpoint.Checkpointer(self.workdir, keep=config.train.keep_checkpoints)
     self.eval_step = step_lib.make_eval_step(self.model)
 

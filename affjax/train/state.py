@@ -8,7 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from affjax import parallel
 from affjax.data import pipeline
+from affjax.models import torch_convert
 
 
 @flax.struct.dataclass
@@ -30,11 +32,28 @@ def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
               audio_offsets=np.zeros((batch_size, t), np.int32), mask=np.ones((batch_size, t), bool))
 
 
-def create_state(model, tx, config, rng: jax.Array) -> TrainState:
-  """Initialises the model on an example batch; jit this with replicated out_shardings."""
+def init_variables(model, config, rng: jax.Array) -> tuple[dict[str, Any], jax.Array]:
+  """The model's initial variables, from an example batch of one window, and the train state's key."""
   init_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
   variables = model.init({'params': init_rng, 'dropout': dropout_rng},
                          jax.tree.map(jnp.asarray, example_batch(config, 1)), train=False)
+  return variables, state_rng
+
+
+def create_state(model, tx, config, rng: jax.Array, pretrained=None) -> TrainState:
+  """Initialises the model, puts in the `pretrained` parts (from `torch_convert.load_pretrained`), and
+  initialises the optimiser on the result; jit this with replicated out_shardings."""
+  variables, state_rng = init_variables(model, config, rng)
+  variables = torch_convert.merge_pretrained(variables, pretrained or {})
   params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params), rng=state_rng)
+
+
+def initial_state(model, tx, config, mesh: jax.sharding.Mesh, seed: int) -> TrainState:
+  """The train state replicated over `mesh`, with the converted checkpoints `config.model.pretrained` names."""
+  abstract, _ = jax.eval_shape(lambda r: init_variables(model, config, r), jax.random.key(seed))
+  pretrained = torch_convert.load_pretrained(config.model.get('pretrained', {}), abstract)
+  with jax.set_mesh(mesh):
+    return jax.jit(lambda r, p: create_state(model, tx, config, r, p),
+                   out_shardings=parallel.replicated(mesh))(jax.random.key(seed), pretrained)

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from affjax.models.torch_convert import StateDictReader
+
 Array = jax.Array
 
 
@@ -58,3 +60,13 @@ class AudioCNN1D(nn.Module):
       x = nn.max_pool(x, (blk.pool,), strides=(blk.pool,), padding=((blk.pool_padding, blk.pool_padding),))
       self.sow('intermediates', f'block{i}', x)
     return jnp.mean(x, axis=1)
+
+
+def from_torch(blocks: tuple[Block1D, ...], sd: StateDictReader, prefix: str = '') -> dict[str, dict]:
+  """Variables from a PyTorch `nn.Sequential` of [Conv1d, BatchNorm1d, ELU, MaxPool1d] per block
+  (End2You's `Base` layout: tensors `<prefix><4i>.weight`, `<prefix><4i+1>.running_mean`, ...)."""
+  params, stats = {}, {}
+  for i in range(len(blocks)):
+    params[f'conv{i}'] = sd.conv(f'{prefix}{4 * i}', bias=True)
+    params[f'bn{i}'], stats[f'bn{i}'] = sd.batch_norm(f'{prefix}{4 * i + 1}')
+  return {'params': params, 'batch_stats': stats}

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from affjax.models.layers import DepthwiseConv, PointwiseConv, torch_kernel_init
+from affjax.models.torch_convert import StateDictReader
 
 Array = jax.Array
 
@@ -127,3 +128,30 @@ class MobileFaceNet(nn.Module):
     x = GlobalDepthwiseConv(self.dtype, name='conv6_dw')(x)
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                         name='bn_out')(x, mask=None if mask is None else mask[:, None])
+
+
+def from_torch(sd: StateDictReader) -> dict[str, dict]:
+  """Variables from a PyTorch MobileFaceNet state dict with the module names
+  `conv1`, `conv2_dw`, `blocks.<i>.{expand,dw,project}`, `conv6_sep`, `conv6_dw` (each `.conv`, `.bn`,
+  `.prelu`); the output layer of a face-alignment checkpoint, if any, is left out."""
+
+  def conv_block(prefix: str, act: bool = True):
+    bn, stats = sd.batch_norm(f'{prefix}.bn')
+    params = {'conv': sd.conv(f'{prefix}.conv'), 'bn': bn}
+    if act:
+      params['prelu'] = {'negative_slope': sd[f'{prefix}.prelu.weight']}
+    return params, {'bn': stats}
+
+  params, stats = {}, {}
+  for name in ('conv1', 'conv2_dw', 'conv6_sep'):
+    params[name], stats[name] = conv_block(name)
+  i = 0
+  for _, _, _, repeats in STAGES:
+    for _ in range(repeats):
+      parts = {p: conv_block(f'blocks.{i}.{p}', act=p != 'project') for p in ('expand', 'dw', 'project')}
+      params[f'dw{i}'] = {p: v for p, (v, _) in parts.items()}
+      stats[f'dw{i}'] = {p: s for p, (_, s) in parts.items()}
+      i += 1
+  params['conv6_dw'] = sd.conv('conv6_dw.conv')
+  params['bn_out'], stats['bn_out'] = sd.batch_norm('conv6_dw.bn')
+  return {'params': params, 'batch_stats': stats}
