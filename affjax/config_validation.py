@@ -4,6 +4,7 @@ from __future__ import annotations
 import pathlib
 
 import jax
+from absl import logging
 
 _DTYPES = ('float32', 'bfloat16')
 _MODALITIES = ('audio', 'visual')
@@ -64,6 +65,30 @@ def validate(config) -> None:
   if 'visual' in modalities and model.get('visual_backbone') == 'mobilefacenet':
     _require(data.image_size == 112, 'data.image_size', data.image_size,
              'MobileFaceNet needs 112x112 faces: set config.data.image_size=112')
+  _validate_training_scheme(config)
   for split in config.eval.splits:
     _require(split in ('train', 'validation', 'test'), 'eval.splits', tuple(config.eval.splits),
              "every split must be one of 'train', 'validation', 'test'")
+
+
+def _validate_training_scheme(config) -> None:
+  """Frozen parts, two-stage fine-tuning, pretrained files and the auxiliary head fit together."""
+  model, train = config.model, config.train
+  modalities, frozen = tuple(model.modalities), tuple(model.get('frozen', ()))
+  _require(set(frozen) <= set(modalities), 'model.frozen', frozen,
+           f'can only name backbones the model has: {modalities}')
+  _require(0 <= train.unfreeze_step < train.num_steps, 'train.unfreeze_step', train.unfreeze_step,
+           f'must be in [0, config.train.num_steps={train.num_steps})')
+  _require(not train.unfreeze_step or frozen, 'train.unfreeze_step', train.unfreeze_step,
+           'two-stage fine-tuning needs frozen backbones in config.model.frozen, e.g. ("visual", "audio")')
+  for part, path in model.get('pretrained', {}).items():
+    _require(not path or pathlib.Path(path).expanduser().is_file(), f'model.pretrained.{part}', path,
+             'is not a file: give the .msgpack that tools/convert_torch.py wrote, or leave it empty')
+  for part in frozen:
+    if not model.get('pretrained', {}).get(part):
+      logging.warning('config.model.frozen holds %r, which has no pretrained weights (config.model.pretrained.%s): '
+                      'its random features stay fixed', part, part)
+  _require(config.loss.aux_weight >= 0, 'loss.aux_weight', config.loss.aux_weight, 'must be >= 0')
+  needs_aux = config.loss.aux_weight > 0 or config.compat.get('arousal_ccc_on_cat_logit', False)
+  _require(not needs_aux or model.get('aux_classes', 0) == 24, 'model.aux_classes', model.get('aux_classes', 0),
+           'must be 24 when config.loss.aux_weight > 0 or config.compat.arousal_ccc_on_cat_logit is set')

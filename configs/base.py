@@ -13,6 +13,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.manual_dir = ''  # the Aff-Wild2 release tree; '' trains on the synthetic tree (generated once)
   data.cache_dir = '~/.cache/affjax'  # synthetic trees and records live here unless records_dir is set
   data.records_dir = ''  # where the ArrayRecord shards are written; '' = <cache_dir>/records/<source>
+  data.features_dir = ''  # a feature cache (tools/cache_features.py) to train the fusion on, instead of the frames
   data.test_list = 'va_test_set.txt'  # test video names, relative to manual_dir (or absolute)
   data.chunk_size = 32  # frames per record; fixed when the records are built
   data.window = 8  # T, frames per training/evaluation window
@@ -33,6 +34,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   config.loss.ccc_weights = (0.5, 0.5)  # (valence, arousal) weights of 1 - CCC
   config.loss.mse_weight = 0.0
+  config.loss.aux_weight = 0.0  # weight of the auxiliary head's cross-entropy (models that have one)
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.learning_rate = 1e-3
@@ -43,6 +45,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   optim.warmup_steps = 50
   optim.restart_period = 0  # T0 of cosine warm restarts in steps; 0 = one cosine decay over the run
   optim.grad_clip_norm = 0.0  # 0 = no clipping
+  optim.finetune_learning_rate = 1e-4  # every parameter's rate after train.unfreeze_step
 
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 16  # global, over every device of every host
@@ -50,6 +53,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   train.log_every = 25
   train.eval_every = 250
   train.checkpoint_every = 250
+  train.unfreeze_step = 0  # > 0: model.frozen parts train from this step on (two-stage fine-tuning)
   train.keep_checkpoints = 1  # latest N kept, plus the best by validation mean CCC
   train.dtype = 'float32'  # compute dtype of the backbones: float32 | bfloat16
   train.profile_steps = 0  # > 0: capture a jax.profiler trace of this many steps after `first_profile`

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from affjax.models import build_model
+from affjax.models import build_model, converters
 from affjax.models.attention import MultiHeadAttention, dot_product_attention
 from affjax.models.av_model import AudioVisualModel, slice_audio_windows
 from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES, AudioCNN1D
@@ -205,34 +205,11 @@ def _torch_mobilefacenet(torch):
   return net.eval()
 
 
-def _convert_mobilefacenet(net):
-  t = lambda a: a.detach().numpy()
-  hwio = lambda w: t(w).transpose(2, 3, 1, 0)
-
-  def cb(m):
-    p = {'conv': {'kernel': hwio(m.conv.weight)}, 'bn': {'scale': t(m.bn.weight), 'bias': t(m.bn.bias)}}
-    if m.prelu is not None:
-      p['prelu'] = {'negative_slope': t(m.prelu.weight)}
-    return p, {'bn': {'mean': t(m.bn.running_mean), 'var': t(m.bn.running_var)}}
-
-  params, stats = {}, {}
-  mods = {'conv1': net.conv1, 'conv2_dw': net.conv2_dw, 'conv6_sep': net.conv6_sep}
-  for name, m in mods.items():
-    params[name], stats[name] = cb(m)
-  for i, blk in enumerate(net.blocks):
-    parts = {s: cb(getattr(blk, s)) for s in ['expand', 'dw', 'project']}
-    params[f'dw{i}'] = {s: p for s, (p, _) in parts.items()}
-    stats[f'dw{i}'] = {s: st for s, (_, st) in parts.items()}
-  p, st = cb(net.conv6_dw)  # conv + BN, no PReLU
-  params['conv6_dw'], params['bn_out'], stats['bn_out'] = {'kernel': p['conv']['kernel']}, p['bn'], st['bn']
-  return {'params': params, 'batch_stats': stats}
-
-
 def test_mobilefacenet_matches_torch(mobilefacenet):
   torch = pytest.importorskip('torch')
   _, variables, images, apply_eval = mobilefacenet
   net = _torch_mobilefacenet(torch)
-  converted = _convert_mobilefacenet(net)
+  converted = converters.convert('mobilefacenet', {k: v.numpy() for k, v in net.state_dict().items()})
   assert jax.tree.structure(converted) == jax.tree.structure(_np(variables))
   assert jax.tree.map(np.shape, converted) == jax.tree.map(np.shape, _np(variables))
   with torch.no_grad():
@@ -275,17 +252,15 @@ def test_audio_cnn_matches_torch(name):
                tnn.ELU(), tnn.MaxPool1d(blk.pool, blk.pool, blk.pool_padding)]
     cin = blk.features
   net = tnn.Sequential(*layers).eval()
-  params, stats = {}, {}
   with torch.no_grad():
     for i in range(len(table)):
-      conv, bn = net[4 * i], net[4 * i + 1]
+      bn = net[4 * i + 1]
       bn.running_mean.uniform_(-0.2, 0.2), bn.running_var.uniform_(0.5, 1.5), bn.bias.uniform_(-0.2, 0.2)
-      params[f'conv{i}'] = {'kernel': conv.weight.numpy().transpose(2, 1, 0), 'bias': conv.bias.numpy()}
-      params[f'bn{i}'] = {'scale': bn.weight.numpy(), 'bias': bn.bias.numpy()}
-      stats[f'bn{i}'] = {'mean': bn.running_mean.numpy(), 'var': bn.running_var.numpy()}
     x = np.random.default_rng(5).uniform(-1, 1, (2, 10560)).astype(np.float32)
     expected = net(torch.tensor(x)[:, None, :]).mean(-1).numpy()
-  out = jax.jit(functools.partial(AudioCNN1D(table).apply, train=False))({'params': params, 'batch_stats': stats}, x)
+  state_dict = {f'audio_model.{k}': v.numpy() for k, v in net.state_dict().items()}
+  variables = converters.convert(name, state_dict, prefix='audio_model.')
+  out = jax.jit(functools.partial(AudioCNN1D(table).apply, train=False))(variables, x)
   np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-4, atol=1e-5)
 
 
@@ -419,7 +394,8 @@ def _model_config(**overrides):
   cfg = ml_collections.ConfigDict(dict(
       name='cross_attn', modalities=('audio', 'visual'), visual_backbone='mobilefacenet', audio_backbone='zhao19',
       audio_window=10560, d_embedding=16, d_ff=8, num_heads=2, n_ca=1, n_cv=1, num_layers=1, dropout=0.3, act='gelu',
-      gated=False, attention_impl='xla', depthwise_impl='auto', dtype='float32', compat_reference_layers=False))
+      gated=False, attention_impl='xla', depthwise_impl='auto', dtype='float32', compat_reference_layers=False,
+      num_bins=1, aux_classes=0, frozen=()))
   cfg.update(overrides)
   return cfg
 
@@ -443,7 +419,7 @@ def av_model():
   def init_and_train_forward(batch):
     variables = model.init(KEY, batch, train=False)
     out, upd = model.apply(variables, batch, train=True, rngs={'dropout': DROPOUT_KEY}, mutable=['batch_stats'])
-    return variables, out, upd
+    return variables, out['va'], upd
 
   batch = _av_batch()
   step = jax.jit(init_and_train_forward)
@@ -482,7 +458,7 @@ def test_single_modality_models(modality, inputs, width):
   out, variables = jax.eval_shape(functools.partial(model.init_with_output, train=False), KEY, batch)
   assert set(variables['params']) == {modality, 'fusion', 'va'}
   assert variables['params']['fusion'][f'{modality}_in']['conv']['kernel'].shape == (3, width, 16)
-  assert out.shape == (2, 3, 2) and out.dtype == jnp.float32
+  assert out['va'].shape == (2, 3, 2) and out['va'].dtype == jnp.float32
 
 
 def test_fusion_single_modality_runs_and_masks():
@@ -498,7 +474,7 @@ def test_fusion_single_modality_runs_and_masks():
 
 @pytest.mark.parametrize('field, value, allowed', [
     ('visual_backbone', 'x', "['mobilefacenet']"), ('audio_backbone', 'vggish', "['emo16', 'emo18', 'zhao19']"),
-    ('name', 'mult', "['cross_attn']"), ('dtype', 'float16', "['float32', 'bfloat16']")])
+    ('name', 'mult', "['cross_attn', 'self_attn']"), ('dtype', 'float16', "['float32', 'bfloat16']")])
 def test_build_model_rejects_unknown_names(field, value, allowed):
   with pytest.raises(ValueError) as err:
     build_model(_model_config(**{field: value}))

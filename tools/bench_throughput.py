@@ -56,7 +56,7 @@ def main(argv):
 
   mesh = parallel.make_mesh()
   model = models.build_model(config.model)
-  tx = optim.make_optimizer(config.optim, config.train.num_steps)
+  tx = optim.make_optimizer(config)
   state = state_lib.initial_state(model, tx, config, mesh, seed=0)
   with jax.set_mesh(mesh):
     acc = jax.device_put(step_lib.zero_accumulator(), parallel.replicated(mesh))

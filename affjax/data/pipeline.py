@@ -38,6 +38,7 @@ class Records:
   split: str
   chunk_size: int
   videos: tuple[VideoIndex, ...]
+  features: dict[str, int] = dataclasses.field(default_factory=dict)  # feature cache: part -> width
 
   @functools.cached_property
   def source(self):
@@ -57,7 +58,7 @@ def open_records(directory: str, split: str) -> Records:
                             num_rows=annotation_rows(v['num_frames'], v['report']))
                  for v in info.metadata['videos'][split])
   return Records(directory=directory, split=split, chunk_size=int(info.metadata['chunk_size']),
-                 videos=videos)
+                 videos=videos, features={k: int(v) for k, v in info.metadata.get('features', {}).items()})
 
 
 def annotation_rows(num_frames: int, report: dict[str, int]) -> int:
@@ -89,6 +90,48 @@ def frame_centre_sample(k: np.ndarray, fps: float) -> np.ndarray:
   return np.floor((k + 0.5) * affwild2.SAMPLE_RATE / fps).astype(np.int64)
 
 
+def read_frames(records: Records, video: VideoIndex, start: int, t: int, context: int = 0):
+  """Reads the chunks holding frames [start - context, start + t + context) of `video` (clipped to it).
+
+  Returns (chunks, index of the first chunk in the video, field) where `field(name, fill)` gives the
+  per-frame field `name` for frames [start, start + t), with `fill` past the video's last chunk.
+  """
+  c = records.chunk_size
+  first = max(0, start - context) // c
+  last = min(video.num_frames - 1, start + t - 1 + context) // c
+  chunks = [records.source[video.first_record + j] for j in range(first, last + 1)]
+  rows = slice(start - first * c, start - first * c + t)
+
+  def field(name, fill):
+    values = np.concatenate([ch[name] for ch in chunks])
+    padding = np.full((max(0, rows.stop - len(values)),) + values.shape[1:], fill, values.dtype)
+    return np.concatenate([values, padding])[rows]
+
+  return chunks, first, field
+
+
+def frame_targets(field, video_index: int, start: int) -> dict[str, np.ndarray]:
+  """A window's labels and masks (`field` from `read_frames`), and where it sits (video index, start)."""
+  mask = field('frame_mask', False)
+  return dict(labels=field('labels', 0.0), label_mask=field('label_mask', False) & mask,
+              face_mask=field('face_mask', False) & mask, mask=mask, video_index=np.int32(video_index),
+              start=np.int32(start))
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureWindowLoader:
+  """Reads one window of a feature cache: `<part>_features [T, F]` per cached part, masks and labels."""
+  records: Records
+  window: int
+
+  def __call__(self, row: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    del rng  # cached features are not augmented
+    video_index, start = int(row[0]), int(row[1])
+    _, _, field = read_frames(self.records, self.records.videos[video_index], start, self.window)
+    out = {f'{part}_features': field(f'{part}_features', 0.0) for part in self.records.features}
+    return dict(out, **frame_targets(field, video_index, start))
+
+
 @dataclasses.dataclass(frozen=True)
 class WindowLoader:
   """Reads one window's chunks and returns the model inputs for it (picklable, for grain workers)."""
@@ -105,22 +148,13 @@ class WindowLoader:
     if video.fps < self.min_fps:
       raise ValueError(f'video {video.name} runs at {video.fps:.3f} fps, below config.data.min_fps='
                        f'{self.min_fps}; lower config.data.min_fps to at most {math.floor(video.fps)}')
-    t, c = self.window, self.records.chunk_size
+    t = self.window
     frames = np.arange(start, start + t)
     centres = frame_centre_sample(frames, video.fps)
     a0, a1 = centres[0] - self.audio_window // 2, centres[-1] + self.audio_window - self.audio_window // 2
-    # Chunks holding frames [start, start + T) and the frames whose audio the context reaches.
+    # Also the chunks of the frames whose audio the context reaches.
     context = math.ceil(self.audio_window / 2 * video.fps / affwild2.SAMPLE_RATE) + 1
-    first = max(0, start - context) // c
-    last = min(video.num_frames - 1, start + t - 1 + context) // c
-    chunks = [self.records.source[video.first_record + j] for j in range(first, last + 1)]
-    frame_rows = slice(start - first * c, start - first * c + t)
-
-    def frame_field(name, fill):
-      values = np.concatenate([ch[name] for ch in chunks])
-      padding = np.full((max(0, frame_rows.stop - len(values)),) + values.shape[1:], fill, values.dtype)
-      return np.concatenate([values, padding])[frame_rows]
-
+    chunks, first, frame_field = read_frames(self.records, video, start, t, context)
     mask = frame_field('frame_mask', False)
     face_mask = frame_field('face_mask', False) & mask
     faces = np.zeros((t, self.image_size, self.image_size, 3), np.uint8)
@@ -130,14 +164,13 @@ class WindowLoader:
     if self.augment is not None:
       faces = augment.augment_window(faces, rng, **self.augment)
 
-    audio_start = affwild2.frame_boundary_sample(first * c, video.fps)
+    audio_start = affwild2.frame_boundary_sample(first * self.records.chunk_size, video.fps)
     audio = np.concatenate([ch['audio'] for ch in chunks])
     segment = np.zeros(audio_segment_length(t, self.audio_window, self.min_fps), np.float32)
     lo, hi = max(a0, audio_start), min(a1, audio_start + len(audio))
     segment[lo - a0:hi - a0] = audio[lo - audio_start:hi - audio_start]
     return dict(faces=faces, audio=segment, audio_offsets=(centres - centres[0]).astype(np.int32),
-                labels=frame_field('labels', 0.0), label_mask=frame_field('label_mask', False) & mask,
-                face_mask=face_mask, mask=mask, video_index=np.int32(video_index), start=np.int32(start))
+                **frame_targets(frame_field, video_index, start))
 
 
 def decode_face(jpeg: bytes, size: int, video: str, frame: int) -> np.ndarray:
@@ -161,8 +194,10 @@ class EvalWindow:
     return dict(self.loader(row[:2]), valid_window=np.bool_(row[2]))
 
 
-def _loader(records: Records, config, *, train: bool) -> WindowLoader:
+def _loader(records: Records, config, *, train: bool) -> WindowLoader | FeatureWindowLoader:
   data = config.data
+  if records.features:
+    return FeatureWindowLoader(records=records, window=data.window)
   return WindowLoader(records=records, window=data.window, image_size=data.image_size,
                       audio_window=data.audio_window, min_fps=data.min_fps,
                       augment=data.augment.to_dict() if train else None)

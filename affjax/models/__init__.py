@@ -20,29 +20,45 @@ def _field(cfg: ml_collections.ConfigDict, name: str, allowed) -> object:
   return lookup(tuple(allowed), cfg[name], f'config.model.{name}')
 
 
-def _build_cross_attn(cfg: ml_collections.ConfigDict) -> nn.Module:
+def _fusion_kwargs(cfg: ml_collections.ConfigDict) -> dict[str, object]:
+  """The fusion module's fields for `cfg.name` (cross_attn | self_attn | lstm)."""
+  common = dict(d_embedding=cfg.d_embedding, dropout=cfg.dropout, act=_field(cfg, 'act', ACTIVATIONS))
+  if cfg.name == 'lstm':
+    return dict(common, num_layers=cfg.num_layers, bidirectional=cfg.bidirectional)
+  attention = dict(common, d_ff=cfg.d_ff, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
+                   attention_impl=_field(cfg, 'attention_impl', ATTENTION_IMPLS))
+  if cfg.name == 'self_attn':
+    return attention
+  return dict(attention, n_ca=cfg.n_ca, n_cv=cfg.n_cv, gated=cfg.gated,
+              compat_reference_layers=cfg.compat_reference_layers)
+
+
+def _build_audio_visual(cfg: ml_collections.ConfigDict) -> nn.Module:
+  """Per-frame backbones + the fusion `cfg.name` names + heads (the Karas et al. study's models)."""
   modalities = tuple(cfg.modalities)
   if not modalities:
     raise ValueError('config.model.modalities is empty')
   for i, m in enumerate(modalities):
     lookup(MODALITIES, m, f'config.model.modalities[{i}]')
-  fusion = dict(
-      d_embedding=cfg.d_embedding, d_ff=cfg.d_ff, num_heads=cfg.num_heads, n_ca=cfg.n_ca, n_cv=cfg.n_cv,
-      num_layers=cfg.num_layers, dropout=cfg.dropout, act=_field(cfg, 'act', ACTIVATIONS),
-      gated=cfg.gated, compat_reference_layers=cfg.compat_reference_layers,
-      attention_impl=_field(cfg, 'attention_impl', ATTENTION_IMPLS))
+  for i, part in enumerate(cfg.frozen):
+    lookup(modalities, part, f'config.model.frozen[{i}]')
   return AudioVisualModel(
       modalities=modalities,
       visual_backbone=_field(cfg, 'visual_backbone', VISUAL_BACKBONES),
       audio_backbone=_field(cfg, 'audio_backbone', AUDIO_BACKBONES),
       audio_window=cfg.audio_window,
       depthwise_impl=_field(cfg, 'depthwise_impl', DEPTHWISE_IMPLS),
-      fusion=fusion,
+      fusion_name=cfg.name,
+      fusion=_fusion_kwargs(cfg),
+      num_bins=cfg.num_bins,
+      aux_classes=cfg.aux_classes,
+      frozen=tuple(cfg.frozen),
       dtype=DTYPES[_field(cfg, 'dtype', DTYPES)])
 
 
 MODELS: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
-    'cross_attn': _build_cross_attn,
+    'cross_attn': _build_audio_visual,
+    'self_attn': _build_audio_visual,
 }
 
 

@@ -27,10 +27,11 @@ class Experiment:
     self.config = config
     self.workdir = pathlib.Path(workdir).expanduser().absolute()
     self.workdir.mkdir(parents=True, exist_ok=True)
-    self.records_dir = prepare.records_dir(config)
+    # A feature cache of the frozen backbones replaces the frame records when given.
+    self.records_dir = config.data.get('features_dir') or prepare.records_dir(config)
     self.mesh = parallel.make_mesh()
     self.model = models.build_model(config.model)
-    self.tx = optim.make_optimizer(config.optim, config.train.num_steps)
+    self.tx = optim.make_optimizer(config)
     self.state = state_lib.initial_state(self.model, self.tx, config, self.mesh, config.seed)
     self.checkpoints = checkpoint.Checkpointer(self.workdir, keep=config.train.keep_checkpoints)
     self.eval_step = step_lib.make_eval_step(self.model)
@@ -108,7 +109,10 @@ def _train(exp: Experiment):
   profiler = profiling.StepProfiler(exp.workdir, first=start + train_cfg.first_profile,
                                     num_steps=train_cfg.profile_steps)
   train_step = step_lib.make_train_step(exp.model, exp.tx, config)
-  lr_schedule = optim.learning_rate_schedule(config.optim, train_cfg.num_steps)
+  unfreeze = train_cfg.unfreeze_step
+  if unfreeze:  # second stage of fine-tuning: the same state, every backbone in training mode
+    finetune_step = step_lib.make_train_step(exp.model.clone(frozen=()), exp.tx, config)
+  lr_schedule = optim.run_schedule(config)
   frames_per_step = train_cfg.batch_size * config.data.window
   progress = tqdm.tqdm(total=train_cfg.num_steps, initial=start, desc='train', unit='step',
                        disable=jax.process_index() != 0, dynamic_ncols=True)
@@ -123,7 +127,7 @@ def _train(exp: Experiment):
         data_wait += time.perf_counter() - t
         profiler.before_step(step)
         with jax.profiler.StepTraceAnnotation('train', step_num=step), jax.transfer_guard('disallow'):
-          exp.state, acc = train_step(exp.state, acc, batch)
+          exp.state, acc = (finetune_step if unfreeze and step >= unfreeze else train_step)(exp.state, acc, batch)
         profiler.after_step(step, acc)
         progress.update()
         done = step + 1

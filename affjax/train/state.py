@@ -23,9 +23,14 @@ class TrainState:
 
 
 def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
-  """Zeros shaped like a pipeline batch of `batch_size` windows (the model's input signature)."""
+  """Zeros shaped like a pipeline batch of `batch_size` windows (the model's input signature); from a
+  feature cache (`config.data.features_dir`) its `<part>_features` instead of faces and audio."""
   d = config.data
   t, s = d.window, d.image_size
+  if d.get('features_dir'):
+    widths = pipeline.open_records(d.features_dir, 'train').features
+    return dict({f'{part}_features': np.zeros((batch_size, t, w), np.float32) for part, w in widths.items()},
+                mask=np.ones((batch_size, t), bool))
   return dict(faces=np.zeros((batch_size, t, s, s, 3), np.uint8),
               audio=np.zeros((batch_size, pipeline.audio_segment_length(t, d.audio_window, d.min_fps)),
                              np.float32),
@@ -53,7 +58,9 @@ def create_state(model, tx, config, rng: jax.Array, pretrained=None) -> TrainSta
 def initial_state(model, tx, config, mesh: jax.sharding.Mesh, seed: int) -> TrainState:
   """The train state replicated over `mesh`, with the converted checkpoints `config.model.pretrained` names."""
   abstract, _ = jax.eval_shape(lambda r: init_variables(model, config, r), jax.random.key(seed))
-  pretrained = torch_convert.load_pretrained(config.model.get('pretrained', {}), abstract)
+  cached = example_batch(config, 1)  # parts that come from a feature cache have no backbone to load
+  parts = {part: path for part, path in config.model.get('pretrained', {}).items() if f'{part}_features' not in cached}
+  pretrained = torch_convert.load_pretrained(parts, abstract)
   with jax.set_mesh(mesh):
     return jax.jit(lambda r, p: create_state(model, tx, config, r, p),
                    out_shardings=parallel.replicated(mesh))(jax.random.key(seed), pretrained)

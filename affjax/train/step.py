@@ -9,7 +9,7 @@ import optax
 
 from affjax.train import losses
 
-ACCUMULATED = ('loss', 'ccc_valence', 'ccc_arousal', 'mse', 'grad_norm')
+ACCUMULATED = ('loss', 'ccc_valence', 'ccc_arousal', 'mse', 'aux_ce', 'grad_norm')
 
 
 def loss_mask(batch, require_face: bool) -> jax.Array:
@@ -27,16 +27,16 @@ def zero_accumulator() -> dict[str, jax.Array]:
 def make_train_step(model, tx: optax.GradientTransformation, config):
   """(state, accumulator, batch) -> (state, accumulator); state and accumulator are donated."""
   loss_cfg, require_face = config.loss, config.data.require_face
+  compat_arousal = config.compat.get('arousal_ccc_on_cat_logit', False)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def train_step(state, acc, batch):
     rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
-      pred, updates = model.apply({'params': params, 'batch_stats': state.batch_stats}, batch, train=True,
-                                  rngs={'dropout': rng}, mutable=['batch_stats'])
-      loss, aux = losses.va_loss(pred, batch['labels'], loss_mask(batch, require_face),
-                                 ccc_weights=tuple(loss_cfg.ccc_weights), mse_weight=loss_cfg.mse_weight)
+      out, updates = model.apply({'params': params, 'batch_stats': state.batch_stats}, batch, train=True,
+                                 rngs={'dropout': rng}, mutable=['batch_stats'])
+      loss, aux = losses.model_loss(out, batch['labels'], loss_mask(batch, require_face), loss_cfg, compat_arousal)
       return loss, (aux, updates)
 
     (loss, (aux, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -56,6 +56,6 @@ def make_eval_step(model):
 
   @jax.jit
   def eval_step(state, batch):
-    return model.apply({'params': state.params, 'batch_stats': state.batch_stats}, batch, train=False)
+    return model.apply({'params': state.params, 'batch_stats': state.batch_stats}, batch, train=False)['va']
 
   return eval_step

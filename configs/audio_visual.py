@@ -1,0 +1,79 @@
+"""What the three fusion systems of the Karas et al. study share (spec rnn_attn): per-frame MobileFaceNet +
+Zhao19 backbones, the fusion `name` picks (cross_attn | self_attn | lstm), the V/A head and the optional
+24-class auxiliary head, and the training schemes. `configs/{cross_attn,self_attn,lstm}.py` build on it.
+
+Variants (comma-separated, e.g. `configs/lstm.py:smoke,frozen`):
+  smoke      a few steps on a tiny synthetic tree (tests, install checks)
+  audio      audio only; `visual`: faces only (ablations)
+  frozen     backbones frozen (BatchNorm running averages, no gradients, held by the optimiser's mask)
+  finetune   two stages: backbones frozen for the first half, then everything at optim.finetune_learning_rate
+  aux        the auxiliary 24-class head with its weighted cross-entropy (loss.aux_weight = 1)
+"""
+import ml_collections
+
+from configs import base
+
+VARIANTS = ('smoke', 'audio', 'visual', 'frozen', 'finetune', 'aux')
+
+
+def audio_visual_config(name: str) -> ml_collections.ConfigDict:
+  config = base.get_base_config()
+  model = config.model
+  model.name = name
+  model.modalities = ('audio', 'visual')
+  model.visual_backbone = 'mobilefacenet'
+  model.audio_backbone = 'zhao19'
+  model.audio_window = config.data.get_ref('audio_window')
+  model.depthwise_impl = 'auto'
+  model.dtype = config.train.get_ref('dtype')
+  model.d_embedding = 64
+  model.num_layers = 2
+  model.dropout = 0.3
+  model.act = 'gelu'
+  model.num_bins = 1  # > 1: V/A as the expectation over a softmax on num_bins bins in [-1, 1]
+  model.aux_classes = 0  # 24: the auxiliary discretised head (train it with loss.aux_weight > 0)
+  model.frozen = ()  # backbones held fixed, e.g. ('visual', 'audio'); see train.unfreeze_step
+  model.pretrained = ml_collections.ConfigDict({'visual': '', 'audio': ''})  # tools/convert_torch.py outputs
+  config.compat.arousal_ccc_on_cat_logit = False  # rnn_attn bug 1: arousal CCC scored on logit 1 of the 24-class head
+
+  # Sized for the default run on a 2-core CPU (MobileFaceNet trains at ~8 frames/s there): ~15 minutes of
+  # training. On GPUs raise train.batch_size (16 in the paper's recipe) and num_steps.
+  config.optim.learning_rate = 1e-3
+  config.optim.warmup_steps = 20
+  config.train.batch_size = 4
+  config.eval.batch_size = 8
+  config.train.num_steps = 200
+  config.train.log_every = 10
+  config.train.eval_every = 100
+  config.train.checkpoint_every = 50
+  return config
+
+
+def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
+  """Applies the comma-separated variants of `arg` (see the module docstring) to `config`."""
+  variants = [a.strip() for a in arg.split(',') if a.strip()]
+  for variant in variants:
+    if variant not in VARIANTS:
+      raise ValueError(f'unknown config variant {variant!r} in get_config({arg!r}); known variants: {VARIANTS}')
+  if 'smoke' in variants:
+    config.data.synthetic.update(num_train=3, num_validation=2, num_test=1, min_frames=48, max_frames=64)
+    config.data.num_workers = 0
+    config.data.window = 8
+    config.model.update(d_embedding=16, num_layers=1)
+    for field, value in dict(d_ff=16, num_heads=2, n_ca=1, n_cv=1).items():
+      if field in config.model:
+        config.model[field] = value
+    config.train.update(batch_size=4, num_steps=6, log_every=2, eval_every=3, checkpoint_every=3)
+    config.optim.warmup_steps = 2
+    config.eval.batch_size = 4
+  for modality in ('audio', 'visual'):
+    if modality in variants:
+      config.model.modalities = (modality,)
+  if 'frozen' in variants or 'finetune' in variants:
+    config.model.frozen = tuple(config.model.modalities)
+  if 'finetune' in variants:
+    config.train.unfreeze_step = config.train.num_steps // 2
+  if 'aux' in variants:
+    config.model.aux_classes = 24
+    config.loss.aux_weight = 1.0
+  return config
