@@ -1,23 +1,31 @@
 """TensorBoard scalars and images (tensorboardX), written by process 0 only."""
 from __future__ import annotations
 
+import json
+import pathlib
+
 import jax
 import numpy as np
 
 
 class MetricWriter:
+  """TensorBoard events in `logdir`, and every scalar also as a JSON line `{"step": ..., tag: value}` in
+  `logdir/scalars.jsonl` (for scripts: studies, plots)."""
 
   def __init__(self, logdir):
-    self._writer = None
+    self._writer = self._jsonl = None
     if jax.process_index() == 0:
       import tensorboardX  # pylint: disable=g-import-not-at-top
       self._writer = tensorboardX.SummaryWriter(str(logdir))
+      self._jsonl = open(pathlib.Path(logdir) / 'scalars.jsonl', 'a', encoding='utf-8')
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     if self._writer is not None:
       for tag, value in values.items():
         self._writer.add_scalar(tag, float(value), step)
       self._writer.flush()
+      self._jsonl.write(json.dumps(dict(step=int(step), **{k: float(v) for k, v in values.items()})) + '\n')
+      self._jsonl.flush()
 
   def image(self, step: int, tag: str, image: np.ndarray) -> None:
     if self._writer is not None:
@@ -27,6 +35,7 @@ class MetricWriter:
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
+      self._jsonl.close()
 
 
 _CHATTY_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/grain/', '/jax/_src/')

@@ -1,36 +1,26 @@
 """The feature cache: training the fusion from cached frozen-backbone features = running them inline."""
+import json
+
 import jax
 import numpy as np
 import pytest
 
 from affjax import feature_extraction
-from affjax import logging as affjax_logging
 from affjax.data import pipeline, prepare
 from affjax.train import loop
 from configs import cross_attn
 
 
-@pytest.fixture
-def recorded_losses(monkeypatch):
-  """Every train/loss the loop logs, per run, in order."""
-  runs = []
-  real = affjax_logging.MetricWriter.scalars
-
-  def scalars(self, step, values):
-    if 'train/loss' in values:
-      runs[-1].append(values['train/loss'])
-    return real(self, step, values)
-
-  monkeypatch.setattr(affjax_logging.MetricWriter, 'scalars', scalars)
-  return runs
+def train_losses(workdir) -> list[float]:
+  lines = (workdir / 'scalars.jsonl').read_text().splitlines()
+  return [row['train/loss'] for row in map(json.loads, lines) if 'train/loss' in row]
 
 
-def test_training_from_the_cache_follows_the_inline_frozen_loss_curve(tiny_tree, tmp_path, recorded_losses):
+def test_training_from_the_cache_follows_the_inline_frozen_loss_curve(tiny_tree, tmp_path):
   config = cross_attn.get_config('smoke,audio,frozen')
   config.data.update(manual_dir=str(tiny_tree), records_dir=str(tmp_path / 'records'), test_list='va_test_set.txt')
   config.model.audio_backbone = 'emo18'
   config.train.update(num_steps=4, log_every=1, eval_every=4, checkpoint_every=4)
-  recorded_losses.append([])
   inline = loop.train_and_evaluate(config, tmp_path / 'inline')
 
   features_dir = feature_extraction.build_cache(config, str(tmp_path / 'features'), batch_chunks=3)
@@ -41,11 +31,11 @@ def test_training_from_the_cache_follows_the_inline_frozen_loss_curve(tiny_tree,
   np.testing.assert_array_equal(cache.source[1]['labels'], frames.source[1]['labels'])
 
   config.data.features_dir = str(features_dir)
-  recorded_losses.append([])
   cached = loop.train_and_evaluate(config, tmp_path / 'cached')
-  assert len(recorded_losses[0]) == len(recorded_losses[1]) == 4
-  np.testing.assert_allclose(recorded_losses[1], recorded_losses[0], rtol=1e-4)
-  assert recorded_losses[0][0] != recorded_losses[0][-1]  # it trained
+  losses = train_losses(tmp_path / 'inline'), train_losses(tmp_path / 'cached')
+  assert len(losses[0]) == len(losses[1]) == 4
+  np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+  assert losses[0][0] != losses[0][-1]  # it trained
   for key in ('ccc_valence', 'ccc_arousal'):
     assert cached['validation'][key] == pytest.approx(inline['validation'][key], abs=1e-4)
 

@@ -35,7 +35,7 @@ def main(argv):
 
   config = _CONFIG.value
   config_validation.validate(config)
-  records = pipeline.open_records(prepare.records_dir(config), 'train')
+  records = pipeline.open_records(prepare.input_dir(config), 'train')
   frames_per_batch = config.train.batch_size * config.data.window
   device = f'{jax.devices()[0].device_kind} x{jax.device_count()} ({_cpu_name()}, {jax.local_device_count()} devices)'
 

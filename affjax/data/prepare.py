@@ -40,3 +40,9 @@ def records_dir(config) -> str:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices('affjax records built')
   return str(builder.dataset_dir(base, data.chunk_size))
+
+
+def input_dir(config) -> str:
+  """The records a run reads: the feature cache `config.data.features_dir` when given, else the frame
+  records of the configured source (built on first use)."""
+  return config.data.get('features_dir') or records_dir(config)

@@ -27,8 +27,7 @@ class Experiment:
     self.config = config
     self.workdir = pathlib.Path(workdir).expanduser().absolute()
     self.workdir.mkdir(parents=True, exist_ok=True)
-    # A feature cache of the frozen backbones replaces the frame records when given.
-    self.records_dir = config.data.get('features_dir') or prepare.records_dir(config)
+    self.records_dir = prepare.input_dir(config)
     self.mesh = parallel.make_mesh()
     self.model = models.build_model(config.model)
     self.tx = optim.make_optimizer(config)

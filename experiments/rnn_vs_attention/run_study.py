@@ -1,0 +1,82 @@
+"""The Karas et al. grid on the synthetic tree: fusion {LSTM, BiLSTM, self-attention, cross-modal attention}
+x backbones {low, high complexity} x {frozen, end-to-end}, fixed seeds; writes a table of validation CCC and
+training throughput for every cell.
+
+  python experiments/rnn_vs_attention/run_study.py --workdir=/tmp/affjax/study \
+      --table=experiments/rnn_vs_attention/results.md [--only=lstm/low/frozen,...] [--num_steps=200] [-- overrides]
+
+Each cell is `python -m affjax.main --config=<fusion config>:<scheme> --workdir=<workdir>/<cell>` in its own
+process, so rerunning the command skips finished cells and resumes an interrupted one. Frozen cells train
+from a feature cache of their backbones (tools/cache_features.py), built once per backbone set. Throughput is
+the median of the frames/s the run logged (training steps only, evaluation excluded).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string('workdir', '/tmp/affjax/study', 'One subdirectory per cell.')
+_TABLE = flags.DEFINE_string('table', 'experiments/rnn_vs_attention/results.md', 'Where the table is written.')
+_ONLY = flags.DEFINE_list('only', [], 'Cells to run, as fusion/backbones/scheme (default: the whole grid).')
+_NUM_STEPS = flags.DEFINE_integer('num_steps', 200, 'Training steps per cell.')
+
+FUSIONS = {  # name -> (config file, extra overrides)
+    'lstm': ('configs/lstm.py', []),
+    'bilstm': ('configs/lstm.py', ['--config.model.bidirectional=True']),
+    'self_attn': ('configs/self_attn.py', []),
+    'cross_attn': ('configs/cross_attn.py', []),
+}
+BACKBONES = {  # spec rnn_attn 2.1/2.2: low = MobileFaceNet + Zhao19, high = InceptionResnetV1 + Zhao19
+    'low': ['--config.model.visual_backbone=mobilefacenet'],
+    'high': ['--config.model.visual_backbone=inception_resnet_v1'],
+}
+SCHEMES = ('frozen', 'end_to_end')
+
+
+def _run(args: list[str]) -> str:
+  print('+', ' '.join(args), flush=True)
+  return subprocess.run([sys.executable, *args], check=True, capture_output=True, text=True).stdout
+
+
+def _cell(fusion: str, backbones: str, scheme: str, root: pathlib.Path, extra: list[str]) -> dict:
+  workdir = root / f'{fusion}-{backbones}-{scheme}'
+  config_file, fusion_args = FUSIONS[fusion]
+  config = f'--config={config_file}' + (':frozen' if scheme == 'frozen' else '')
+  args = [config, *fusion_args, *BACKBONES[backbones], f'--config.train.num_steps={_NUM_STEPS.value}', *extra]
+  if scheme == 'frozen':
+    out = _run(['tools/cache_features.py', *args, f'--out={root / f"features-{backbones}"}'])
+    args.append(out.strip().splitlines()[-1].split('with ', 1)[1])  # --config.data.features_dir=...
+  metrics_file = workdir / 'eval' / 'validation' / 'metrics.json'
+  if not metrics_file.exists():
+    _run(['-m', 'affjax.main', *args, f'--workdir={workdir}'])
+  rows = [json.loads(line) for line in (workdir / 'scalars.jsonl').read_text().splitlines()]
+  fps = [r['perf/frames_per_s'] for r in rows if 'perf/frames_per_s' in r]
+  return dict(json.loads(metrics_file.read_text()), frames_per_s=statistics.median(fps), command=' '.join(args))
+
+
+def main(argv):
+  extra = argv[1:]  # anything after `--` is passed to every cell
+  root = pathlib.Path(_WORKDIR.value)
+  cells = [c for c in itertools.product(FUSIONS, BACKBONES, SCHEMES) if not _ONLY.value or '/'.join(c) in _ONLY.value]
+  lines = ['| fusion | backbones | scheme | CCC valence | CCC arousal | CCC mean | train frames/s |',
+           '|---|---|---|---|---|---|---|']
+  for cell in cells:
+    r = _cell(*cell, root, extra)
+    lines.append(f'| {cell[0]} | {cell[1]} | {cell[2]} | {r["ccc_valence"]:.3f} | {r["ccc_arousal"]:.3f} | '
+                 f'{r["ccc_mean"]:.3f} | {r["frames_per_s"]:.1f} |')
+    print(lines[-1], flush=True)
+  header = (f'Device: {platform.machine()} {platform.processor() or ""}, {_NUM_STEPS.value} steps per cell, seed 0, '
+            f'synthetic tree (default size). Rerun: python experiments/rnn_vs_attention/run_study.py '
+            f'--workdir={root} --num_steps={_NUM_STEPS.value}' + (' -- ' + ' '.join(extra) if extra else ''))
+  pathlib.Path(_TABLE.value).write_text(header + '\n\n' + '\n'.join(lines) + '\n')
+
+
+if __name__ == '__main__':
+  app.run(main)
