@@ -11,12 +11,13 @@ import optax
 import pytest
 
 from affjax import models, parallel
-from affjax.models import av_model, converters, torch_convert
+from affjax.models import av_model, converters, temporal, torch_convert
+from affjax.models.fusion.lstm import LSTMFusion
 from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES
 from affjax.models.fusion.self_attn import SelfAttentionFusion
 from affjax.models.layers import sinusoidal_pe
 from affjax.train import losses, optim, state as state_lib, step as step_lib
-from configs import audio_visual, self_attn
+from configs import audio_visual, lstm, self_attn
 
 KEY = jax.random.key(0, impl='unsafe_rbg')
 
@@ -61,6 +62,31 @@ def test_self_attention_fusion_matches_torch_transformer_encoder():
   assert jax.tree.map(np.shape, params) == jax.tree.map(lambda s: s.shape, init)
   out = np.asarray(jax.jit(functools.partial(model.apply, train=False))({'params': params}, audio, visual, mask))
   np.testing.assert_allclose(out[mask], expected[mask], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('bidirectional', [False, True])
+def test_lstm_fusion_matches_torch_per_sequence(bidirectional):
+  """Dense + gelu, then torch.nn.LSTM (2 layers) run on each sequence's real frames only."""
+  torch = pytest.importorskip('torch')
+  b, t, fa, fv, d = 2, 6, 5, 7, 8
+  rng = np.random.default_rng(7)
+  audio, visual = rng.standard_normal((b, t, fa)).astype(np.float32), rng.standard_normal((b, t, fv)).astype(np.float32)
+  mask = np.ones((b, t), bool)
+  mask[1, 4:] = False
+  project, lstm = torch.nn.Linear(fa + fv, d), torch.nn.LSTM(d, d, 2, batch_first=True, bidirectional=bidirectional)
+  params = {'project': {'kernel': project.weight.detach().numpy().T, 'bias': project.bias.detach().numpy()},
+            'lstm': temporal.from_torch(torch_convert.StateDictReader(
+                {k: v.numpy() for k, v in lstm.state_dict().items()}))['params']}
+  model = LSTMFusion(d_embedding=d, num_layers=2, bidirectional=bidirectional, dropout=0.3)
+  init = jax.eval_shape(functools.partial(model.init, train=False), KEY, audio, visual, mask)['params']
+  assert jax.tree.map(np.shape, params) == jax.tree.map(lambda s: s.shape, init)
+  out = np.asarray(jax.jit(functools.partial(model.apply, train=False))({'params': params}, audio, visual, mask))
+  assert out.shape == (b, t, d * (2 if bidirectional else 1))
+  with torch.no_grad():
+    for i in range(b):
+      n = int(mask[i].sum())
+      x = torch.nn.functional.gelu(project(torch.tensor(np.concatenate([audio, visual], -1)[i:i + 1, :n])))
+      np.testing.assert_allclose(out[i, :n], lstm(x)[0][0].numpy(), rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- heads and losses
@@ -242,6 +268,16 @@ def test_converter_rejects_a_checkpoint_of_another_network():
       sd[f'{4 * i + 1}.{name}'] = np.zeros(table[i].features)
   with pytest.raises(ValueError, match=r"1 tensors were not converted, e.g. \['extra.weight'\]"):
     converters.convert('emo18', sd, 'ckpt.pth')
+
+
+def test_lstm_config_builds_a_bidirectional_model():
+  config = lstm.get_config('smoke')
+  config.model.bidirectional = True
+  model = models.build_model(config.model)
+  batch = {k: v for k, v in state_lib.example_batch(config, 1).items()}
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), KEY, batch)['params']
+  assert shapes['fusion']['lstm']['w_hh_l0'].shape == (2, 16, 64)  # two directions, hidden 16, 4 gates
+  assert shapes['va']['dense']['kernel'].shape == (32, 2)  # the head reads both directions
 
 
 def test_variants_compose():

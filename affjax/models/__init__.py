@@ -59,6 +59,7 @@ def _build_audio_visual(cfg: ml_collections.ConfigDict) -> nn.Module:
 MODELS: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
     'cross_attn': _build_audio_visual,
     'self_attn': _build_audio_visual,
+    'lstm': _build_audio_visual,
 }
 
 

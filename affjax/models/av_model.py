@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES, AudioCNN1D
 from affjax.models.backbones.mobilefacenet import MobileFaceNet
 from affjax.models.fusion.cross_attn import CrossModalFusion
+from affjax.models.fusion.lstm import LSTMFusion
 from affjax.models.fusion.self_attn import SelfAttentionFusion
 from affjax.models.layers import lookup, torch_dense
 
@@ -21,7 +22,7 @@ Array = jax.Array
 MODALITIES = ('audio', 'visual')
 VISUAL_BACKBONES = ('mobilefacenet',)
 AUDIO_BACKBONES = tuple(AUDIO_CNN_TABLES)
-FUSIONS = {'cross_attn': CrossModalFusion, 'self_attn': SelfAttentionFusion}
+FUSIONS = {'cross_attn': CrossModalFusion, 'self_attn': SelfAttentionFusion, 'lstm': LSTMFusion}
 
 
 def slice_audio_windows(audio: Array, offsets: Array, window: int) -> Array:
