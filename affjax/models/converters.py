@@ -4,11 +4,14 @@ from __future__ import annotations
 import functools
 
 from affjax.models import torch_convert
-from affjax.models.backbones import audio1d, mobilefacenet
+from affjax.models.backbones import audio1d, inception_resnet_v1, mobilefacenet, vggface2_resnet
 
 # network -> (converter from a StateDictReader, tensor-name prefixes of heads affjax does not use)
 CONVERTERS = {
     'mobilefacenet': (mobilefacenet.from_torch, ('output_layer', 'linear', 'fc')),
+    'inceptionresnetv1': (inception_resnet_v1.from_torch, ('logits',)),
+    'vggface2_resnet50': (vggface2_resnet.from_torch, ('fc',)),
+    'vggface2_senet50': (functools.partial(vggface2_resnet.from_torch, se=True), ('fc',)),
     **{name: (functools.partial(audio1d.from_torch, table), ()) for name, table in audio1d.AUDIO_CNN_TABLES.items()},
 }
 

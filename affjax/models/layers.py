@@ -167,3 +167,32 @@ class DepthwiseConv(nn.Module):
     kernel = self.param('kernel', self.kernel_init, (k, k, 1, x.shape[-1]), self.param_dtype)
     dtype = self.dtype or x.dtype
     return depthwise_conv2d(x.astype(dtype), kernel, self.strides, self.padding, self.impl)
+
+
+class ConvBN(nn.Module):
+  """Conv (no bias) -> BatchNorm (momentum 0.9 = PyTorch's 0.1) over `[N, H, W, C]` -> `[N, Ho, Wo, features]`.
+
+  `kernel_size` and `padding` are an int or an (h, w) pair; padding is zeros on both sides of each axis
+  (PyTorch `Conv2d(..., padding=p, bias=False)`). An unpadded 1x1 conv is a `PointwiseConv` matmul on the
+  stride-subsampled input. Children: 'conv' (kernel HWIO), 'bn'. `mask` (broadcastable to the input,
+  e.g. `[N, 1, 1, 1]`) keeps images out of the train-mode BatchNorm statistics.
+  """
+
+  features: int
+  kernel_size: int | tuple[int, int] = 1
+  strides: int = 1
+  padding: int | tuple[int, int] = 0
+  epsilon: float = 1e-5
+  kernel_init: Callable[..., Array] = torch_kernel_init
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
+    (kh, kw), (ph, pw), s = np.broadcast_to(self.kernel_size, 2), np.broadcast_to(self.padding, 2), self.strides
+    if (kh, kw, ph, pw) == (1, 1, 0, 0):
+      x = PointwiseConv(self.features, dtype=self.dtype, kernel_init=self.kernel_init, name='conv')(x[:, ::s, ::s])
+    else:
+      x = nn.Conv(self.features, (int(kh), int(kw)), s, padding=((int(ph), int(ph)), (int(pw), int(pw))),
+                  use_bias=False, kernel_init=self.kernel_init, dtype=self.dtype, name='conv')(x)
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=self.epsilon, dtype=self.dtype,
+                        name='bn')(x, mask=mask)
