@@ -65,6 +65,9 @@ def validate(config) -> None:
   if 'visual' in modalities and model.get('visual_backbone') == 'mobilefacenet':
     _require(data.image_size == 112, 'data.image_size', data.image_size,
              'MobileFaceNet needs 112x112 faces: set config.data.image_size=112')
+  if 'visual' in modalities and str(model.get('visual_backbone')).startswith('vggface2_'):
+    _require(data.image_size >= 195, 'data.image_size', data.image_size,
+             'the VGGFace2 ResNets need faces of at least 195 px (native 224): set config.data.image_size=224')
   _validate_training_scheme(config)
   for split in config.eval.splits:
     _require(split in ('train', 'validation', 'test'), 'eval.splits', tuple(config.eval.splits),

@@ -21,7 +21,7 @@ def audio_visual_config(name: str) -> ml_collections.ConfigDict:
   model = config.model
   model.name = name
   model.modalities = ('audio', 'visual')
-  model.visual_backbone = 'mobilefacenet'
+  model.visual_backbone = 'mobilefacenet'  # or inceptionresnetv1 (112/160 px), vggface2_resnet50 / _senet50 (224 px)
   model.audio_backbone = 'zhao19'
   model.audio_window = config.data.get_ref('audio_window')
   model.depthwise_impl = 'auto'
@@ -35,6 +35,8 @@ def audio_visual_config(name: str) -> ml_collections.ConfigDict:
   model.frozen = ()  # backbones held fixed, e.g. ('visual', 'audio'); see train.unfreeze_step
   model.pretrained = ml_collections.ConfigDict({'visual': '', 'audio': ''})  # tools/convert_torch.py outputs
   config.compat.arousal_ccc_on_cat_logit = False  # rnn_attn bug 1: arousal CCC scored on logit 1 of the 24-class head
+  config.compat.vggface2_rgb01_norm = False  # rnn_attn bug 7: [0,1] RGB minus the BGR mean / 255 (VGGFace2 nets)
+  model.compat_vggface2_rgb01_norm = config.compat.get_ref('vggface2_rgb01_norm')
 
   # Sized for the default run on a 2-core CPU (MobileFaceNet trains at ~8 frames/s there): ~15 minutes of
   # training. On GPUs raise train.batch_size (16 in the paper's recipe) and num_steps.

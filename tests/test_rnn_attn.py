@@ -280,6 +280,17 @@ def test_lstm_config_builds_a_bidirectional_model():
   assert shapes['va']['dense']['kernel'].shape == (32, 2)  # the head reads both directions
 
 
+@pytest.mark.parametrize('backbone, size, width', [('inceptionresnetv1', 112, 512), ('vggface2_resnet50', 224, 2048)])
+def test_high_complexity_visual_backbones_feed_the_fusion(backbone, size, width):
+  config = self_attn.get_config('smoke')
+  config.model.visual_backbone, config.data.image_size = backbone, size
+  model = models.build_model(config.model)
+  out, variables = jax.eval_shape(functools.partial(model.init_with_output, train=False), KEY,
+                                  state_lib.example_batch(config, 2))
+  assert variables['params']['fusion']['project']['kernel'].shape == (128 + width, 16)  # Zhao19 + visual
+  assert out['va'].shape == (2, config.data.window, 2)
+
+
 def test_variants_compose():
   config = audio_visual.apply_variants(self_attn.get_config(), 'visual,finetune')
   assert tuple(config.model.modalities) == ('visual',) and tuple(config.model.frozen) == ('visual',)

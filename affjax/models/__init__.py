@@ -48,6 +48,7 @@ def _build_audio_visual(cfg: ml_collections.ConfigDict) -> nn.Module:
       audio_backbone=_field(cfg, 'audio_backbone', AUDIO_BACKBONES),
       audio_window=cfg.audio_window,
       depthwise_impl=_field(cfg, 'depthwise_impl', DEPTHWISE_IMPLS),
+      compat_vggface2_rgb01_norm=cfg.get('compat_vggface2_rgb01_norm', False),
       fusion_name=cfg.name,
       fusion=_fusion_kwargs(cfg),
       num_bins=cfg.num_bins,

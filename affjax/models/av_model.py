@@ -11,7 +11,9 @@ import jax
 import jax.numpy as jnp
 
 from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES, AudioCNN1D
+from affjax.models.backbones.inception_resnet_v1 import InceptionResnetV1
 from affjax.models.backbones.mobilefacenet import MobileFaceNet
+from affjax.models.backbones.vggface2_resnet import VGGFace2ResNet50
 from affjax.models.fusion.cross_attn import CrossModalFusion
 from affjax.models.fusion.lstm import LSTMFusion
 from affjax.models.fusion.self_attn import SelfAttentionFusion
@@ -20,7 +22,15 @@ from affjax.models.layers import lookup, torch_dense
 Array = jax.Array
 
 MODALITIES = ('audio', 'visual')
-VISUAL_BACKBONES = ('mobilefacenet',)
+# name (as tools/convert_torch.py --network) -> the backbone module for an AudioVisualModel `m`: [N, S, S, 3] -> [N, F]
+VISUAL_BACKBONES = {
+    'mobilefacenet': lambda m: MobileFaceNet(m.dtype, m.depthwise_impl, name='visual'),  # F 512, S 112
+    'inceptionresnetv1': lambda m: InceptionResnetV1(dtype=m.dtype, name='visual'),  # F 512 (L2-normalised)
+    'vggface2_resnet50': lambda m: VGGFace2ResNet50(compat_rgb01_norm=m.compat_vggface2_rgb01_norm, dtype=m.dtype,
+                                                    name='visual'),  # F 2048, S >= 195
+    'vggface2_senet50': lambda m: VGGFace2ResNet50(se=True, compat_rgb01_norm=m.compat_vggface2_rgb01_norm,
+                                                   dtype=m.dtype, name='visual'),
+}
 AUDIO_BACKBONES = tuple(AUDIO_CNN_TABLES)
 FUSIONS = {'cross_attn': CrossModalFusion, 'self_attn': SelfAttentionFusion, 'lstm': LSTMFusion}
 
@@ -69,6 +79,7 @@ class AudioVisualModel(nn.Module):
   audio_backbone: str = 'zhao19'
   audio_window: int = 10560
   depthwise_impl: str = 'auto'
+  compat_vggface2_rgb01_norm: bool = False  # rnn_attn bug 7: the reference's VGGFace2 input normalisation
   fusion_name: str = 'cross_attn'
   fusion: Mapping[str, Any] = flax.core.FrozenDict()
   num_bins: int = 1
@@ -92,11 +103,10 @@ class AudioVisualModel(nn.Module):
     if 'visual' in self.modalities and 'visual_features' in batch:  # from a feature cache of the frozen backbone
       visual_feat = batch['visual_features'].astype(self.dtype)
     elif 'visual' in self.modalities:
-      lookup(VISUAL_BACKBONES, self.visual_backbone, 'visual_backbone')
+      make_backbone = lookup(VISUAL_BACKBONES, self.visual_backbone, 'visual_backbone')
       faces = batch['faces']
       images = faces.reshape(b * t, *faces.shape[2:]).astype(self.dtype) / 255.0
-      feat = self._backbone('visual', MobileFaceNet(self.dtype, self.depthwise_impl, name='visual'), images, train,
-                            flat_mask)
+      feat = self._backbone('visual', make_backbone(self), images, train, flat_mask)
       visual_feat = feat.reshape(b, t, -1)
     if 'audio' in self.modalities and 'audio_features' in batch:
       audio_feat = batch['audio_features'].astype(self.dtype)

@@ -35,7 +35,7 @@ FUSIONS = {  # name -> (config file, extra overrides)
 }
 BACKBONES = {  # spec rnn_attn 2.1/2.2: low = MobileFaceNet + Zhao19, high = InceptionResnetV1 + Zhao19
     'low': ['--config.model.visual_backbone=mobilefacenet'],
-    'high': ['--config.model.visual_backbone=inception_resnet_v1'],
+    'high': ['--config.model.visual_backbone=inceptionresnetv1'],
 }
 SCHEMES = ('frozen', 'end_to_end')
 
