@@ -69,9 +69,10 @@ class AudioVisualModel(nn.Module):
     audio_offsets `[B, T]` int32, mask `[B, T]` bool (frame exists; False = padding)
   returns {'va': `[B, T, 2]` float32 (valence, arousal)} plus 'cat': `[B, T, aux_classes]` logits of the
   discretised auxiliary head when `aux_classes > 0`. Only the backbones of `modalities` are built, and
-  only their inputs need to be in the batch; with `<part>_features [B, T, F]` in the batch (a feature cache)
-  that backbone is not built and the features are used instead. Backbones named in `frozen` run in inference mode (BatchNorm
-  running averages, no dropout) under `stop_gradient`; the optimiser's mask keeps their parameters fixed.
+  only their inputs need to be in the batch; with `<part>_features [B, T, F]` in the batch (a feature
+  cache) that backbone is not built and the features are used instead. Backbones named in `frozen` run in
+  inference mode (BatchNorm running averages, no dropout) under `stop_gradient`; the optimiser's mask keeps
+  their parameters fixed.
   """
 
   modalities: tuple[str, ...] = MODALITIES

@@ -43,7 +43,6 @@ def va_loss(pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarray, *, ccc_we
 
 # Discretised auxiliary target (spec rnn_attn 3): 8 angle sectors x 3 radius rings, and the reference's
 # class weights for the cross-entropy.
-AUX_CLASSES = 24
 AUX_CLASS_WEIGHTS = (1.28, 1.06, 0.81, 0.89, 0.81, 0.81, 0.81, 0.81, 1.28, 1.28, 1.26, 1.28,
                      0.81, 0.81, 0.81, 0.81, 1.28, 1.28, 1.28, 1.28, 0.81, 0.83, 0.81, 0.83)
 _PI = 3.1416  # the reference's pi
