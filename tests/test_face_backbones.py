@@ -12,7 +12,7 @@ import pytest
 
 from affjax.models import converters
 from affjax.models.backbones import vggface2_resnet
-from affjax.models.backbones.inception_resnet_v1 import InceptionResnetV1
+from affjax.models.backbones.inception_resnet_v1 import InceptionResnetV1, l2_normalize
 from affjax.models.backbones.vggface2_resnet import VGGFace2ResNet50
 
 torch = pytest.importorskip('torch')
@@ -24,6 +24,16 @@ DROPOUT_KEY = jax.random.key(1, impl='unsafe_rbg')
 
 def _param_count(tree) -> int:
   return sum(math.prod(p.shape) for p in jax.tree.leaves(tree))
+
+
+def _check_compute_dtype(model_cls, size: int, **kwargs):
+  """With dtype=bfloat16 the parameters stay float32 and the output is bfloat16."""
+  model = model_cls(dtype=jnp.bfloat16, **kwargs)
+  abstract = _abstract_variables(model, size)
+  assert {a.dtype for a in jax.tree.leaves(abstract)} == {jnp.dtype(jnp.float32)}
+  out = jax.eval_shape(functools.partial(model.apply, train=False), abstract,
+                       jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32))
+  assert out.dtype == jnp.bfloat16
 
 
 def _abstract_variables(model, size: int):
@@ -176,6 +186,7 @@ def test_inception_resnet_v1_params_and_sizes():
     out = jax.eval_shape(functools.partial(model.apply, train=False), abstract,
                          jax.ShapeDtypeStruct((3, size, size, 3), jnp.float32))
     assert out.shape == (3, 512)
+  _check_compute_dtype(InceptionResnetV1, 112)
   with pytest.raises(ValueError, match='S >= 75'):
     jax.eval_shape(functools.partial(model.init, train=False), KEY, jax.ShapeDtypeStruct((1, 74, 74, 3), jnp.float32))
 
@@ -195,6 +206,17 @@ def test_inception_resnet_v1_masked_train_mode(inception_resnet_v1):
   _, variables, images = inception_resnet_v1
   images = np.concatenate([images, images[:1] * 0.5])
   _check_masked_train_mode(InceptionResnetV1(), variables, images, np.array([True, False, True]))
+
+
+def test_l2_normalize_matches_torch_and_has_finite_gradient_at_zero():
+  x = np.random.default_rng(6).standard_normal((3, 8)).astype(np.float32)
+  x[1] = 0.0
+  expected = torch.nn.functional.normalize(torch.tensor(x, dtype=torch.float64), p=2, dim=1).numpy()
+  np.testing.assert_allclose(np.asarray(l2_normalize(x)), expected, rtol=1e-6, atol=1e-7)
+  grad = np.asarray(jax.grad(lambda x: l2_normalize(x)[:, 0].sum())(x))
+  assert np.isfinite(grad).all()
+  np.testing.assert_allclose(grad[0], (np.eye(8)[0] - expected[0, 0] * expected[0]) / np.linalg.norm(x[0]),
+                             rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- VGGFace2 ResNet-50
@@ -273,6 +295,7 @@ def test_vggface2_resnet50_params_and_sizes(se):
     out = jax.eval_shape(functools.partial(model.apply, train=False), abstract,
                          jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32))
     assert out.shape == (2, 2048)
+  _check_compute_dtype(VGGFace2ResNet50, 200, se=se)
   for shape in [(1, 194, 194, 3), (1, 200, 224, 3)]:
     with pytest.raises(ValueError, match='S >= 195'):
       jax.eval_shape(functools.partial(model.init, train=False), KEY, jax.ShapeDtypeStruct(shape, jnp.float32))
