@@ -12,7 +12,7 @@ import pytest
 
 from affjax.models import converters
 from affjax.models.backbones import vggface2_resnet
-from affjax.models.backbones.inception_resnet_v1 import InceptionResnetV1
+from affjax.models.backbones.inception_resnet_v1 import InceptionResnetV1, l2_normalize
 from affjax.models.backbones.vggface2_resnet import VGGFace2ResNet50
 
 torch = pytest.importorskip('torch')
@@ -166,16 +166,16 @@ def inception_resnet_v1():
 
 
 def test_inception_resnet_v1_params_and_sizes():
-  model = InceptionResnetV1()
+  model = InceptionResnetV1(dtype=jnp.bfloat16)  # the compute dtype: parameters stay float32
   abstract = _abstract_variables(model, 112)
+  assert {a.dtype for a in jax.tree.leaves(abstract)} == {jnp.dtype(jnp.float32)}
   n = _param_count(abstract['params'])
   assert abs(n - 23.5e6) / 23.5e6 < 0.005, n  # spec: 23.5 M
   torch_n = sum(p.numel() for name, p in _torch_inception_resnet_v1().named_parameters() if not name.startswith('logits'))
   assert n == torch_n
-  for size in [112, 160]:
-    out = jax.eval_shape(functools.partial(model.apply, train=False), abstract,
-                         jax.ShapeDtypeStruct((3, size, size, 3), jnp.float32))
-    assert out.shape == (3, 512)
+  out = jax.eval_shape(functools.partial(model.apply, train=False), abstract,
+                       jax.ShapeDtypeStruct((3, 160, 160, 3), jnp.float32))  # 112: test_..._matches_torch
+  assert out.shape == (3, 512) and out.dtype == jnp.bfloat16
   with pytest.raises(ValueError, match='S >= 75'):
     jax.eval_shape(functools.partial(model.init, train=False), KEY, jax.ShapeDtypeStruct((1, 74, 74, 3), jnp.float32))
 
@@ -195,6 +195,17 @@ def test_inception_resnet_v1_masked_train_mode(inception_resnet_v1):
   _, variables, images = inception_resnet_v1
   images = np.concatenate([images, images[:1] * 0.5])
   _check_masked_train_mode(InceptionResnetV1(), variables, images, np.array([True, False, True]))
+
+
+def test_l2_normalize_matches_torch_and_has_finite_gradient_at_zero():
+  x = np.random.default_rng(6).standard_normal((3, 8)).astype(np.float32)
+  x[1] = 0.0
+  expected = torch.nn.functional.normalize(torch.tensor(x, dtype=torch.float64), p=2, dim=1).numpy()
+  np.testing.assert_allclose(np.asarray(l2_normalize(x)), expected, rtol=1e-6, atol=1e-7)
+  grad = np.asarray(jax.grad(lambda x: l2_normalize(x)[:, 0].sum())(x))
+  assert np.isfinite(grad).all()
+  np.testing.assert_allclose(grad[0], (np.eye(8)[0] - expected[0, 0] * expected[0]) / np.linalg.norm(x[0]),
+                             rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- VGGFace2 ResNet-50
@@ -263,16 +274,17 @@ def _vggface2_case(se: bool):
 
 @pytest.mark.parametrize('se', [False, True])
 def test_vggface2_resnet50_params_and_sizes(se):
-  model = VGGFace2ResNet50(se=se)
-  abstract = _abstract_variables(model, 224)
+  model = VGGFace2ResNet50(se=se, dtype=jnp.bfloat16)  # the compute dtype: parameters stay float32
+  abstract = _abstract_variables(model, 195)
+  assert {a.dtype for a in jax.tree.leaves(abstract)} == {jnp.dtype(jnp.float32)}
   n = _param_count(abstract['params'])
   torch_n = sum(p.numel() for name, p in _torch_vggface2_resnet50(se).named_parameters() if not name.startswith('fc'))
   assert n == torch_n
   assert abs(n - (26.04e6 if se else 23.51e6)) < 0.01e6, n  # torchvision ResNet-50 without fc: 23.51 M
-  for size in [195, 226, 256]:
+  for size in [226, 256]:  # 226: the largest 7x7 layer4 map; 256: 8x8, averaged over the 2x2 pooled positions
     out = jax.eval_shape(functools.partial(model.apply, train=False), abstract,
                          jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32))
-    assert out.shape == (2, 2048)
+    assert out.shape == (2, 2048) and out.dtype == jnp.bfloat16
   for shape in [(1, 194, 194, 3), (1, 200, 224, 3)]:
     with pytest.raises(ValueError, match='S >= 195'):
       jax.eval_shape(functools.partial(model.init, train=False), KEY, jax.ShapeDtypeStruct(shape, jnp.float32))

@@ -87,6 +87,12 @@ def _apply_branches(branches: Branches, dtype: Any, x: Array, train: bool, mask:
   return outs
 
 
+def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
+  """`x / max(||x||, eps)` over the last axis (PyTorch `F.normalize`), with a finite gradient at x = 0
+  (where `jnp.linalg.norm`'s is NaN, e.g. a train-mode BatchNorm over a single valid image)."""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
 def _max_pool(x: Array) -> Array:
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
 
@@ -150,8 +156,7 @@ class InceptionResnetV1(nn.Module):
     x = nn.Dense(512, use_bias=False, kernel_init=torch_kernel_init, dtype=self.dtype, name='last_linear')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPS, dtype=self.dtype,
                      name='last_bn')(x, mask=None if mask is None else mask[:, None])
-    x32 = x.astype(jnp.promote_types(self.dtype, jnp.float32))
-    return (x32 / jnp.maximum(jnp.linalg.norm(x32, axis=-1, keepdims=True), 1e-12)).astype(self.dtype)
+    return l2_normalize(x.astype(jnp.promote_types(self.dtype, jnp.float32))).astype(self.dtype)
 
 
 def from_torch(sd: StateDictReader) -> dict[str, dict]:
