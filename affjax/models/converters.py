@@ -4,12 +4,14 @@ from __future__ import annotations
 import functools
 
 from affjax.models import torch_convert
-from affjax.models.backbones import audio1d, mobilefacenet
+from affjax.models.backbones import audio1d, mobilefacenet, resnet
 
 # network -> (converter from a StateDictReader, tensor-name prefixes of heads affjax does not use)
 CONVERTERS = {
     'mobilefacenet': (mobilefacenet.from_torch, ('output_layer', 'linear', 'fc')),
     **{name: (functools.partial(audio1d.from_torch, table), ()) for name, table in audio1d.AUDIO_CNN_TABLES.items()},
+    'resnet18_audio': (resnet.resnet18_from_torch, ('fc',)),  # 1-channel conv1 (log-mel patches)
+    'r2plus1d_18': (resnet.r2plus1d18_from_torch, ('fc',)),
 }
 
 
