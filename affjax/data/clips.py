@@ -12,12 +12,13 @@ last 8; 8-15 the last 8; 1-7 all of them, the last one repeated up to 8; n = 0 i
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
 import numpy as np
 
-from affjax.data import affwild2, audio
+from affjax.data import affwild2, audio, augment, pipeline
 
 CLIP_LENGTH = 32  # frames spanned by a clip
 FRAMES_PER_CLIP = 8  # frames sampled from a clip
@@ -112,3 +113,85 @@ def clip_log_mel(waveforms: jnp.ndarray, num_samples: jnp.ndarray, *, sample_rat
   valid = (jnp.arange(frames) >= frames - num_valid[..., None])[..., None]
   db = audio.to_db(jnp.where(valid, spec, 0.0), top_db=top_db)  # padding frames never set the maximum
   return jnp.where(valid, (db + LOG_MEL_OFFSET) / LOG_MEL_SCALE, 0.0)
+
+
+# ----------------------------------------------------------------------------- the clip-view pipeline
+def window_table(videos, num_clips: int) -> np.ndarray:
+  """[M, 2] int64 rows (video index, window number) of every clip window of every video, in order."""
+  rows = [np.stack([np.full(n, i), np.arange(n)], axis=1)
+          for i, v in enumerate(videos) for n in [num_windows(v.num_frames, num_clips)]]
+  return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), np.int64)
+
+
+def clip_audio_samples(config) -> int:
+  """Samples of each clip's audio buffer: its log-mel has `data.audio_frames` frames at a 10 ms hop."""
+  return log_mel_samples(config.data.audio_frames, round(affwild2.SAMPLE_RATE * 0.01))
+
+
+def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
+  """Zeros shaped like a clip-view batch (the RJCA model's input signature)."""
+  num_clips, size = config.data.num_clips, config.data.image_size
+  return dict(faces=np.zeros((batch_size, num_clips, FRAMES_PER_CLIP, size, size, 3), np.uint8),
+              clip_audio=np.zeros((batch_size, num_clips, clip_audio_samples(config)), np.float32),
+              clip_audio_samples=np.zeros((batch_size, num_clips), np.int32),
+              mask=np.ones((batch_size, num_clips), bool))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipWindowLoader:
+  """Reads one clip window (video index, window number) and returns its model inputs, per clip:
+  faces `[L, 8, S, S, 3]` uint8, clip_audio `[L, N]` + clip_audio_samples `[L]`, labels `[L, 2]` and
+  label_mask `[L]` (of the clip's last frame), face_mask `[L]` (the clip has a face crop), mask `[L]`
+  (the clip's last frame is in the video) and frames `[L]` (that frame). Picklable for grain workers.
+
+  `augment` (training): dict(brightness=b, contrast=c): one factor each, U(1 -+ b), U(1 -+ c), per clip.
+  """
+  records: pipeline.Records
+  num_clips: int
+  image_size: int
+  audio_samples: int
+  augment: dict | None = None
+
+  def __call__(self, row: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    video_index, window = int(row[0]), int(row[1])
+    video = self.records.videos[video_index]
+    ends = clip_ends(window, self.num_clips)
+    exists = ends < video.num_frames
+    faces = np.zeros((self.num_clips, FRAMES_PER_CLIP, self.image_size, self.image_size, 3), np.uint8)
+    audio_buffers = np.zeros((self.num_clips, self.audio_samples), np.float32)
+    audio_lengths = np.zeros(self.num_clips, np.int32)
+    labels, label_mask = np.zeros((self.num_clips, 2), np.float32), np.zeros(self.num_clips, bool)
+    has_face = np.zeros(self.num_clips, bool)
+    if exists.any():  # else every clip of the window lies past the video's end
+      first, last = max(int(ends[0]) - CLIP_LENGTH + 1, 0), min(int(ends[-1]), video.num_frames - 1)
+      c = self.records.chunk_size
+      chunks = [self.records.source[video.first_record + k] for k in range(first // c, last // c + 1)]
+      base = first // c * c
+      field = lambda name: np.concatenate([ch[name] for ch in chunks])
+      face_mask = field('face_mask') & field('frame_mask')
+      frames, has_face = clip_frames(ends, face_mask, first_frame=base)
+      has_face &= exists
+      jpegs, decoded = field('faces'), {}
+      for i in np.flatnonzero(has_face):
+        for k, f in enumerate(frames[i]):
+          if f not in decoded:
+            decoded[f] = pipeline.decode_face(jpegs[f - base], self.image_size, video.name, int(f))
+          faces[i, k] = decoded[f]
+        if self.augment is not None:
+          faces[i] = augment.color_jitter(faces[i], rng, saturation=0.0, **self.augment)
+      samples, samples_start = field('audio'), affwild2.frame_boundary_sample(base, video.fps)
+      for i in np.flatnonzero(exists):
+        audio_buffers[i], audio_lengths[i] = clip_audio(samples, samples_start, int(ends[i]), video.fps,
+                                                        self.audio_samples)
+      rows = ends[exists] - base
+      labels[exists], label_mask[exists] = field('labels')[rows], field('label_mask')[rows]
+    return dict(faces=faces, clip_audio=audio_buffers, clip_audio_samples=audio_lengths, labels=labels,
+                label_mask=label_mask, face_mask=has_face, mask=exists, frames=ends.astype(np.int32),
+                video_index=np.int32(video_index))
+
+
+def loader(records: pipeline.Records, config, *, train: bool) -> ClipWindowLoader:
+  data = config.data
+  jitter = dict(brightness=data.augment.brightness, contrast=data.augment.contrast) if train else None
+  return ClipWindowLoader(records=records, num_clips=data.num_clips, image_size=data.image_size,
+                          audio_samples=clip_audio_samples(config), augment=jitter)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from affjax import parallel
-from affjax.data import pipeline
+from affjax.data import clips, pipeline
 from affjax.models import torch_convert
 
 
@@ -24,6 +24,8 @@ class TrainState:
 
 def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   """Zeros shaped like a pipeline batch of `batch_size` windows (the model's input signature)."""
+  if config.data.get('view', 'frames') == 'clips':
+    return clips.example_batch(config, batch_size)
   d = config.data
   t, s = d.window, d.image_size
   return dict(faces=np.zeros((batch_size, t, s, s, 3), np.uint8),
