@@ -62,9 +62,9 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collection
     if variant == 'smoke':
       config.data.synthetic.update(num_train=3, num_validation=2, num_test=1, min_frames=48, max_frames=64)
       config.data.num_workers = 0
-      config.data.update(num_clips=2, image_size=32, audio_frames=104)
+      config.data.update(num_clips=2, image_size=16, audio_frames=104)  # layer 4: one position
       config.model.features = 32
-      config.train.update(batch_size=4, num_steps=4, log_every=2, eval_every=2, checkpoint_every=2)
+      config.train.update(batch_size=4, num_steps=2, log_every=1, eval_every=2, checkpoint_every=2)
       config.eval.batch_size = 8
     elif variant == 'jca':
       config.model.num_iterations = 1
