@@ -29,9 +29,11 @@ class VideoPredictions:
     return cls(name=video.name, num_rows=video.num_rows, sums=np.zeros((n, 2)), counts=np.zeros(n),
                labels=np.zeros((n, 2), np.float32), label_mask=np.zeros(n, bool))
 
-  def add(self, start: int, pred: np.ndarray, labels: np.ndarray, label_mask: np.ndarray, mask: np.ndarray):
-    """Adds one window's [T,2] predictions at frames [start, start + T) where `mask` (not padding)."""
-    frames = np.arange(start, start + len(mask))[mask]
+  def add(self, start: int, pred: np.ndarray, labels: np.ndarray, label_mask: np.ndarray, mask: np.ndarray,
+          frames: np.ndarray | None = None):
+    """Adds one window's [T,2] predictions at frames [start, start + T) (or at `frames` [T], e.g. the last
+    frames of a window's clips) where `mask` (not padding)."""
+    frames = (np.arange(start, start + len(mask)) if frames is None else np.asarray(frames))[mask]
     self.sums[frames] += pred[mask]
     self.counts[frames] += 1
     self.labels[frames] = labels[mask]
@@ -54,10 +56,12 @@ def predict_split(state, eval_step, records: pipeline.Records, config, mesh) -> 
       global_batch = parallel.to_global(batch, mesh)
       pred = parallel.to_host(eval_step(state, global_batch))
       rows = {k: parallel.to_host(global_batch[k])
-              for k in ('video_index', 'start', 'labels', 'label_mask', 'mask', 'valid_window')}
+              for k in ('video_index', 'start', 'frames', 'labels', 'label_mask', 'mask', 'valid_window')
+              if k in global_batch}
       for i in np.flatnonzero(rows['valid_window']):
-        videos[rows['video_index'][i]].add(rows['start'][i], pred[i], rows['labels'][i],
-                                           rows['label_mask'][i], rows['mask'][i])
+        frames = rows['frames'][i] if 'frames' in rows else None
+        videos[rows['video_index'][i]].add(rows['start'][i] if frames is None else 0, pred[i], rows['labels'][i],
+                                           rows['label_mask'][i], rows['mask'][i], frames)
   finally:
     if hasattr(iterator, 'close'):
       iterator.close()

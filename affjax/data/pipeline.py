@@ -203,6 +203,19 @@ def _loader(records: Records, config, *, train: bool) -> WindowLoader | FeatureW
                       augment=data.augment.to_dict() if train else None)
 
 
+def _view(records: Records, config, *, train: bool):
+  """(window table, window loader) of `config.data.view`: 'frames' (windows of T frames, the default) or
+  'clips' (RJCA windows of `data.num_clips` clips, `affjax.data.clips`)."""
+  view = config.data.get('view', 'frames')
+  if view == 'clips':
+    from affjax.data import clips  # pylint: disable=g-import-not-at-top  (clips builds on this module)
+    return clips.window_table(records.videos, config.data.num_clips), clips.loader(records, config, train=train)
+  if view != 'frames':
+    raise ValueError(f"config.data.view={view!r} is not one of ['frames', 'clips']")
+  hop = config.data.train_hop if train else config.data.eval_hop
+  return window_table(records.videos, config.data.window, hop), _loader(records, config, train=train)
+
+
 def _iterate(ds: grain.MapDataset, config) -> grain.IterDataset:
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
   if config.data.num_workers > 0:
@@ -220,23 +233,24 @@ def per_process_batch_size(global_batch_size: int) -> int:
 
 def train_dataset(records: Records, config) -> grain.IterDataset:
   """Endless, globally shuffled (reshuffled every epoch) training batches of this process's share."""
-  table = window_table(records.videos, config.data.window, config.data.train_hop)
+  table, loader = _view(records, config, train=True)
   if len(table) == 0:
     raise ValueError(f'the {records.split} split of {records.directory} holds no video')
   ds = grain.MapDataset.source(table).shuffle(seed=config.seed).repeat()
   ds = ds[jax.process_index()::jax.process_count()]
-  ds = ds.random_map(_loader(records, config, train=True), seed=config.seed)
+  ds = ds.random_map(loader, seed=config.seed)
   ds = ds.batch(per_process_batch_size(config.train.batch_size), drop_remainder=True)
   return _iterate(ds, config)
 
 
 def eval_dataset(records: Records, config) -> tuple[grain.IterDataset, int]:
-  """Every window of every video in order (hop `data.eval_hop`), this process's rows of each global batch.
+  """Every window of every video in order (hop `data.eval_hop`, or every clip window), this process's rows of
+  each global batch.
 
   The table is padded with copies of its last window (flagged by `valid_window` False) to whole global
   batches. Returns the dataset and the number of real windows.
   """
-  table = window_table(records.videos, config.data.window, config.data.eval_hop)
+  table, loader = _view(records, config, train=False)
   global_batch = config.eval.batch_size
   num_windows = len(table)
   padded = -(-num_windows // global_batch) * global_batch
@@ -244,6 +258,6 @@ def eval_dataset(records: Records, config) -> tuple[grain.IterDataset, int]:
   valid = np.arange(padded) < num_windows
   ds = grain.MapDataset.source(np.concatenate([table[rows], valid[:, None]], axis=1))
   ds = ds[jax.process_index()::jax.process_count()]
-  ds = ds.map(EvalWindow(_loader(records, config, train=False)))
+  ds = ds.map(EvalWindow(loader))
   ds = ds.batch(per_process_batch_size(global_batch), drop_remainder=False)
   return _iterate(ds, config), num_windows

@@ -11,6 +11,7 @@ import ml_collections
 from affjax.models.attention import ATTENTION_IMPLS
 from affjax.models.av_model import AUDIO_BACKBONES, MODALITIES, VISUAL_BACKBONES, AudioVisualModel
 from affjax.models.layers import ACTIVATIONS, DEPTHWISE_IMPLS, lookup
+from affjax.models.rjca_model import RJCAModel
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -57,10 +58,22 @@ def _build_audio_visual(cfg: ml_collections.ConfigDict) -> nn.Module:
       dtype=DTYPES[_field(cfg, 'dtype', DTYPES)])
 
 
+def _build_rjca(cfg: ml_collections.ConfigDict) -> nn.Module:
+  fusion = dict(
+      num_iterations=cfg.num_iterations, share_iteration_weights=cfg.share_iteration_weights,
+      features=cfg.features, lstm_dropout=cfg.lstm_dropout, attention_dropout=cfg.attention_dropout,
+      head_dropout=cfg.head_dropout, compat_scrambled_spatial_view=cfg.compat_scrambled_spatial_view,
+      compat_audio_guidance_on_position_axis=cfg.compat_audio_guidance_on_position_axis)
+  if cfg.num_iterations < 1:
+    raise ValueError(f'config.model.num_iterations={cfg.num_iterations} must be >= 1 (1 = JCA)')
+  return RJCAModel(fusion=fusion, train_backbones=cfg.train_backbones, dtype=DTYPES[_field(cfg, 'dtype', DTYPES)])
+
+
 MODELS: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
     'cross_attn': _build_audio_visual,
     'self_attn': _build_audio_visual,
     'lstm': _build_audio_visual,
+    'rjca': _build_rjca,
 }
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from affjax import parallel
-from affjax.data import pipeline
+from affjax.data import clips, pipeline
 from affjax.models import torch_convert
 
 
@@ -25,6 +25,8 @@ class TrainState:
 def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   """Zeros shaped like a pipeline batch of `batch_size` windows (the model's input signature); from a
   feature cache (`config.data.features_dir`) its `<part>_features` instead of faces and audio."""
+  if config.data.get('view', 'frames') == 'clips':
+    return clips.example_batch(config, batch_size)
   d = config.data
   t, s = d.window, d.image_size
   if d.get('features_dir'):

@@ -1,0 +1,197 @@
+"""Clip views of a video (RJCA, `../shared/specs/rjca.md` §5): windows of L clips of 32 frames, 8 frames
+sampled per clip, one audio span and one log-mel spectrogram per clip.
+
+Every frame is the last frame of exactly one clip. Window (g, j) of a video (group g, offset j in [0, 32))
+has clip i (i in [0, L)) ending at frame `e = g * L * 32 + j + 32 * i` (0-based) and spanning frames
+(e - 32, e]; frames before 0 or past the video's end do not exist. A clip is predicted at its last frame
+e, its target is the label of frame e.
+
+Frame selection among the n frames of the span that have a face crop (not the labels: spec B11):
+n = 32 every 4th, 24-31 every 3rd, 16-23 every 2nd, counting back from the last one and keeping the
+last 8; 8-15 the last 8; 1-7 all of them, the last one repeated up to 8; n = 0 is an empty clip.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from affjax.data import affwild2, audio, augment, pipeline
+
+CLIP_LENGTH = 32  # frames spanned by a clip
+FRAMES_PER_CLIP = 8  # frames sampled from a clip
+# Reference log-mel scaling: (dB + 14.8) / 19.895.
+LOG_MEL_OFFSET, LOG_MEL_SCALE = 14.8, 19.895
+
+
+def sampling_step(num_available: int) -> int:
+  """Every how many available frames one is kept: 4 (32), 3 (24-31), 2 (16-23), 1 (1-15)."""
+  if not 1 <= num_available <= CLIP_LENGTH:
+    raise ValueError(f'a clip has 1..{CLIP_LENGTH} available frames, got {num_available}')
+  return max(1, num_available // 8)
+
+
+def select_frames(available: np.ndarray) -> np.ndarray:
+  """The 8 frames `[8]` (ascending, the last one repeated if fewer than 8) sampled from the ascending
+  frame ids `available` (1..32 of them) of one clip."""
+  available = np.asarray(available)
+  picked = available[::-1][::sampling_step(len(available))][:FRAMES_PER_CLIP][::-1]
+  return np.concatenate([picked, np.repeat(picked[-1:], FRAMES_PER_CLIP - len(picked))])
+
+
+def num_windows(num_frames: int, num_clips: int) -> int:
+  """Windows of a video: 32 per group of L * 32 frames (every frame ends one clip of one window)."""
+  return math.ceil(num_frames / (num_clips * CLIP_LENGTH)) * CLIP_LENGTH
+
+
+def clip_ends(window: int, num_clips: int) -> np.ndarray:
+  """The last frame `[L]` (0-based) of each clip of window number `window` of a video."""
+  group, offset = divmod(window, CLIP_LENGTH)
+  return group * num_clips * CLIP_LENGTH + offset + CLIP_LENGTH * np.arange(num_clips)
+
+
+def clip_frames(ends: np.ndarray, face_mask: np.ndarray, first_frame: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """The sampled frames of clips ending at `ends` `[L]`, given the face mask of frames
+  [first_frame, first_frame + len(face_mask)) (frames outside it have no face).
+
+  Returns frames `[L, 8]` (0-based frame ids; 0 for empty clips) and has_face `[L]` (the clip is not empty).
+  """
+  frames = np.zeros((len(ends), FRAMES_PER_CLIP), np.int64)
+  has_face = np.zeros(len(ends), bool)
+  for i, end in enumerate(ends):
+    span = np.arange(end - CLIP_LENGTH + 1, end + 1)
+    inside = (span >= first_frame) & (span < first_frame + len(face_mask))
+    available = span[inside][face_mask[span[inside] - first_frame]]
+    if len(available):
+      frames[i], has_face[i] = select_frames(available), True
+  return frames, has_face
+
+
+def log_mel_samples(num_frames: int, hop: int) -> int:
+  """Waveform samples whose centred spectrogram has `num_frames` frames: (num_frames - 1) * hop."""
+  return (num_frames - 1) * hop
+
+
+def clip_audio(samples: np.ndarray, samples_start: int, end: int, fps: float, length: int) -> tuple[np.ndarray, int]:
+  """The audio of the clip ending at frame `end`, right-aligned in `length` zeros.
+
+  `samples` holds the video's 16 kHz audio from sample `samples_start` on and must cover the clip (as far
+  as the video's audio goes). The clip owns samples [b(end - 31), b(end + 1)) (b = frame boundary, from 0
+  when the clip starts before the video); a longer span keeps its last `length` samples.
+  Returns (`[length]` float32, number of the clip's samples in it).
+  """
+  s0 = affwild2.frame_boundary_sample(max(end - CLIP_LENGTH + 1, 0), fps)
+  s1 = affwild2.frame_boundary_sample(end + 1, fps)
+  s0 = max(s0, s1 - length)
+  span = samples[s0 - samples_start:s1 - samples_start]
+  out = np.zeros(length, np.float32)
+  out[length - len(span):] = span
+  return out, len(span)
+
+
+def clip_log_mel(waveforms: jnp.ndarray, num_samples: jnp.ndarray, *, sample_rate: int = affwild2.SAMPLE_RATE,
+                 n_mels: int = 64, window_ms: float = 20.0, hop_ms: float = 10.0, min_seconds: float = 1.03,
+                 top_db: float = 80.0) -> jnp.ndarray:
+  """Per-clip log-mel spectrograms `[..., F, n_mels]` of right-aligned clip audio `waveforms [..., S]`
+  (S = (F - 1) * hop) holding `num_samples [...]` samples of the clip.
+
+  Power mel spectrogram (periodic Hann of `window_ms` centred in the next power-of-two FFT, hop `hop_ms`,
+  centre/reflect padding, HTK mels up to sr/2), dB clamped `top_db` below the clip's maximum, then
+  (dB + 14.8) / 19.895. A clip shorter than `min_seconds` is silence-padded on the left to it (the
+  reference pads to 1.03 s: 104 frames); the frames before that are 0 (left padding after scaling).
+  """
+  win, hop = round(sample_rate * window_ms / 1000), round(sample_rate * hop_ms / 1000)
+  n_fft = 1 << (win - 1).bit_length()
+  spec = audio.mel_spectrogram(waveforms, sample_rate, n_fft, hop, n_mels, win_length=win)
+  frames = spec.shape[-2]
+  if waveforms.shape[-1] != log_mel_samples(frames, hop):
+    raise ValueError(f'clip audio of {waveforms.shape[-1]} samples: expected (frames - 1) * hop samples')
+  min_samples = round(min_seconds * sample_rate / hop) * hop
+  num_valid = 1 + jnp.maximum(num_samples, min_samples) // hop
+  valid = (jnp.arange(frames) >= frames - num_valid[..., None])[..., None]
+  db = audio.to_db(jnp.where(valid, spec, 0.0), top_db=top_db)  # padding frames never set the maximum
+  return jnp.where(valid, (db + LOG_MEL_OFFSET) / LOG_MEL_SCALE, 0.0)
+
+
+# ----------------------------------------------------------------------------- the clip-view pipeline
+def window_table(videos, num_clips: int) -> np.ndarray:
+  """[M, 2] int64 rows (video index, window number) of every clip window of every video, in order."""
+  rows = [np.stack([np.full(n, i), np.arange(n)], axis=1)
+          for i, v in enumerate(videos) for n in [num_windows(v.num_frames, num_clips)]]
+  return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), np.int64)
+
+
+def clip_audio_samples(config) -> int:
+  """Samples of each clip's audio buffer: its log-mel has `data.audio_frames` frames at a 10 ms hop."""
+  return log_mel_samples(config.data.audio_frames, round(affwild2.SAMPLE_RATE * 0.01))
+
+
+def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
+  """Zeros shaped like a clip-view batch (the RJCA model's input signature)."""
+  num_clips, size = config.data.num_clips, config.data.image_size
+  return dict(faces=np.zeros((batch_size, num_clips, FRAMES_PER_CLIP, size, size, 3), np.uint8),
+              clip_audio=np.zeros((batch_size, num_clips, clip_audio_samples(config)), np.float32),
+              clip_audio_samples=np.zeros((batch_size, num_clips), np.int32),
+              mask=np.ones((batch_size, num_clips), bool))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipWindowLoader:
+  """Reads one clip window (video index, window number) and returns its model inputs, per clip:
+  faces `[L, 8, S, S, 3]` uint8, clip_audio `[L, N]` + clip_audio_samples `[L]`, labels `[L, 2]` and
+  label_mask `[L]` (of the clip's last frame), face_mask `[L]` (the clip has a face crop), mask `[L]`
+  (the clip's last frame is in the video) and frames `[L]` (that frame). Picklable for grain workers.
+
+  `augment` (training): dict(brightness=b, contrast=c): one factor each, U(1 -+ b), U(1 -+ c), per clip.
+  """
+  records: pipeline.Records
+  num_clips: int
+  image_size: int
+  audio_samples: int
+  augment: dict | None = None
+
+  def __call__(self, row: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    video_index, window = int(row[0]), int(row[1])
+    video = self.records.videos[video_index]
+    ends = clip_ends(window, self.num_clips)
+    exists = ends < video.num_frames
+    faces = np.zeros((self.num_clips, FRAMES_PER_CLIP, self.image_size, self.image_size, 3), np.uint8)
+    audio_buffers = np.zeros((self.num_clips, self.audio_samples), np.float32)
+    audio_lengths = np.zeros(self.num_clips, np.int32)
+    labels, label_mask = np.zeros((self.num_clips, 2), np.float32), np.zeros(self.num_clips, bool)
+    has_face = np.zeros(self.num_clips, bool)
+    if exists.any():  # else every clip of the window lies past the video's end
+      first, last = max(int(ends[0]) - CLIP_LENGTH + 1, 0), min(int(ends[-1]), video.num_frames - 1)
+      c = self.records.chunk_size
+      chunks = [self.records.source[video.first_record + k] for k in range(first // c, last // c + 1)]
+      base = first // c * c
+      field = lambda name: np.concatenate([ch[name] for ch in chunks])
+      face_mask = field('face_mask') & field('frame_mask')
+      frames, has_face = clip_frames(ends, face_mask, first_frame=base)
+      has_face &= exists
+      jpegs, decoded = field('faces'), {}
+      for i in np.flatnonzero(has_face):
+        for k, f in enumerate(frames[i]):
+          if f not in decoded:
+            decoded[f] = pipeline.decode_face(jpegs[f - base], self.image_size, video.name, int(f))
+          faces[i, k] = decoded[f]
+        if self.augment is not None:
+          faces[i] = augment.color_jitter(faces[i], rng, saturation=0.0, **self.augment)
+      samples, samples_start = field('audio'), affwild2.frame_boundary_sample(base, video.fps)
+      for i in np.flatnonzero(exists):
+        audio_buffers[i], audio_lengths[i] = clip_audio(samples, samples_start, int(ends[i]), video.fps,
+                                                        self.audio_samples)
+      rows = ends[exists] - base
+      labels[exists], label_mask[exists] = field('labels')[rows], field('label_mask')[rows]
+    return dict(faces=faces, clip_audio=audio_buffers, clip_audio_samples=audio_lengths, labels=labels,
+                label_mask=label_mask, face_mask=has_face, mask=exists, frames=ends.astype(np.int32),
+                video_index=np.int32(video_index))
+
+
+def loader(records: pipeline.Records, config, *, train: bool) -> ClipWindowLoader:
+  data = config.data
+  jitter = dict(brightness=data.augment.brightness, contrast=data.augment.contrast) if train else None
+  return ClipWindowLoader(records=records, num_clips=data.num_clips, image_size=data.image_size,
+                          audio_samples=clip_audio_samples(config), augment=jitter)

@@ -1,0 +1,77 @@
+"""Recursive joint cross-attention (RJCA, Praveen et al., ICASSP 2023; `../shared/specs/rjca.md`) over frozen
+R(2+1)D-18 (faces) and ResNet-18 (log-mel) clip backbones. Variants through `get_config(arg)`:
+  configs/rjca.py          the default run (sized for a CPU on the synthetic tree; see below)
+  configs/rjca.py:smoke    a few steps on a tiny synthetic tree, for tests and install checks
+  configs/rjca.py:jca      one joint co-attention iteration (K = 1: JCA, the released code)
+  configs/rjca.py:paper    the spec's full-size recipe (112 px faces, 16 clips, batch 64) for GPUs
+Converted TSAV/torchvision backbones: --config.model.pretrained.visual=r2p1d.msgpack (network r2plus1d_18)
+and --config.model.pretrained.audio=resnet18.msgpack (network resnet18_audio) from tools/convert_torch.py.
+"""
+import ml_collections
+
+from configs import base
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  config = base.get_base_config()
+  data = config.data
+  data.view = 'clips'  # windows of num_clips clips x 32 frames, 8 frames sampled per clip
+  data.num_clips = 16
+  data.window = data.get_ref('num_clips') * 32  # frames a window spans (throughput logging)
+  data.audio_frames = 224  # log-mel frames per clip (10 ms hop): static, clips left-padded
+  data.augment = ml_collections.ConfigDict(dict(brightness=0.2, contrast=0.2, saturation=0.0, flip=False))
+
+  config.compat.scrambled_spatial_view = False  # spec B2: the reference's channel-major [49, 512] view
+  config.compat.audio_guidance_on_position_axis = False  # spec B3
+
+  model = config.model
+  model.name = 'rjca'
+  model.modalities = ('audio', 'visual')
+  model.num_iterations = 3  # K joint co-attention iterations (1 = JCA)
+  model.share_iteration_weights = False
+  model.features = 512
+  model.lstm_dropout = 0.1
+  model.attention_dropout = 0.6
+  model.head_dropout = 0.6
+  model.train_backbones = False  # frozen: running-average BatchNorm, no gradient
+  model.dtype = config.train.get_ref('dtype')
+  model.compat_scrambled_spatial_view = config.compat.get_ref('scrambled_spatial_view')
+  model.compat_audio_guidance_on_position_axis = config.compat.get_ref('audio_guidance_on_position_axis')
+  model.pretrained = ml_collections.ConfigDict(dict(visual='', audio=''))
+
+  config.loss.ccc_weights = (1.0, 1.0)  # (1 - CCC_V) + (1 - CCC_A)
+  config.optim.learning_rate = 1e-4  # Adam, no weight decay (frozen backbones must not decay)
+  config.optim.weight_decay = 0.0
+  config.optim.warmup_steps = 0
+
+  # Sized for a 2-core CPU on the synthetic tree: 56 px faces (layer 4: 4 x 4 positions), 4 clips per window.
+  data.image_size = 56
+  data.num_clips = 4
+  config.train.batch_size = 4
+  config.eval.batch_size = 8
+  config.train.num_steps = 100
+  config.train.log_every = 10
+  config.train.eval_every = 50
+  config.train.checkpoint_every = 50
+  return apply_variants(config, arg)
+
+
+def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
+  """Applies the comma-separated variants of `arg` (smoke, jca, paper) to `config`."""
+  for variant in filter(None, (a.strip() for a in arg.split(','))):
+    if variant == 'smoke':
+      config.data.synthetic.update(num_train=3, num_validation=2, num_test=1, min_frames=48, max_frames=64)
+      config.data.num_workers = 0
+      config.data.update(num_clips=2, image_size=16, audio_frames=104)  # layer 4: one position
+      config.model.features = 32
+      config.train.update(batch_size=4, num_steps=2, log_every=1, eval_every=2, checkpoint_every=2)
+      config.eval.batch_size = 8
+    elif variant == 'jca':
+      config.model.num_iterations = 1
+    elif variant == 'paper':
+      config.data.update(num_clips=16, image_size=112)
+      config.train.update(batch_size=64, dtype='bfloat16')
+      config.eval.batch_size = 64
+    else:
+      raise ValueError(f'unknown config variant {variant!r} in get_config({arg!r}); known variants: smoke, jca, paper')
+  return config

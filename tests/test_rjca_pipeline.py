@@ -1,0 +1,62 @@
+"""RJCA clip windows read from the records, and the smoke run of configs/rjca.py through the training loop."""
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from affjax.data import affwild2, clips, pipeline
+from affjax.train import loop
+from configs import rjca
+
+
+def test_clip_loader_reads_the_sampled_frames_labels_and_audio(tiny_records):
+  records = pipeline.open_records(tiny_records, 'train')
+  config = rjca.get_config('smoke')
+  config.data.image_size = 112
+  load = clips.loader(records, config, train=False)
+  video = records.videos[0]
+  chunks = [records.source[video.first_record + k] for k in range(video.num_chunks)]
+  whole = {k: np.concatenate([ch[k] for ch in chunks]) for k in ('faces', 'face_mask', 'labels', 'label_mask', 'audio')}
+  seen = []
+  for window in range(clips.num_windows(video.num_frames, 2)):
+    out = load(np.array([0, window]))
+    assert out['faces'].shape == (2, 8, 112, 112, 3) and out['clip_audio'].shape == (2, clips.clip_audio_samples(config))
+    for i, end in enumerate(out['frames']):
+      assert out['mask'][i] == (end < video.num_frames)
+      if not out['mask'][i]:
+        assert not out['label_mask'][i] and not out['faces'][i].any() and not out['clip_audio'][i].any()
+        continue
+      seen.append(end)
+      np.testing.assert_array_equal(out['labels'][i], whole['labels'][end])
+      assert out['label_mask'][i] == whole['label_mask'][end]
+      span = np.arange(max(end - 31, 0), end + 1)
+      available = span[whole['face_mask'][span]]
+      assert out['face_mask'][i] == (len(available) > 0)
+      if len(available):
+        for k, f in enumerate(clips.select_frames(available)):
+          expected = np.asarray(Image.open(io.BytesIO(whole['faces'][f])).convert('RGB'))
+          np.testing.assert_array_equal(out['faces'][i, k], expected)
+      s0 = affwild2.frame_boundary_sample(max(end - 31, 0), video.fps)
+      s1 = affwild2.frame_boundary_sample(end + 1, video.fps)
+      n = out['clip_audio_samples'][i]
+      assert n == min(s1 - s0, clips.clip_audio_samples(config))  # a longer span keeps its last samples
+      np.testing.assert_array_equal(out['clip_audio'][i, -n:], whole['audio'][s1 - n:s1])
+      assert not out['clip_audio'][i, :-n].any()
+  np.testing.assert_array_equal(np.sort(seen), np.arange(video.num_frames))  # every frame once
+
+
+def test_rjca_smoke_run_writes_metrics_and_abaw_files(tiny_tree, tmp_path):
+  config = rjca.get_config('smoke')
+  config.data.manual_dir = str(tiny_tree)
+  config.data.records_dir = str(tmp_path / 'records')
+  results = loop.train_and_evaluate(config, tmp_path / 'run')
+  metrics = json.loads((tmp_path / 'run' / 'eval' / 'validation' / 'metrics.json').read_text())
+  assert metrics == pytest.approx(results['validation'])
+  records = pipeline.open_records(str(tmp_path / 'records' / 'affwild2' / 'chunk32' / '1.0.0'), 'validation')
+  for video in records.videos:
+    lines = (tmp_path / 'run' / 'predictions' / 'validation' / f'{video.name}.txt').read_text().splitlines()
+    assert lines[0] == 'valence,arousal' and len(lines) - 1 == video.num_rows
+  annotated = sum(int(records.source[i]['label_mask'].sum()) for i in range(len(records.source)))
+  assert metrics['num_frames'] == annotated  # every annotated frame got its clip's prediction
