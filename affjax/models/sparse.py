@@ -215,3 +215,26 @@ class VggBlock(nn.Module):
       y = jnp.where(slot_active[..., None], nn.relu(norm(y, stats, train=train)), 0)
     dense = jnp.zeros((n, h * w, self.features), y.dtype).at[jnp.arange(n)[:, None], index].add(y)
     return dense.reshape(n, h, w, self.features)
+
+
+# ----------------------------------------------------------------------------- compute accounting
+def trunk_macs(input_shape: tuple[int, int, int], width: int = 64, mlp_hidden: int = 1024, d_model: int = 64,
+               keep: tuple[float, float, float] | None = None, query_dim: int | None = None) -> dict:
+  """Multiply-accumulates per input (one face or one mel patch) of a VGG trunk (`backbones/vgg.py`).
+
+  input_shape (H, W, C); keep = fraction of sites each of the 3 stages computes (None: the dense trunk,
+  no scorers; a gather stage computes ⌈capacity·H·W⌉ sites, so pass its capacity). Returns low_level,
+  stages (3), scorers (3; 0 when dense), mlp and total. Counts convolutions, scorers and the flatten MLP.
+  """
+  h, w, c = input_shape
+  low = h * w * 25 * c * width + (h // 2) * (w // 2) * 9 * width * width * 4
+  h, w = h // 2, w // 2
+  stages, scorers = [], []
+  for stage in range(3):
+    cin, cout = width * 2 ** stage, width * 2 ** (stage + 1)
+    fraction = 1.0 if keep is None else keep[stage]
+    stages.append(h * w * fraction * 9 * (cin * cout + cout * cout))
+    scorers.append(0 if keep is None else h * w * (cin * cin + cin) + (query_dim or width) * cin)
+    h, w = h // 2, w // 2
+  mlp = h * w * width * 8 * mlp_hidden + mlp_hidden * d_model
+  return dict(low_level=low, stages=stages, scorers=scorers, mlp=mlp, total=low + sum(stages) + sum(scorers) + mlp)
