@@ -54,11 +54,12 @@ def torch_dense(features: int, fan_in: int, **kwargs) -> nn.Dense:
 ACTIVATIONS: Mapping[str, Callable[[Array], Array]] = {
     'gelu': lambda x: nn.gelu(x, approximate=False),  # PyTorch nn.GELU(): exact erf
     'selu': nn.selu,
+    'relu': nn.relu,
 }
 
 
 def activation(name: str, field: str = 'act') -> Callable[[Array], Array]:
-  """Activation function by name ('gelu' = exact erf GELU, 'selu')."""
+  """Activation function by name ('gelu' = exact erf GELU, 'selu', 'relu')."""
   return lookup(ACTIVATIONS, name, field)
 
 

@@ -1,0 +1,128 @@
+"""The sparse end-to-end audio-visual model (spec sparse_e2e §5): VGG trunks with cross-modal sparse stages,
+per-modality Transformer encoders over tokens, late weighted fusion, per-frame valence/arousal.
+
+    frame window -> tokens (every `token_stride`-th frame): face 48x48x3, log-mel patch 128x32x1
+    low level (dense) per modality; query = GAP of the other modality's low level (`query='cross'`)
+    sparse stages + flatten MLP -> e_m [B, Tt, d]; + PE -> post-LN encoder layers -> h_m; z_m = Dense(2)(h_m)
+    y = tanh(w_a z_a + face_valid · w_v z_v)  [B, Tt, 2]  -> interpolated to every frame [B, T, 2]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from affjax.data import tokens
+from affjax.models import sparse
+from affjax.models.av_model import slice_audio_windows
+from affjax.models.backbones.vgg import SparseVggTrunk, VggLowLevel
+from affjax.models.fusion.cross_attn import PostLNEncoderLayer
+from affjax.models.layers import sinusoidal_pe, symmetric_uniform, torch_dense
+
+Array = jax.Array
+
+QUERIES = ('cross', 'learned', 'self')
+
+
+class TokenEncoder(nn.Module):
+  """e `[B, T, d]` + sinusoidal PE -> `num_layers` post-LN layers (ReLU FFN), key mask `[B, T]` -> `[B, T, d]`."""
+
+  num_layers: int = 4
+  num_heads: int = 4
+  d_ff: int = 2048
+  dropout: float = 0.1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, e: Array, key_mask: Array, *, train: bool) -> Array:
+    x = e + jnp.asarray(sinusoidal_pe(e.shape[1], e.shape[2]), e.dtype)
+    for i in range(self.num_layers):
+      x = PostLNEncoderLayer(self.d_ff, self.num_heads, self.dropout, 'relu', dtype=self.dtype, name=f'layer{i}')(
+          x, key_mask=key_mask, train=train)
+    return x
+
+
+class SparseAVModel(nn.Module):
+  """Per-frame valence/arousal from faces and audio through sparse VGG trunks.
+
+  `__call__(batch, train=...)` with batch faces `[B, T, 48, 48, 3]` uint8, audio `[B, L]`, audio_offsets
+  `[B, T]` (start of frame t's `tokens.PATCH_SAMPLES` window), mask `[B, T]` bool (padding is a tail),
+  face_mask `[B, T]` bool (absent: every frame has a face) -> {'va': `[B, T, 2]` float32 in (-1, 1)}.
+  """
+
+  token_stride: int = 3
+  width: int = 64
+  d_model: int = 64
+  mlp_hidden: int = 1024
+  sparse: bool = True
+  sparse_impl: str = 'masked_dense'
+  top_p: float = 0.8
+  capacity: float = 0.4
+  scma_grad: str = 'renorm'
+  query: str = 'cross'
+  num_layers: int = 4
+  num_heads: int = 4
+  d_ff: int = 2048
+  dropout: float = 0.1
+  dtype: Any = jnp.float32
+
+  def _trunk(self, name: str) -> SparseVggTrunk:
+    return SparseVggTrunk(self.width, self.d_model, self.mlp_hidden, self.sparse, self.sparse_impl, self.top_p,
+                          self.capacity, self.scma_grad, self.dtype, name=name)
+
+  def _queries(self, fv: Array, fa: Array, face_valid: Array) -> tuple[Array, Array]:
+    """Queries of the visual and audio stages `[N, width]` from the low-level features."""
+    if self.query == 'learned':
+      return tuple(jnp.broadcast_to(self.param(f'{m}_query', nn.initializers.normal(1.0), (self.width,)),
+                                    (fv.shape[0], self.width)) for m in ('visual', 'audio'))
+    gv, ga = fv.astype(jnp.float32).mean((1, 2)), fa.astype(jnp.float32).mean((1, 2))
+    if self.query == 'self':
+      return gv, ga
+    if self.query != 'cross':
+      raise ValueError(f'config.model.query={self.query!r} is not one of {list(QUERIES)}')
+    no_face = self.param('audio_query_no_face', nn.initializers.normal(1.0), (self.width,))
+    return ga, jnp.where(face_valid[:, None], gv, no_face)
+
+  @nn.compact
+  def __call__(self, batch: Mapping[str, Array], *, train: bool) -> dict[str, Array]:
+    mask = batch['mask']
+    face_mask = batch.get('face_mask', mask) & mask
+    b, t = mask.shape
+    s = self.token_stride
+    token_mask, face_valid = mask[:, ::s], face_mask[:, ::s]
+    tt = token_mask.shape[1]
+    n = b * tt
+    flat_valid, flat_face = token_mask.reshape(n), face_valid.reshape(n)
+
+    faces = batch['faces'][:, ::s]
+    faces = faces.reshape(n, *faces.shape[2:]).astype(jnp.float32) / 255.0
+    site_face = jnp.broadcast_to(flat_face[:, None, None], faces.shape[:3])
+    faces = sparse.MaskedBatchNorm(affine=False, name='face_norm')(faces, site_face, train=train)
+    faces = jnp.where(flat_face[:, None, None, None], faces, 0)  # a missing face is the mean face
+
+    windows = slice_audio_windows(batch['audio'], batch['audio_offsets'][:, ::s], tokens.PATCH_SAMPLES)
+    mel = tokens.mel_patches(windows).reshape(n, tokens.PATCH_FRAMES, tokens.N_MELS)
+    site_valid = jnp.broadcast_to(flat_valid[:, None], mel.shape[:2])
+    mel = sparse.MaskedBatchNorm(affine=False, name='mel_norm')(mel, site_valid, train=train)  # per mel bin
+    mel = jnp.swapaxes(mel, 1, 2)[..., None]  # [N, 128 mels, 32 frames, 1]
+
+    fv = VggLowLevel(self.width, self.dtype, name='visual_low')(faces, flat_face, train=train)
+    fa = VggLowLevel(self.width, self.dtype, name='audio_low')(mel, flat_valid, train=train)
+    qv, qa = self._queries(fv, fa, flat_face)
+    ev = self._trunk('visual_trunk')(fv, qv, flat_face, train=train).reshape(b, tt, -1)
+    ea = self._trunk('audio_trunk')(fa, qa, flat_valid, train=train).reshape(b, tt, -1)
+
+    encoder = lambda name: TokenEncoder(self.num_layers, self.num_heads, self.d_ff, self.dropout, self.dtype,
+                                        name=name)
+    hv = encoder('visual_encoder')(ev, face_valid, train=train)
+    ha = encoder('audio_encoder')(ea, token_mask, train=train)
+    zv = torch_dense(2, self.d_model, dtype=jnp.float32, name='visual_head')(hv.astype(jnp.float32))
+    za = torch_dense(2, self.d_model, dtype=jnp.float32, name='audio_head')(ha.astype(jnp.float32))
+    w = self.param('fusion', symmetric_uniform(1 / np.sqrt(2)), (2,))
+    y = jnp.tanh(w[0] * za + face_valid[..., None] * w[1] * zv)
+    return {'va': tokens.to_frames(y, token_mask, s, t)}

@@ -1,0 +1,147 @@
+"""The sparse_e2e model: token view, gather = masked dense end to end, padding isolation, FLOP accounting,
+the smoke run through the entry point's loop."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from affjax import config_validation, models
+from affjax.data import audio as audio_lib, tokens
+from affjax.models import sparse
+from affjax.train import loop, state as state_lib
+from configs import sparse_e2e
+
+
+def test_to_frames_interpolates_linearly_and_holds_the_last_valid_token():
+  rng = np.random.default_rng(0)
+  pred = rng.normal(size=(2, 5, 2)).astype(np.float32)
+  token_mask = np.array([[True] * 5, [True] * 3 + [False] * 2])
+  got = np.asarray(tokens.to_frames(jnp.asarray(pred), jnp.asarray(token_mask), 3, 14))
+  for b in range(2):
+    n = token_mask[b].sum()
+    for d in range(2):
+      expected = np.interp(np.arange(14), np.arange(n) * 3, pred[b, :n, d])
+      np.testing.assert_allclose(got[b, :, d], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_mel_patches_are_slices_of_the_whole_signal_log_mel():
+  rng = np.random.default_rng(1)
+  signal = rng.normal(size=16000).astype(np.float32)
+  whole = np.log(np.asarray(audio_lib.mel_spectrogram(signal, 16000, 400, 200, 128, center=False)) + 1e-6)
+  starts = np.array([0, 7, 30])  # in mel frames
+  windows = np.stack([signal[s * 200: s * 200 + tokens.PATCH_SAMPLES] for s in starts])
+  got = np.asarray(tokens.mel_patches(jnp.asarray(windows)))
+  assert got.shape == (3, 32, 128)
+  for i, s in enumerate(starts):
+    np.testing.assert_allclose(got[i], whole[s:s + 32], rtol=1e-4, atol=1e-4)
+
+
+def batch_for(config, batch_size, seed=0):
+  rng = np.random.default_rng(seed)
+  b = state_lib.example_batch(config, batch_size)
+  t = config.data.window
+  b['faces'] = rng.integers(0, 256, b['faces'].shape).astype(np.uint8)
+  b['audio'] = rng.normal(size=b['audio'].shape).astype(np.float32)
+  b['audio_offsets'] = np.tile((np.arange(t) * 533).astype(np.int32), (batch_size, 1))
+  b['mask'][1, 7:] = False
+  b['face_mask'] = b['mask'].copy()
+  b['face_mask'][0, 3] = False
+  return b
+
+
+@pytest.fixture(scope='module')
+def smoke_model():
+  config = sparse_e2e.get_config('smoke')
+  config.model.capacity = 1.0
+  batch = batch_for(config, 2)
+  model = models.build_model(config.model)
+  variables = jax.jit(lambda k: model.init({'params': k}, batch, train=False))(jax.random.key(0, impl='unsafe_rbg'))
+  return config, batch, variables
+
+
+def apply_fn(config, impl, train):
+  config = config.copy_and_resolve_references()
+  config.model.sparse_impl = impl
+  model = models.build_model(config.model)
+  def run(v, b):
+    out = model.apply(v, b, train=train, rngs={'dropout': jax.random.key(1)},
+                      mutable=['batch_stats', 'intermediates'] if train else False)
+    return (out[0]['va'], out[1]) if train else out['va']
+
+  return jax.jit(run)
+
+
+def test_gather_model_equals_masked_dense_model_when_capacity_holds_every_site(smoke_model):
+  config, batch, variables = smoke_model
+  (a, upd_a), (b, upd_b) = (apply_fn(config, impl, True)(variables, batch) for impl in ('masked_dense', 'gather'))
+  assert a.shape == (2, config.data.window, 2) and np.all(np.abs(np.asarray(a)) < 1)
+  np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6), upd_a, upd_b)
+  keep = jax.tree.leaves(upd_a['intermediates'])
+  assert all(0 < float(k) < 1 for k in keep)  # top_p 0.8 prunes, the top site is always kept
+
+
+def test_padding_does_not_change_valid_frames(smoke_model):
+  config, batch, variables = smoke_model
+  run = apply_fn(config, 'masked_dense', False)
+  other = dict(batch, faces=batch['faces'].copy())
+  other['faces'][1, 7:] = 255 - other['faces'][1, 7:]
+  a, b = np.asarray(run(variables, batch)), np.asarray(run(variables, other))
+  np.testing.assert_allclose(a[1, :6], b[1, :6], rtol=1e-5, atol=1e-6)  # frames before the last valid token
+
+
+def test_trunk_macs_match_the_spec_layer_table():
+  video = sparse.trunk_macs((48, 48, 3), width=64, mlp_hidden=1024, d_model=64)
+  audio = sparse.trunk_macs((128, 32, 1), width=64, mlp_hidden=1024, d_model=64)
+  # spec sparse_e2e §4: dense part, each sparse stage, flatten MLP (M MACs)
+  assert video['low_level'] / 1e6 == pytest.approx(96.0, abs=0.05)
+  assert [s / 1e6 for s in video['stages']] == pytest.approx([127.4] * 3, abs=0.05)
+  assert video['mlp'] / 1e6 == pytest.approx(4.78, abs=0.01)
+  assert audio['low_level'] / 1e6 == pytest.approx(157.5, abs=0.05)
+  assert [s / 1e6 for s in audio['stages']] == pytest.approx([226.5] * 3, abs=0.05)
+  half = sparse.trunk_macs((48, 48, 3), width=64, mlp_hidden=1024, d_model=64, keep=(0.5, 0.5, 0.5))
+  assert half['stages'][0] == pytest.approx(video['stages'][0] / 2)
+  assert half['total'] == pytest.approx(video['total'] - sum(video['stages']) / 2 + sum(half['scorers']))
+
+
+def test_trunk_macs_count_what_xla_counts_for_a_gather_block():
+  n, h, w, c, f, k = 4, 8, 8, 6, 10, 20
+  block = sparse.VggBlock(f, 'gather')
+  x, active = jnp.zeros((n, h, w, c)), jnp.ones((n, h, w), bool)
+  slots = (jnp.tile(jnp.arange(k, dtype=jnp.int32), (n, 1)), jnp.ones((n, k), bool))
+  variables = block.init(jax.random.key(0), x, active, jnp.ones((n,), bool), train=False, slots=slots)
+  fwd = jax.jit(lambda v: block.apply(v, x, active, jnp.ones((n,), bool), train=False, slots=slots))
+  flops = fwd.lower(variables).compile().cost_analysis()['flops']
+  matmul_flops = 2 * n * k * 9 * (c * f + f * f)
+  assert matmul_flops <= flops < 1.2 * matmul_flops  # the matmuls dominate; no dense convolution hides in it
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('data.audio_window', 10560, 'config.data.audio_window=10560 must be 6600'),
+    ('data.image_size', 40, 'config.data.image_size=40'),
+    ('model.top_p', 0.0, 'config.model.top_p'),
+    ('model.capacity', 1.5, 'config.model.capacity'),
+    ('model.sparse_impl', 'scn', 'config.model.sparse_impl'),
+    ('model.query', 'text', 'config.model.query'),
+])
+def test_bad_sparse_config_value_names_the_field(field, value, message):
+  config = sparse_e2e.get_config('smoke')
+  section, name = field.split('.')
+  config[section][name] = value
+  with pytest.raises(ValueError, match=message):
+    config_validation.validate(config)
+    models.build_model(config.model)
+
+
+def test_smoke_run_trains_and_evaluates(tiny_tree, tmp_path):
+  config = sparse_e2e.get_config('smoke,gather')
+  config.data.manual_dir = str(tiny_tree)
+  config.data.records_dir = str(tmp_path / 'records')
+  config.train.update(num_steps=3, eval_every=3, checkpoint_every=3)
+  results = loop.train_and_evaluate(config, tmp_path / 'run')
+  metrics = json.loads((tmp_path / 'run' / 'eval' / 'validation' / 'metrics.json').read_text())
+  assert metrics == pytest.approx(results['validation'])
+  assert np.isfinite(metrics['ccc_mean']) and metrics['num_frames'] > 0
+  assert list((tmp_path / 'run' / 'predictions' / 'validation').glob('*.txt'))
