@@ -2,8 +2,20 @@
 from __future__ import annotations
 
 import logging
+import os
+import platform
 
 import jax
+
+
+def cpu_description() -> str:
+  """The CPU model and the number of cores this process may use, e.g. 'AMD EPYC 7B13, 2 cores'."""
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      name = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    name = platform.processor() or platform.machine()
+  return f'{name}, {len(os.sched_getaffinity(0))} cores'
 
 
 class StepProfiler:

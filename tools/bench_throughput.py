@@ -5,7 +5,6 @@
 The train step runs on fixed batches already on device (compute only); the pipeline is timed alone, batch
 by batch, with the config's worker processes. Prints one markdown table row per measurement.
 """
-import platform
 import time
 
 from absl import app, flags
@@ -16,20 +15,12 @@ _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps / batches (after warm-up
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps / batches first.')
 
 
-def _cpu_name() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-  except (OSError, StopIteration):
-    return platform.processor()
-
-
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from affjax import config_validation, models, parallel  # pylint: disable=g-import-not-at-top
+  from affjax import config_validation, models, parallel, profiling  # pylint: disable=g-import-not-at-top
   from affjax.data import pipeline, prepare  # pylint: disable=g-import-not-at-top
   from affjax.train import optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
 
@@ -37,7 +28,7 @@ def main(argv):
   config_validation.validate(config)
   records = pipeline.open_records(prepare.input_dir(config), 'train')
   frames_per_batch = config.train.batch_size * config.data.window
-  device = f'{jax.devices()[0].device_kind} x{jax.device_count()} ({_cpu_name()}, {jax.local_device_count()} devices)'
+  device = f'{jax.devices()[0].device_kind} x{jax.device_count()} ({profiling.cpu_description()})'
 
   def median_rate(times):
     return frames_per_batch / float(np.median(times))

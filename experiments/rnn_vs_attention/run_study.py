@@ -15,12 +15,13 @@ from __future__ import annotations
 import itertools
 import json
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
 
 from absl import app, flags
+
+from affjax import profiling
 
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/affjax/study', 'One subdirectory per cell.')
 _TABLE = flags.DEFINE_string('table', 'experiments/rnn_vs_attention/results.md', 'Where the table is written.')
@@ -72,8 +73,9 @@ def main(argv):
     lines.append(f'| {cell[0]} | {cell[1]} | {cell[2]} | {r["ccc_valence"]:.3f} | {r["ccc_arousal"]:.3f} | '
                  f'{r["ccc_mean"]:.3f} | {r["frames_per_s"]:.1f} |')
     print(lines[-1], flush=True)
-  header = (f'Device: {platform.machine()} {platform.processor() or ""}, {_NUM_STEPS.value} steps per cell, seed 0, '
-            f'synthetic tree (default size). Rerun: python experiments/rnn_vs_attention/run_study.py '
+  header = (f'Device: {profiling.cpu_description()} (CPU; on GPUs the cells run there). {_NUM_STEPS.value} steps per '
+            'cell, seed 0, synthetic tree (default size); frozen cells train from a feature cache, so their frames/s '
+            'is the fusion alone. Rerun: python experiments/rnn_vs_attention/run_study.py '
             f'--workdir={root} --num_steps={_NUM_STEPS.value}' + (' -- ' + ' '.join(extra) if extra else ''))
   pathlib.Path(_TABLE.value).write_text(header + '\n\n' + '\n'.join(lines) + '\n')
 
