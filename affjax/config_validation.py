@@ -58,12 +58,16 @@ def validate(config) -> None:
   _require(0 <= config.optim.warmup_steps < train.num_steps, 'optim.warmup_steps', config.optim.warmup_steps,
            f'must be in [0, config.train.num_steps={train.num_steps})')
   _require(config.optim.restart_period >= 0, 'optim.restart_period', config.optim.restart_period, 'must be >= 0')
-  modalities = tuple(model.modalities)
-  _require(len(modalities) > 0 and set(modalities) <= set(_MODALITIES) and len(set(modalities)) == len(modalities),
-           'model.modalities', modalities, f'must be a non-empty subset of {_MODALITIES}')
-  if 'visual' in modalities and model.get('visual_backbone') == 'mobilefacenet':
-    _require(data.image_size == 112, 'data.image_size', data.image_size,
-             'MobileFaceNet needs 112x112 faces: set config.data.image_size=112')
+  if 'modalities' in model:
+    modalities = tuple(model.modalities)
+    _require(len(modalities) > 0 and set(modalities) <= set(_MODALITIES) and len(set(modalities)) == len(modalities),
+             'model.modalities', modalities, f'must be a non-empty subset of {_MODALITIES}')
+    if 'visual' in modalities and model.get('visual_backbone') == 'mobilefacenet':
+      _require(data.image_size == 112, 'data.image_size', data.image_size,
+               'MobileFaceNet needs 112x112 faces: set config.data.image_size=112')
+  crop = data.get('crop_size', 0)
+  _require(0 <= crop <= data.image_size, 'data.crop_size', crop,
+           f'must be in [0, config.data.image_size={data.image_size}] (0 = no crop)')
   for split in config.eval.splits:
     _require(split in ('train', 'validation', 'test'), 'eval.splits', tuple(config.eval.splits),
              "every split must be one of 'train', 'validation', 'test'")

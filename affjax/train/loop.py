@@ -30,7 +30,7 @@ class Experiment:
     self.records_dir = prepare.records_dir(config)
     self.mesh = parallel.make_mesh()
     self.model = models.build_model(config.model)
-    self.tx = optim.make_optimizer(config.optim, config.train.num_steps)
+    self.tx = optim.make_optimizer(config.optim, config.train.num_steps, models.param_labels(config.model))
     self.state = state_lib.initial_state(self.model, self.tx, config, self.mesh, config.seed)
     self.checkpoints = checkpoint.Checkpointer(self.workdir, keep=config.train.keep_checkpoints)
     self.eval_step = step_lib.make_eval_step(self.model)

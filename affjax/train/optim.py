@@ -1,4 +1,5 @@
-"""AdamW with linear warm-up and cosine decay, optionally with warm restarts (stepped per batch)."""
+"""AdamW (or Adam with coupled L2 decay) with linear warm-up and cosine decay, optionally with warm restarts
+(stepped per batch), and frozen parameter groups."""
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -20,10 +21,21 @@ def learning_rate_schedule(optim, num_steps: int) -> optax.Schedule:
   return schedule
 
 
-def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
-  """AdamW (decoupled weight decay on every parameter), with global-norm clipping if grad_clip_norm > 0."""
-  tx = optax.adamw(learning_rate_schedule(optim, num_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                   weight_decay=optim.weight_decay)
+def make_optimizer(optim, num_steps: int, param_labels=None) -> optax.GradientTransformation:
+  """AdamW (decoupled weight decay on every parameter), or with `optim.coupled_weight_decay` Adam on the gradient
+  plus `weight_decay * param` (PyTorch `Adam(weight_decay=...)`); global-norm clipping if grad_clip_norm > 0.
+
+  `param_labels` (`params -> 'train' | 'frozen'` per leaf, optional): frozen parameters get zero updates
+  (no weight decay, no optimiser state).
+  """
+  schedule = learning_rate_schedule(optim, num_steps)
+  if optim.get('coupled_weight_decay', False):
+    tx = optax.chain(optax.add_decayed_weights(optim.weight_decay),
+                     optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps))
+  else:
+    tx = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
   if optim.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), tx)
+  if param_labels is not None:
+    tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, param_labels)
   return tx

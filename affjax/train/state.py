@@ -25,7 +25,7 @@ class TrainState:
 def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   """Zeros shaped like a pipeline batch of `batch_size` windows (the model's input signature)."""
   d = config.data
-  t, s = d.window, d.image_size
+  t, s = d.window, d.get('crop_size', 0) or d.image_size
   return dict(faces=np.zeros((batch_size, t, s, s, 3), np.uint8),
               audio=np.zeros((batch_size, pipeline.audio_segment_length(t, d.audio_window, d.min_fps)),
                              np.float32),

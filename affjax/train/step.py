@@ -36,7 +36,8 @@ def make_train_step(model, tx: optax.GradientTransformation, config):
       pred, updates = model.apply({'params': params, 'batch_stats': state.batch_stats}, batch, train=True,
                                   rngs={'dropout': rng}, mutable=['batch_stats'])
       loss, aux = losses.va_loss(pred, batch['labels'], loss_mask(batch, require_face),
-                                 ccc_weights=tuple(loss_cfg.ccc_weights), mse_weight=loss_cfg.mse_weight)
+                                 ccc_weights=tuple(loss_cfg.ccc_weights), mse_weight=loss_cfg.mse_weight,
+                                 per_window=loss_cfg.get('per_window', False))
       return loss, (aux, updates)
 
     (loss, (aux, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
