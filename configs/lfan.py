@@ -39,6 +39,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   model.fusion_dim = 32
   model.emotion = 'both'  # 'valence' | 'arousal': one model per emotion, as the paper
   model.released = 1  # IR-50 layer groups that train: 1 = the head (released at epoch 0), up to 3
+  model.ir50_units = (3, 4, 14, 3)  # IR-50's units per stage
   model.dtype = config.train.get_ref('dtype')
   model.compat_follower_qv_from_key = config.compat.get_ref('follower_qv_from_key')
   model.compat_frozen_bn_train_mode = config.compat.get_ref('frozen_bn_train_mode')
@@ -69,8 +70,8 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collection
       config.data.synthetic.update(num_train=3, num_validation=2, num_test=1, min_frames=48, max_frames=64)
       config.data.num_workers = 0
       config.data.update(image_size=16, crop_size=8, window=16, train_hop=16, eval_hop=8)  # IR-50 at 8 x 8
-      config.model.update(visual_channels=(16, 16), follower_channels=(8, 8), fusion_dim=8)
-      config.train.update(batch_size=4, num_steps=4, log_every=2, eval_every=2, checkpoint_every=2)
+      config.model.update(visual_channels=(16, 16), follower_channels=(8, 8), fusion_dim=8, ir50_units=(1, 1, 1, 1))
+      config.train.update(batch_size=4, num_steps=3, log_every=1, eval_every=3, checkpoint_every=1)
       config.eval.batch_size = 4
       config.optim.learning_rate = 1e-4
     elif variant in ('valence', 'arousal'):

@@ -79,10 +79,12 @@ def test_ir50_matches_pytorch_with_converted_weights():
   assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-4
 
 
-@pytest.mark.parametrize('released', [3])
+@pytest.mark.parametrize('released', [1, 3])
 def test_gradual_release_trains_only_released_groups(released):
-  """Gradients reach exactly the released groups, and frozen BatchNorms keep their running statistics."""
-  model = ir50.IR50(released=released)
+  """Gradients reach exactly the released groups, and frozen BatchNorms keep their running statistics
+  (on a shortened IR-50 with units (1, 1, 4, 2): stage 4 is units 6-7, the last three of stage 3 are 3-5)."""
+  units = (1, 1, 4, 2)
+  model = ir50.IR50(released=released, stage_units=units)
   faces = np.random.default_rng(1).integers(0, 256, (2, 40, 40, 3)).astype(np.float32)
   variables = jax.jit(functools.partial(model.init, train=False))(KEY, faces)
 
@@ -92,7 +94,7 @@ def test_gradual_release_trains_only_released_groups(released):
     return out[:, :3].sum(), updates['batch_stats']
 
   grads, stats = jax.jit(jax.grad(loss, has_aux=True))(variables['params'])
-  first = ir50.first_trainable_unit(released)
+  first = ir50.first_trainable_unit(released, units)
   for name, g in grads.items():
     trains = name.startswith('head') or (name.startswith('unit') and int(name[4:]) >= first)
     moved = any(np.abs(np.asarray(x)).max() > 0 for x in jax.tree.leaves(g))
@@ -101,7 +103,8 @@ def test_gradual_release_trains_only_released_groups(released):
       changed = any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(stats[name]),
                                                             jax.tree.leaves(variables['batch_stats'][name])))
       assert changed == trains, name
-  assert first == 18
+  assert first == {1: 8, 3: 3}[released]
+  assert ir50.first_trainable_unit(released) == {1: 24, 3: 18}[released]  # IR-50: stage-3 units 11-13 start at 18
 
 
 def test_release_count_is_checked():

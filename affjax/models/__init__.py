@@ -59,7 +59,8 @@ def _build_lfan(cfg: ml_collections.ConfigDict) -> nn.Module:
   return lfan_model.LFAN(
       followers=followers, visual_channels=tuple(cfg.visual_channels), follower_channels=tuple(cfg.follower_channels),
       kernel_size=cfg.kernel_size, tcn_dropout=cfg.tcn_dropout, fusion_dim=cfg.fusion_dim,
-      emotion=_field(cfg, 'emotion', lfan_model.EMOTIONS), released=cfg.released, feature_norm=norm,
+      emotion=_field(cfg, 'emotion', lfan_model.EMOTIONS), released=cfg.released, ir50_units=tuple(cfg.ir50_units),
+      feature_norm=norm,
       compat_follower_qv_from_key=cfg.compat_follower_qv_from_key,
       compat_frozen_bn_train_mode=cfg.compat_frozen_bn_train_mode, dtype=DTYPES[_field(cfg, 'dtype', DTYPES)])
 
@@ -73,7 +74,7 @@ MODELS: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
 def param_labels(model_config: ml_collections.ConfigDict) -> Callable | None:
   """`params -> {'train', 'frozen'} labels` for models with frozen layers (LFAN's gradual release), else None."""
   if model_config.name == 'lfan':
-    return lfan_model.make_param_labels(model_config.released)
+    return lfan_model.make_param_labels(model_config.released, tuple(model_config.ir50_units))
   return None
 
 

@@ -47,6 +47,7 @@ class LFAN(nn.Module):
   fusion_dim: int = 32
   emotion: str = 'both'
   released: int = 1
+  ir50_units: tuple[int, ...] = ir50.IR50_UNITS
   feature_norm: Mapping[str, tuple[float, float]] = None
   compat_follower_qv_from_key: bool = False
   compat_frozen_bn_train_mode: bool = False
@@ -57,7 +58,7 @@ class LFAN(nn.Module):
     mask = batch['mask']
     b, t = mask.shape
     faces = batch['faces']
-    emb = ir50.IR50(self.released, self.compat_frozen_bn_train_mode, self.dtype, name='visual')(
+    emb = ir50.IR50(self.released, self.compat_frozen_bn_train_mode, self.dtype, tuple(self.ir50_units), name='visual')(
         faces.reshape(b * t, *faces.shape[2:]), train=train, mask=mask.reshape(b * t))
     h_v = TemporalConvNet(self.visual_channels, self.kernel_size, self.tcn_dropout, self.dtype, name='visual_tcn')(
         emb.reshape(b, t, -1), train=train)
@@ -84,10 +85,10 @@ class LFAN(nn.Module):
     raise ValueError(f'unknown LFAN follower {name!r}; known: {FOLLOWERS}')
 
 
-def make_param_labels(released: int):
+def make_param_labels(released: int, ir50_units: tuple[int, ...] = ir50.IR50_UNITS):
   """`params -> labels` for `optax.multi_transform`: 'frozen' for the IR-50 layers that `released` groups leave
   frozen, 'train' for everything else."""
-  first = ir50.first_trainable_unit(released)
+  first = ir50.first_trainable_unit(released, tuple(ir50_units))
 
   def label(name: str) -> str:
     trains = name.startswith('head') and released >= 1 or name.startswith('unit') and int(name[4:]) >= first

@@ -28,25 +28,26 @@ from affjax.models.torch_convert import StateDictReader
 
 Array = jax.Array
 
-STAGES = ((64, 3, 1), (128, 4, 2), (256, 14, 2), (512, 3, 2))  # (width, units, stride of the first unit)
-NUM_UNITS = sum(units for _, units, _ in STAGES)
-# Body units (0-based, over all stages) that each release adds after the head: stage 4, then units 11-13 of stage 3.
+WIDTHS = (64, 128, 256, 512)
+STRIDES = (1, 2, 2, 2)  # of each stage's first unit
+IR50_UNITS = (3, 4, 14, 3)  # units per stage; fewer (e.g. (1, 1, 1, 1)) only for quick tests
+# Release order after the head: all of stage 4, then the last three units of stage 3 (11-13 in IR-50).
 RELEASE_GROUPS = ('head', 'stage4', 'stage3_last3')
-_RELEASED_FROM = {0: NUM_UNITS, 1: NUM_UNITS, 2: NUM_UNITS - 3, 3: NUM_UNITS - 6}
 HEAD_DROPOUT = 0.4
 
 
-def first_trainable_unit(released: int) -> int:
-  """Index of the first body unit that trains when `released` groups are released (NUM_UNITS: none)."""
-  if released not in _RELEASED_FROM:
+def first_trainable_unit(released: int, stage_units: tuple[int, ...] = IR50_UNITS) -> int:
+  """Index of the first body unit that trains when `released` groups are released (the unit count: none)."""
+  if not 0 <= released <= len(RELEASE_GROUPS):
     raise ValueError(f'released={released} groups: IR-50 has {len(RELEASE_GROUPS)} groups {RELEASE_GROUPS}')
-  return _RELEASED_FROM[released]
+  total = sum(stage_units)
+  return total - (stage_units[3] if released >= 2 else 0) - (min(3, stage_units[2]) if released >= 3 else 0)
 
 
-def unit_specs() -> list[tuple[int, int, int]]:
+def unit_specs(stage_units: tuple[int, ...] = IR50_UNITS) -> list[tuple[int, int, int]]:
   """(input width, width, stride) of every body unit, in order."""
   specs, c_in = [], 64
-  for width, units, stride in STAGES:
+  for width, units, stride in zip(WIDTHS, stage_units, STRIDES):
     for u in range(units):
       specs.append((c_in, width, stride if u == 0 else 1))
       c_in = width
@@ -96,12 +97,14 @@ class IR50(nn.Module):
   released: int = len(RELEASE_GROUPS)
   frozen_bn_train_mode: bool = False
   dtype: Any = jnp.float32
+  stage_units: tuple[int, ...] = IR50_UNITS
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> Array:
     if x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] % 8 or x.shape[2] % 8:
       raise ValueError(f'IR50 needs [N, H, W, 3] faces with H and W multiples of 8, got {list(x.shape)}')
-    first = first_trainable_unit(self.released)
+    first = first_trainable_unit(self.released, self.stage_units)
+    num_units = sum(self.stage_units)
     head_trains = self.released >= 1
     frozen_train = train and self.frozen_bn_train_mode
     bn_mask = None if mask is None else mask[:, None, None, None]
@@ -109,12 +112,12 @@ class IR50(nn.Module):
     x = _conv(64, 3, 1, 'input_conv', self.dtype)(x)
     x = _bn('input_bn', frozen_train, self.dtype)(x, mask=bn_mask)
     x = PReLU(name='input_prelu')(x)
-    for i, (_, width, stride) in enumerate(unit_specs()):
+    for i, (_, width, stride) in enumerate(unit_specs(self.stage_units)):
       if i == first:
         x = jax.lax.stop_gradient(x)
       unit_train = train if i >= first else frozen_train
       x = BottleneckIR(width, stride, self.dtype, name=f'unit{i}')(x, train=unit_train, mask=bn_mask)
-    if first == NUM_UNITS:
+    if first == num_units:
       x = jax.lax.stop_gradient(x)
     head_train = train if head_trains else frozen_train
     x = _bn('head_bn2d', head_train, self.dtype)(x, mask=bn_mask)
@@ -149,7 +152,7 @@ def from_torch(sd: StateDictReader) -> dict[str, dict]:
     params[f'unit{i}'], stats[f'unit{i}'] = p, s
   params['head_bn2d'], stats['head_bn2d'] = sd.batch_norm('output_layer.0')
   w = sd['output_layer.3.weight']  # [512, C * H * W], flattened in (C, H, W) order
-  c = STAGES[-1][0]
+  c = WIDTHS[-1]
   side = int(round(np.sqrt(w.shape[1] // c)))
   if c * side * side != w.shape[1]:
     raise ValueError(f'{sd.source}: output_layer.3.weight has {w.shape[1]} inputs, not 512 x S x S')
