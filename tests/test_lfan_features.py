@@ -49,3 +49,52 @@ def test_frame_mfcc_is_the_centred_row_of_the_whole_signal():
   np.testing.assert_allclose(ours, full[rows], rtol=1e-4, atol=1e-3)
   with pytest.raises(ValueError, match='config.data.audio_window'):
     af.frame_mfcc(windows[:, :-1])
+
+
+# ----------------------------------------------------------------------------- VGGish
+def test_vggish_log_mel_examples_match_librosa():
+  from affjax.models.backbones import vggish  # pylint: disable=g-import-not-at-top
+  x = _speechlike(vggish.EXAMPLE_SAMPLES, seed=2)
+  ours = np.asarray(jax.jit(vggish.log_mel_examples)(x))
+  mel = librosa.feature.melspectrogram(y=x.astype(np.float64), sr=16000, n_fft=512, hop_length=160, win_length=400,
+                                       window='hann', center=False, n_mels=64, fmin=125.0, fmax=7500.0, htk=True,
+                                       norm=None, power=1.0)
+  assert ours.shape == (96, 64)
+  np.testing.assert_allclose(ours, np.log(mel.T + 0.01), rtol=1e-4, atol=1e-4)
+
+
+def test_vggish_matches_pytorch_with_converted_weights():
+  torch = pytest.importorskip('torch')
+  from affjax.models import converters  # pylint: disable=g-import-not-at-top
+  from affjax.models.backbones import vggish  # pylint: disable=g-import-not-at-top
+  nn = torch.nn
+
+  class TorchVGGish(nn.Module):
+    """torchvggish's layout (features / embeddings Sequentials), fc2 linear as in the TF checkpoint."""
+
+    def __init__(self):
+      super().__init__()
+      layers, c_in = [], 1
+      for width in vggish.CONV_WIDTHS:
+        if width == 'pool':
+          layers.append(nn.MaxPool2d(2, 2))
+        else:
+          layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.ReLU()]
+          c_in = width
+      self.features = nn.Sequential(*layers)
+      self.embeddings = nn.Sequential(nn.Linear(512 * 4 * 6, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
+                                      nn.Linear(4096, 128))
+
+    def forward(self, x):  # x [N, 1, 96, 64]
+      x = self.features(x).permute(0, 2, 3, 1)  # flatten in (H, W, C) order, as TF
+      return self.embeddings(x.reshape(x.shape[0], -1))
+
+  torch.manual_seed(0)
+  net = TorchVGGish().eval()
+  examples = np.random.default_rng(3).standard_normal((2, 96, 64)).astype(np.float32)
+  with torch.no_grad():
+    ref = net(torch.from_numpy(examples)[:, None]).numpy()
+  variables = converters.convert('vggish', {k: v.numpy() for k, v in net.state_dict().items()})
+  out = np.asarray(jax.jit(vggish.VGGish().apply)(variables, examples))
+  assert out.shape == (2, 128)
+  assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5

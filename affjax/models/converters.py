@@ -4,12 +4,13 @@ from __future__ import annotations
 import functools
 
 from affjax.models import torch_convert
-from affjax.models.backbones import audio1d, ir50, mobilefacenet
+from affjax.models.backbones import audio1d, ir50, mobilefacenet, vggish
 
 # network -> (converter from a StateDictReader, tensor-name prefixes of heads affjax does not use)
 CONVERTERS = {
     'mobilefacenet': (mobilefacenet.from_torch, ('output_layer', 'linear', 'fc')),
     'ir50': (ir50.from_torch, ('logits',)),
+    'vggish': (vggish.from_torch, ()),
     **{name: (functools.partial(audio1d.from_torch, table), ()) for name, table in audio1d.AUDIO_CNN_TABLES.items()},
 }
 
