@@ -69,7 +69,7 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collection
     if variant == 'smoke':
       config.data.synthetic.update(num_train=3, num_validation=2, num_test=1, min_frames=48, max_frames=64)
       config.data.num_workers = 0
-      config.data.update(image_size=16, crop_size=8, window=16, train_hop=16, eval_hop=8)  # IR-50 at 8 x 8
+      config.data.update(image_size=32, crop_size=16, window=16, train_hop=16, eval_hop=8)  # IR-50 at 16 x 16
       config.model.update(visual_channels=(16, 16), follower_channels=(8, 8), fusion_dim=8, ir50_units=(1, 1, 1, 1))
       config.train.update(batch_size=4, num_steps=3, log_every=1, eval_every=3, checkpoint_every=1)
       config.eval.batch_size = 4
