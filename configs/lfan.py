@@ -51,6 +51,16 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   optim.coupled_weight_decay = True  # PyTorch Adam(weight_decay=1e-3)
   optim.weight_decay = 1e-3
   optim.warmup_steps = 0
+  optim.host_learning_rate = True  # set per epoch by the plateau schedule
+
+  train = config.train
+  train.recipe = 'epochs'  # affjax.train.epochs: plateau, revert to best, gradual release, early stopping
+  train.num_epochs = 100
+  train.plateau_patience = 5
+  train.plateau_factor = 0.1
+  train.cuts_per_release = 2  # plateau LR cuts before the next IR-50 group is released
+  train.early_stop = 20  # epochs without a new best validation CCC
+  train.revert_to_best = True
 
   # The paper: batch 8 of 300-frame windows on a GPU. On a 2-core CPU the frozen IR-50 forward runs at tens of
   # frames/s, so the default synthetic run is short; on GPUs raise batch_size to 8 and num_steps.
@@ -71,7 +81,8 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collection
       config.data.num_workers = 0
       config.data.update(image_size=32, crop_size=16, window=16, train_hop=16, eval_hop=8)  # IR-50 at 16 x 16
       config.model.update(visual_channels=(16, 16), follower_channels=(8, 8), fusion_dim=8, ir50_units=(1, 1, 1, 1))
-      config.train.update(batch_size=4, num_steps=3, log_every=1, eval_every=3, checkpoint_every=1)
+      config.train.update(batch_size=4, num_steps=3, log_every=1, eval_every=3, checkpoint_every=1, num_epochs=2,
+                          plateau_patience=0, cuts_per_release=1)
       config.eval.batch_size = 4
       config.optim.learning_rate = 1e-4
     elif variant in ('valence', 'arousal'):

@@ -89,3 +89,25 @@ def test_lfan_config_errors_name_the_field():
   config.data.audio_window = 1000
   with pytest.raises(ValueError, match='config.data.audio_window=1000'):
     models.build_model(config.model)
+
+
+def test_epoch_recipe_releases_after_plateau_and_resumes(tiny_tree, tmp_path, monkeypatch):
+  """A flat validation CCC (patience 0, one cut per release): epoch 1 is the best, epoch 2 cuts and releases the
+  next IR-50 group (LR back to the initial value, a fresh plateau scheduler); rerunning with one more epoch resumes
+  at epoch 3, where the fresh scheduler's first metric is its best: no cut, no release."""
+  from affjax.train import epochs  # pylint: disable=g-import-not-at-top
+  flat = dict(ccc_valence=0.1, ccc_arousal=0.1, ccc_mean=0.1, num_frames=1)
+  monkeypatch.setattr(epochs.evaluate, 'split_metrics', lambda videos: dict(flat))
+  config = lfan.get_config('smoke')
+  config.data.manual_dir = str(tiny_tree)
+  config.data.records_dir = str(tmp_path / 'records')
+  results = loop.train_and_evaluate(config, tmp_path / 'run')
+  recipe = json.loads((tmp_path / 'run' / epochs.RECIPE_FILE).read_text())
+  assert recipe['epoch'] == 2 and recipe['controller']['released'] == 2
+  assert recipe['controller']['scheduler']['lr'] == config.optim.learning_rate
+  assert results['validation'] == flat
+  config.train.num_epochs = 3
+  loop.train_and_evaluate(config, tmp_path / 'run')
+  recipe = json.loads((tmp_path / 'run' / epochs.RECIPE_FILE).read_text())
+  assert recipe['epoch'] == 3 and recipe['controller']['released'] == 2
+  assert recipe['controller']['scheduler']['best'] == 0.1 and recipe['controller']['cuts'] == 0
