@@ -84,7 +84,8 @@ def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
                            disable=jax.process_index() != 0, dynamic_ncols=True):
           batch = parallel.to_global(next(train_iter), exp.mesh)
           exp.state, acc = train_step(exp.state, acc, batch)
-        logged = loop._check_finite(jax.device_get(acc), int(exp.state.step), exp.checkpoints)  # pylint: disable=protected-access
+        check_finite = loop._check_finite  # pylint: disable=protected-access
+        logged = check_finite(jax.device_get(acc), int(exp.state.step), exp.checkpoints)
         metrics = evaluate.split_metrics(exp.predict('validation'))
         decision = ctl.end_epoch(_selection_metric(config, metrics))
         epoch += 1
