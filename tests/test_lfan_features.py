@@ -98,3 +98,26 @@ def test_vggish_matches_pytorch_with_converted_weights():
   out = np.asarray(jax.jit(vggish.VGGish().apply)(variables, examples))
   assert out.shape == (2, 128)
   assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5
+
+
+def test_feature_stats_tool_matches_direct_per_frame_computation(tiny_records):
+  """The tool's pipeline-based statistics equal those of every frame's centred window cut directly from each
+  video's whole waveform (the chunks' audio concatenated), std with N - 1."""
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, 'tools')
+  import feature_stats  # pylint: disable=g-import-not-at-top
+  from affjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from configs import lfan  # pylint: disable=g-import-not-at-top
+  config = lfan.get_config('smoke')
+  records = pipeline.open_records(tiny_records, 'train')
+  mean, std = feature_stats.mfcc_statistics(records, config)
+  half = af.FRAME_MFCC_SAMPLES // 2
+  windows = []
+  for video in records.videos:
+    wave = np.concatenate([records.source[video.first_record + j]['audio'] for j in range(video.num_chunks)])
+    wave = np.pad(wave, (half, half + af.FRAME_MFCC_SAMPLES))
+    for centre in pipeline.frame_centre_sample(np.arange(video.num_frames), video.fps):
+      windows.append(wave[centre:centre + af.FRAME_MFCC_SAMPLES])  # [centre - half, centre + half) unpadded
+  feats = np.asarray(jax.jit(af.frame_mfcc)(np.stack(windows)), np.float64)
+  assert mean == pytest.approx(feats.mean(), rel=1e-4)
+  assert std == pytest.approx(feats.std(ddof=1), rel=1e-4)
