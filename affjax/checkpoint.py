@@ -45,6 +45,10 @@ class Checkpointer:
       args['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
     return self._manager.restore(step, args=ocp.args.Composite(**args))['state']
 
+  def wait(self):
+    """Blocks until every asynchronous save has been written."""
+    self._manager.wait_until_finished()
+
   def close(self):
     self._manager.wait_until_finished()
     self._manager.close()

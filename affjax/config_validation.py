@@ -59,15 +59,19 @@ def validate(config) -> None:
   _require(0 <= config.optim.warmup_steps < train.num_steps, 'optim.warmup_steps', config.optim.warmup_steps,
            f'must be in [0, config.train.num_steps={train.num_steps})')
   _require(config.optim.restart_period >= 0, 'optim.restart_period', config.optim.restart_period, 'must be >= 0')
-  modalities = tuple(model.modalities)
-  _require(len(modalities) > 0 and set(modalities) <= set(_MODALITIES) and len(set(modalities)) == len(modalities),
-           'model.modalities', modalities, f'must be a non-empty subset of {_MODALITIES}')
-  if 'visual' in modalities and model.get('visual_backbone') == 'mobilefacenet':
-    _require(data.image_size == 112, 'data.image_size', data.image_size,
-             'MobileFaceNet needs 112x112 faces: set config.data.image_size=112')
-  if 'visual' in modalities and str(model.get('visual_backbone')).startswith('vggface2_'):
-    _require(data.image_size >= 195, 'data.image_size', data.image_size,
-             'the VGGFace2 ResNets need faces of at least 195 px (native 224): set config.data.image_size=224')
+  if 'modalities' in model:
+    modalities = tuple(model.modalities)
+    _require(len(modalities) > 0 and set(modalities) <= set(_MODALITIES) and len(set(modalities)) == len(modalities),
+             'model.modalities', modalities, f'must be a non-empty subset of {_MODALITIES}')
+    if 'visual' in modalities and model.get('visual_backbone') == 'mobilefacenet':
+      _require(data.image_size == 112, 'data.image_size', data.image_size,
+               'MobileFaceNet needs 112x112 faces: set config.data.image_size=112')
+    if 'visual' in modalities and str(model.get('visual_backbone')).startswith('vggface2_'):
+      _require(data.image_size >= 195, 'data.image_size', data.image_size,
+               'the VGGFace2 ResNets need faces of at least 195 px (native 224): set config.data.image_size=224')
+  crop = data.get('crop_size', 0)
+  _require(0 <= crop <= data.image_size, 'data.crop_size', crop,
+           f'must be in [0, config.data.image_size={data.image_size}] (0 = no crop)')
   _validate_training_scheme(config)
   for split in config.eval.splits:
     _require(split in ('train', 'validation', 'test'), 'eval.splits', tuple(config.eval.splits),
@@ -77,7 +81,7 @@ def validate(config) -> None:
 def _validate_training_scheme(config) -> None:
   """Frozen parts, two-stage fine-tuning, pretrained files and the auxiliary head fit together."""
   model, train = config.model, config.train
-  modalities, frozen = tuple(model.modalities), tuple(model.get('frozen', ()))
+  modalities, frozen = tuple(model.get('modalities', ())), tuple(model.get('frozen', ()))
   _require(set(frozen) <= set(modalities), 'model.frozen', frozen,
            f'can only name backbones the model has: {modalities}')
   _require(0 <= train.unfreeze_step < train.num_steps, 'train.unfreeze_step', train.unfreeze_step,

@@ -32,3 +32,16 @@ def augment_window(faces: np.ndarray, rng: np.random.Generator, *, brightness: f
   if flip and rng.random() < 0.5:
     faces = faces[:, :, ::-1]
   return np.ascontiguousarray(faces)
+
+
+def crop_window(faces: np.ndarray, size: int, rng: np.random.Generator | None = None) -> np.ndarray:
+  """One `size x size` crop of every frame of `faces` [T,H,W,C]: at a random position drawn once for the window,
+  or the centre one (offsets (H - size) // 2, (W - size) // 2) without `rng`."""
+  h, w = faces.shape[1:3]
+  if size > min(h, w):
+    raise ValueError(f'crop of {size} pixels from {h}x{w} faces: set config.data.crop_size <= config.data.image_size')
+  if rng is None:
+    top, left = (h - size) // 2, (w - size) // 2
+  else:
+    top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+  return faces[:, top:top + size, left:left + size]

@@ -141,6 +141,7 @@ class WindowLoader:
   audio_window: int
   min_fps: float
   augment: dict | None = None  # augment_window kwargs, or None (evaluation)
+  crop_size: int = 0  # > 0: one crop per window, random (training) or centred (evaluation)
 
   def __call__(self, row: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     video_index, start = int(row[0]), int(row[1])
@@ -161,6 +162,8 @@ class WindowLoader:
     for i, jpeg in enumerate(frame_field('faces', b'')):
       if face_mask[i]:
         faces[i] = decode_face(jpeg, self.image_size, video.name, start + i)
+    if self.crop_size:
+      faces = augment.crop_window(faces, self.crop_size, rng if self.augment is not None else None)
     if self.augment is not None:
       faces = augment.augment_window(faces, rng, **self.augment)
 
@@ -200,7 +203,7 @@ def _loader(records: Records, config, *, train: bool) -> WindowLoader | FeatureW
     return FeatureWindowLoader(records=records, window=data.window)
   return WindowLoader(records=records, window=data.window, image_size=data.image_size,
                       audio_window=data.audio_window, min_fps=data.min_fps,
-                      augment=data.augment.to_dict() if train else None)
+                      augment=data.augment.to_dict() if train else None, crop_size=data.get('crop_size', 0))
 
 
 def _view(records: Records, config, *, train: bool):

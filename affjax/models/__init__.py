@@ -8,9 +8,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from affjax.data import audio_features, tokens
+from affjax.models import lfan_model, sparse
 from affjax.models.attention import ATTENTION_IMPLS
-from affjax.data import tokens
-from affjax.models import sparse
 from affjax.models.av_model import AUDIO_BACKBONES, MODALITIES, VISUAL_BACKBONES, AudioVisualModel
 from affjax.models.fusion.sparse import QUERIES, SparseAVModel
 from affjax.models.layers import ACTIVATIONS, DEPTHWISE_IMPLS, lookup
@@ -96,13 +96,43 @@ def _build_sparse_e2e(cfg: ml_collections.ConfigDict) -> nn.Module:
       dropout=cfg.dropout, dtype=DTYPES[_field(cfg, 'dtype', DTYPES)])
 
 
+def _build_lfan(cfg: ml_collections.ConfigDict) -> nn.Module:
+  followers = tuple(cfg.followers)
+  for i, m in enumerate(followers):
+    lookup(lfan_model.FOLLOWERS, m, f'config.model.followers[{i}]')
+  if 'mfcc' in followers and cfg.audio_window != audio_features.FRAME_MFCC_SAMPLES:
+    raise ValueError(f'config.data.audio_window={cfg.audio_window}: the MFCC follower needs '
+                     f'{audio_features.FRAME_MFCC_SAMPLES} samples per frame; set it to that')
+  norm = {}
+  for name in followers:
+    mean, std = cfg.feature_norm[name]
+    if not std > 0:
+      raise ValueError(f'config.model.feature_norm.{name}={(mean, std)}: the standard deviation must be > 0')
+    norm[name] = (float(mean), float(std))
+  return lfan_model.LFAN(
+      followers=followers, visual_channels=tuple(cfg.visual_channels), follower_channels=tuple(cfg.follower_channels),
+      kernel_size=cfg.kernel_size, tcn_dropout=cfg.tcn_dropout, fusion_dim=cfg.fusion_dim,
+      emotion=_field(cfg, 'emotion', lfan_model.EMOTIONS), released=cfg.released, ir50_units=tuple(cfg.ir50_units),
+      feature_norm=norm,
+      compat_follower_qv_from_key=cfg.compat_follower_qv_from_key,
+      compat_frozen_bn_train_mode=cfg.compat_frozen_bn_train_mode, dtype=DTYPES[_field(cfg, 'dtype', DTYPES)])
+
+
 MODELS: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
     'cross_attn': _build_audio_visual,
     'self_attn': _build_audio_visual,
     'lstm': _build_audio_visual,
     'rjca': _build_rjca,
     'sparse_e2e': _build_sparse_e2e,
+    'lfan': _build_lfan,
 }
+
+
+def param_labels(model_config: ml_collections.ConfigDict) -> Callable | None:
+  """`params -> {'train', 'frozen'} labels` for models with frozen layers (LFAN's gradual release), else None."""
+  if model_config.name == 'lfan':
+    return lfan_model.make_param_labels(model_config.released, tuple(model_config.ir50_units))
+  return None
 
 
 def build_model(model_config: ml_collections.ConfigDict) -> nn.Module:

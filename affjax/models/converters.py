@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 
 from affjax.models import torch_convert
-from affjax.models.backbones import audio1d, inception_resnet_v1, mobilefacenet, resnet, vggface2_resnet
+from affjax.models.backbones import audio1d, inception_resnet_v1, ir50, mobilefacenet, resnet, vggface2_resnet, vggish
 
 # network -> (converter from a StateDictReader, tensor-name prefixes of heads affjax does not use)
 CONVERTERS = {
@@ -12,6 +12,8 @@ CONVERTERS = {
     'inceptionresnetv1': (inception_resnet_v1.from_torch, ('logits',)),
     'vggface2_resnet50': (vggface2_resnet.from_torch, ('fc',)),
     'vggface2_senet50': (functools.partial(vggface2_resnet.from_torch, se=True), ('fc',)),
+    'ir50': (ir50.from_torch, ('logits',)),
+    'vggish': (vggish.from_torch, ()),
     **{name: (functools.partial(audio1d.from_torch, table), ()) for name, table in audio1d.AUDIO_CNN_TABLES.items()},
     'resnet18_audio': (resnet.resnet18_from_torch, ('fc',)),  # 1-channel conv1 (log-mel patches)
     'r2plus1d_18': (resnet.r2plus1d18_from_torch, ('fc',)),

@@ -30,7 +30,7 @@ class Experiment:
     self.records_dir = prepare.input_dir(config)
     self.mesh = parallel.make_mesh()
     self.model = models.build_model(config.model)
-    self.tx = optim.make_optimizer(config)
+    self.tx = optim.make_optimizer(config, models.param_labels(config.model))
     self.state = state_lib.initial_state(self.model, self.tx, config, self.mesh, config.seed)
     self.checkpoints = checkpoint.Checkpointer(self.workdir, keep=config.train.keep_checkpoints)
     self.eval_step = step_lib.make_eval_step(self.model)
@@ -56,7 +56,11 @@ class Experiment:
 
 
 def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
-  """Trains config.train.num_steps steps (resuming from the latest checkpoint), then evaluates the best one."""
+  """Trains config.train.num_steps steps (resuming from the latest checkpoint), then evaluates the best one;
+  `config.train.recipe='epochs'` runs the epoch recipe of `affjax.train.epochs` instead."""
+  if config.train.get('recipe', 'steps') == 'epochs':
+    from affjax.train import epochs  # pylint: disable=g-import-not-at-top  (epochs builds on this module)
+    return epochs.train_and_evaluate(config, workdir)
   exp = Experiment(config, workdir)
   try:
     return _final_evaluation(exp, last_validation=_train(exp))

@@ -27,15 +27,25 @@ def masked_mse(pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarray) -> jnp
   return (w * (pred.astype(jnp.float32) - target) ** 2).sum() / jnp.maximum(w.sum(), 1.0)
 
 
+def window_mean_ccc(pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+  """`masked_ccc` of each window (row) of [B,T], averaged over the windows with at least 2 masked-in frames
+  (0 if there is none); [B,T] -> scalar."""
+  ccc = jax.vmap(masked_ccc)(pred, target, mask)
+  counted = (mask.sum(axis=1) >= 2).astype(jnp.float32)
+  return (ccc * counted).sum() / jnp.maximum(counted.sum(), 1.0)
+
+
 def va_loss(pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarray, *, ccc_weights=(0.5, 0.5),
-            mse_weight: float = 0.0, ccc_pred: jnp.ndarray | None = None
+            mse_weight: float = 0.0, per_window: bool = False, ccc_pred: jnp.ndarray | None = None
             ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
   """`sum_d w_d (1 - CCC_d) + mse_weight * mean_d MSE_d` for pred/target [B,T,2] (valence, arousal).
 
+  CCC over every masked-in frame of the batch, or with `per_window` the mean of the windows' CCCs (LFAN).
   `ccc_pred` (default `pred`) is what the CCC terms score; only the reference-bug compat mode differs.
   """
   ccc_pred = pred if ccc_pred is None else ccc_pred
-  ccc = jnp.stack([masked_ccc(ccc_pred[..., d], target[..., d], mask) for d in range(2)])
+  ccc_fn = window_mean_ccc if per_window else masked_ccc
+  ccc = jnp.stack([ccc_fn(ccc_pred[..., d], target[..., d], mask) for d in range(2)])
   mse = jnp.stack([masked_mse(pred[..., d], target[..., d], mask) for d in range(2)])
   loss = jnp.dot(jnp.asarray(ccc_weights, jnp.float32), 1.0 - ccc) + mse_weight * mse.mean()
   return loss, dict(ccc_valence=ccc[0], ccc_arousal=ccc[1], mse=mse.mean())
@@ -80,7 +90,7 @@ def model_loss(out: dict[str, jnp.ndarray], labels: jnp.ndarray, mask: jnp.ndarr
   va = out['va']
   ccc_pred = va.at[..., 1].set(out['cat'][..., 1]) if compat_arousal_ccc_on_cat_logit else None
   loss, aux = va_loss(va, labels, mask, ccc_weights=tuple(loss_cfg.ccc_weights), mse_weight=loss_cfg.mse_weight,
-                      ccc_pred=ccc_pred)
+                      per_window=loss_cfg.get('per_window', False), ccc_pred=ccc_pred)
   aux['aux_ce'] = jnp.zeros((), jnp.float32)
   if loss_cfg.get('aux_weight', 0.0):
     aux['aux_ce'] = weighted_cross_entropy(out['cat'], discretise_va(labels), mask)

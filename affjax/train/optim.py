@@ -1,7 +1,9 @@
-"""AdamW with linear warm-up and cosine decay, optionally with warm restarts (stepped per batch), and frozen
-model parts held by the optimiser's mask (frozen for the run, or until a fine-tuning stage)."""
+"""AdamW (or Adam with coupled L2 decay) with linear warm-up and cosine decay, optionally with warm restarts
+(stepped per batch) or a rate the host sets per epoch, and frozen parameters held by the optimiser's mask
+(for the run, or until a fine-tuning stage)."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -21,10 +23,6 @@ def learning_rate_schedule(optim, num_steps: int) -> optax.Schedule:
   return schedule
 
 
-def _adamw(optim, learning_rate) -> optax.GradientTransformation:
-  return optax.adamw(learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
-
-
 def run_schedule(config) -> optax.Schedule:
   """The learning rate of the trained parameters at each step of the run: `learning_rate_schedule` over the
   run, or with two-stage fine-tuning (`train.unfreeze_step > 0`) over the first stage, then the constant
@@ -36,22 +34,47 @@ def run_schedule(config) -> optax.Schedule:
                                optax.constant_schedule(optim.finetune_learning_rate)], [unfreeze])
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  """AdamW (decoupled weight decay on every trained parameter) at `run_schedule`, with global-norm clipping
-  if optim.grad_clip_norm > 0.
+def make_optimizer(config, param_labels=None) -> optax.GradientTransformation:
+  """AdamW (decoupled weight decay on every trained parameter), or with `optim.coupled_weight_decay` Adam on the
+  gradient plus `weight_decay * param` (PyTorch `Adam(weight_decay=...)`); global-norm clipping if
+  optim.grad_clip_norm > 0.
 
-  The model parts in `model.frozen` (e.g. 'visual') are held fixed through the optimiser's mask: for the
-  whole run, or with `train.unfreeze_step > 0` until that step; from then on they train at
-  `optim.finetune_learning_rate` with Adam moments that start there.
+  The learning rate follows `run_schedule`, or with `optim.host_learning_rate` it is a hyperparameter in the
+  optimiser state that the host sets between steps (`set_learning_rate`; epoch-level plateau recipes).
+  Parameters that `param_labels` (`params -> 'train' | 'frozen'` per leaf or per subtree; by default the
+  top-level parts named in `model.frozen`) labels 'frozen' are held fixed through the optimiser's mask (no
+  weight decay either): for the whole run, or with `train.unfreeze_step > 0` until that step; from then on
+  they train at `optim.finetune_learning_rate` with Adam moments that start there.
   """
-  optim, frozen, unfreeze = config.optim, tuple(config.model.get('frozen', ())), config.train.unfreeze_step
-  adamw = lambda lr: optax.adamw(lr, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
-  tx = adamw(run_schedule(config))
-  if frozen:
-    held = (optax.conditionally_mask(adamw(optim.finetune_learning_rate), lambda count: count >= unfreeze)
-            if unfreeze else optax.set_to_zero())
-    tx = optax.multi_transform({'train': tx, 'frozen': held},
-                               lambda params: {k: 'frozen' if k in frozen else 'train' for k in params})
-  if optim.grad_clip_norm > 0:
-    tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), tx)
-  return tx
+  optim, unfreeze = config.optim, config.train.get('unfreeze_step', 0)
+  frozen = tuple(config.model.get('frozen', ()))
+  if param_labels is None and frozen:
+    param_labels = lambda params: {k: 'frozen' if k in frozen else 'train' for k in params}
+
+  def adam(learning_rate):
+    if optim.get('coupled_weight_decay', False):
+      return optax.chain(optax.add_decayed_weights(optim.weight_decay),
+                         optax.adam(learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps))
+    return optax.adamw(learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
+
+  def build(learning_rate):
+    tx = adam(learning_rate)
+    if param_labels is not None:
+      held = (optax.conditionally_mask(adam(optim.finetune_learning_rate), lambda count: count >= unfreeze)
+              if unfreeze else optax.set_to_zero())
+      tx = optax.multi_transform({'train': tx, 'frozen': held}, param_labels)
+    if optim.grad_clip_norm > 0:
+      tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), tx)
+    return tx
+
+  if optim.get('host_learning_rate', False):
+    return optax.inject_hyperparams(build)(learning_rate=optim.learning_rate)
+  return build(run_schedule(config))
+
+
+def set_learning_rate(opt_state, learning_rate: float):
+  """`opt_state` of a `host_learning_rate` optimiser with its learning rate replaced (same shape and sharding,
+  so the train step does not recompile)."""
+  old = opt_state.hyperparams['learning_rate']
+  new = jax.device_put(jnp.asarray(learning_rate, old.dtype), old.sharding)
+  return opt_state._replace(hyperparams={**opt_state.hyperparams, 'learning_rate': new})

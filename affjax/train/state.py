@@ -28,7 +28,7 @@ def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   if config.data.get('view', 'frames') == 'clips':
     return clips.example_batch(config, batch_size)
   d = config.data
-  t, s = d.window, d.image_size
+  t, s = d.window, d.get('crop_size', 0) or d.image_size
   if d.get('features_dir'):
     widths = pipeline.open_records(d.features_dir, 'train').features
     return dict({f'{part}_features': np.zeros((batch_size, t, w), np.float32) for part, w in widths.items()},
