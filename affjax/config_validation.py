@@ -64,6 +64,21 @@ def validate(config) -> None:
   if 'visual' in modalities and model.get('visual_backbone') == 'mobilefacenet':
     _require(data.image_size == 112, 'data.image_size', data.image_size,
              'MobileFaceNet needs 112x112 faces: set config.data.image_size=112')
+  if data.get('view', 'frames') == 'clips':
+    _validate_clip_view(config)
   for split in config.eval.splits:
     _require(split in ('train', 'validation', 'test'), 'eval.splits', tuple(config.eval.splits),
              "every split must be one of 'train', 'validation', 'test'")
+
+
+def _validate_clip_view(config) -> None:
+  """RJCA clip windows (`data.view = 'clips'`)."""
+  data = config.data
+  _positive(config, 'data.num_clips')
+  _require(data.image_size % 16 == 0, 'data.image_size', data.image_size,
+           'must be a multiple of 16 (R(2+1)D-18 maps S x S faces to S/16 x S/16 positions; 112 gives 7 x 7)')
+  _require(data.audio_frames >= 104, 'data.audio_frames', data.audio_frames,
+           'must be >= 104 (clips are padded to 1.03 s = 104 log-mel frames)')
+  if config.compat.get('audio_guidance_on_position_axis'):
+    _require(data.image_size == 112, 'data.image_size', data.image_size,
+             'compat.audio_guidance_on_position_axis needs the 49 positions of 112 px faces')

@@ -39,10 +39,15 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   model.compat_audio_guidance_on_position_axis = config.compat.get_ref('audio_guidance_on_position_axis')
   model.pretrained = ml_collections.ConfigDict(dict(visual='', audio=''))
 
+  config.eval.smooth = (0, 0)  # moving-average sizes (valence, arousal) over whole videos; the reference: (20, 50)
+
   config.loss.ccc_weights = (1.0, 1.0)  # (1 - CCC_V) + (1 - CCC_A)
   config.optim.learning_rate = 1e-4  # Adam, no weight decay (frozen backbones must not decay)
   config.optim.weight_decay = 0.0
   config.optim.warmup_steps = 0
+  config.optim.schedule = 'epoch_step'  # lr for epochs <= 5, then x0.8 every 2 epochs
+  config.optim.update(decay_after_epochs=5, decay_every_epochs=2, decay_factor=0.8)
+  config.optim.steps_per_epoch = 290  # ~1150 windows of the default synthetic tree / batch 4
 
   # Sized for a 2-core CPU on the synthetic tree: 56 px faces (layer 4: 4 x 4 positions), 4 clips per window.
   data.image_size = 56
@@ -71,6 +76,7 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collection
     elif variant == 'paper':
       config.data.update(num_clips=16, image_size=112)
       config.train.update(batch_size=64, dtype='bfloat16')
+      config.optim.steps_per_epoch = 1370  # ~88 k Aff-Wild2 training windows (frames / 16) / 64
       config.eval.batch_size = 64
     else:
       raise ValueError(f'unknown config variant {variant!r} in get_config({arg!r}); known variants: smoke, jca, paper')
