@@ -23,7 +23,8 @@ def test_clip_loader_reads_the_sampled_frames_labels_and_audio(tiny_records):
   seen = []
   for window in range(clips.num_windows(video.num_frames, 2)):
     out = load(np.array([0, window]))
-    assert out['faces'].shape == (2, 8, 112, 112, 3) and out['clip_audio'].shape == (2, clips.clip_audio_samples(config))
+    assert out['faces'].shape == (2, 8, 112, 112, 3)
+    assert out['clip_audio'].shape == (2, clips.clip_audio_samples(config))
     for i, end in enumerate(out['frames']):
       assert out['mask'][i] == (end < video.num_frames)
       if not out['mask'][i]:
