@@ -72,6 +72,8 @@ def validate(config) -> None:
   crop = data.get('crop_size', 0)
   _require(0 <= crop <= data.image_size, 'data.crop_size', crop,
            f'must be in [0, config.data.image_size={data.image_size}] (0 = no crop)')
+  if data.get('view', 'frames') == 'clips':
+    _validate_clip_view(config)
   _validate_training_scheme(config)
   for split in config.eval.splits:
     _require(split in ('train', 'validation', 'test'), 'eval.splits', tuple(config.eval.splits),
@@ -99,3 +101,16 @@ def _validate_training_scheme(config) -> None:
   needs_aux = config.loss.aux_weight > 0 or config.compat.get('arousal_ccc_on_cat_logit', False)
   _require(not needs_aux or model.get('aux_classes', 0) == 24, 'model.aux_classes', model.get('aux_classes', 0),
            'must be 24 when config.loss.aux_weight > 0 or config.compat.arousal_ccc_on_cat_logit is set')
+
+
+def _validate_clip_view(config) -> None:
+  """RJCA clip windows (`data.view = 'clips'`)."""
+  data = config.data
+  _positive(config, 'data.num_clips')
+  _require(data.image_size % 16 == 0, 'data.image_size', data.image_size,
+           'must be a multiple of 16 (R(2+1)D-18 maps S x S faces to S/16 x S/16 positions; 112 gives 7 x 7)')
+  _require(data.audio_frames >= 104, 'data.audio_frames', data.audio_frames,
+           'must be >= 104 (clips are padded to 1.03 s = 104 log-mel frames)')
+  if config.compat.get('audio_guidance_on_position_axis'):
+    _require(data.image_size == 112, 'data.image_size', data.image_size,
+             'compat.audio_guidance_on_position_axis needs the 49 positions of 112 px faces')

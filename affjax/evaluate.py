@@ -22,33 +22,59 @@ class VideoPredictions:
   counts: np.ndarray  # [N]
   labels: np.ndarray  # [N,2]
   label_mask: np.ndarray  # [N]
+  face_mask: np.ndarray | None = None  # [N] the frame's prediction saw a face; runs of these are smoothed
+  smooth: tuple[int, int] = (0, 0)  # moving-average sizes (valence, arousal); <= 1: none
 
   @classmethod
   def empty(cls, video: pipeline.VideoIndex) -> 'VideoPredictions':
     n = video.num_frames
     return cls(name=video.name, num_rows=video.num_rows, sums=np.zeros((n, 2)), counts=np.zeros(n),
-               labels=np.zeros((n, 2), np.float32), label_mask=np.zeros(n, bool))
+               labels=np.zeros((n, 2), np.float32), label_mask=np.zeros(n, bool), face_mask=np.ones(n, bool))
 
   def add(self, start: int, pred: np.ndarray, labels: np.ndarray, label_mask: np.ndarray, mask: np.ndarray,
-          frames: np.ndarray | None = None):
+          frames: np.ndarray | None = None, face_mask: np.ndarray | None = None):
     """Adds one window's [T,2] predictions at frames [start, start + T) (or at `frames` [T], e.g. the last
-    frames of a window's clips) where `mask` (not padding)."""
+    frames of a window's clips) where `mask` (not padding); `face_mask` [T] marks predictions that saw a face."""
     frames = (np.arange(start, start + len(mask)) if frames is None else np.asarray(frames))[mask]
     self.sums[frames] += pred[mask]
     self.counts[frames] += 1
     self.labels[frames] = labels[mask]
     self.label_mask[frames] = label_mask[mask]
+    if face_mask is not None:
+      self.face_mask[frames] = face_mask[mask]
 
   @property
   def prediction(self) -> np.ndarray:
     if not self.counts.all():
       raise RuntimeError(f'video {self.name}: frames {np.flatnonzero(self.counts == 0)[:5]}... got no prediction')
-    return self.sums / self.counts[:, None]
+    pred = self.sums / self.counts[:, None]
+    if max(self.smooth) > 1:
+      runs = np.ones(len(pred), bool) if self.face_mask is None else self.face_mask
+      pred = np.stack([moving_average(pred[:, d], size, runs) for d, size in enumerate(self.smooth)], axis=-1)
+    return pred
+
+
+def moving_average(x: np.ndarray, size: int, valid: np.ndarray) -> np.ndarray:
+  """Centred moving average of `x` [N] over frames i - size // 2 ... i + (size - 1) // 2 (scipy's
+  uniform_filter1d window), normalised by the number of those frames that lie in i's run of consecutive
+  `valid` frames: it never reaches across an invalid frame or the ends and never counts zeros for them.
+  Invalid frames keep their value; `size` <= 1 returns `x`."""
+  out = np.array(x, np.float64)
+  if size <= 1:
+    return out
+  edges = np.flatnonzero(np.diff(np.r_[0, valid.astype(np.int8), 0]))
+  for start, stop in zip(edges[::2], edges[1::2]):
+    sums = np.r_[0.0, np.cumsum(out[start:stop])]
+    i = np.arange(stop - start)
+    lo, hi = np.maximum(i - size // 2, 0), np.minimum(i + (size - 1) // 2 + 1, stop - start)
+    out[start:stop] = (sums[hi] - sums[lo]) / (hi - lo)
+  return out
 
 
 def predict_split(state, eval_step, records: pipeline.Records, config, mesh) -> list[VideoPredictions]:
   """Runs `eval_step` over every window of every video of `records` (every process takes its share)."""
-  videos = [VideoPredictions.empty(v) for v in records.videos]
+  smooth = tuple(config.eval.get('smooth', (0, 0)))
+  videos = [dataclasses.replace(VideoPredictions.empty(v), smooth=smooth) for v in records.videos]
   dataset, _ = pipeline.eval_dataset(records, config)
   iterator = iter(dataset)
   try:
@@ -56,12 +82,13 @@ def predict_split(state, eval_step, records: pipeline.Records, config, mesh) -> 
       global_batch = parallel.to_global(batch, mesh)
       pred = parallel.to_host(eval_step(state, global_batch))
       rows = {k: parallel.to_host(global_batch[k])
-              for k in ('video_index', 'start', 'frames', 'labels', 'label_mask', 'mask', 'valid_window')
+              for k in ('video_index', 'start', 'frames', 'labels', 'label_mask', 'mask', 'face_mask', 'valid_window')
               if k in global_batch}
       for i in np.flatnonzero(rows['valid_window']):
         frames = rows['frames'][i] if 'frames' in rows else None
         videos[rows['video_index'][i]].add(rows['start'][i] if frames is None else 0, pred[i], rows['labels'][i],
-                                           rows['label_mask'][i], rows['mask'][i], frames)
+                                           rows['label_mask'][i], rows['mask'][i], frames,
+                                           rows['face_mask'][i] if 'face_mask' in rows else None)
   finally:
     if hasattr(iterator, 'close'):
       iterator.close()

@@ -69,7 +69,7 @@ def _build_rjca(cfg: ml_collections.ConfigDict) -> nn.Module:
       compat_audio_guidance_on_position_axis=cfg.compat_audio_guidance_on_position_axis)
   if cfg.num_iterations < 1:
     raise ValueError(f'config.model.num_iterations={cfg.num_iterations} must be >= 1 (1 = JCA)')
-  return RJCAModel(fusion=fusion, train_backbones=cfg.train_backbones, dtype=DTYPES[_field(cfg, 'dtype', DTYPES)])
+  return RJCAModel(fusion=fusion, frozen=tuple(cfg.frozen), dtype=DTYPES[_field(cfg, 'dtype', DTYPES)])
 
 
 def _build_sparse_e2e(cfg: ml_collections.ConfigDict) -> nn.Module:

@@ -32,27 +32,27 @@ class RJCAModel(nn.Module):
   """
 
   fusion: Mapping[str, Any] = flax.core.FrozenDict()
-  train_backbones: bool = False
+  frozen: tuple[str, ...] = ('visual', 'audio')  # backbones with running-average BatchNorm and no gradient
   dtype: Any = jnp.float32
 
-  def _backbone_output(self, x: Array) -> Array:
-    return x.astype(jnp.float32) if self.train_backbones else jax.lax.stop_gradient(x.astype(jnp.float32))
+  def _backbone_output(self, part: str, x: Array) -> Array:
+    return jax.lax.stop_gradient(x.astype(jnp.float32)) if part in self.frozen else x.astype(jnp.float32)
 
   def visual_features(self, faces: Array, *, train: bool) -> Array:
     """faces `[B, L, 8, S, S, 3]` uint8 -> layer-4 positions `[B, L, (S/16)^2, 512]`."""
     b, l = faces.shape[:2]
     x = faces.reshape(b * l, *faces.shape[2:]).astype(jnp.float32) / 255.0
     x = (x - jnp.asarray(KINETICS_MEAN)) / jnp.asarray(KINETICS_STD)
-    maps = R2Plus1D18(self.dtype, name='visual')(x.astype(self.dtype), train=train and self.train_backbones)
-    return self._backbone_output(maps.reshape(b, l, -1, maps.shape[-1]))
+    maps = R2Plus1D18(self.dtype, name='visual')(x.astype(self.dtype), train=train and 'visual' not in self.frozen)
+    return self._backbone_output('visual', maps.reshape(b, l, -1, maps.shape[-1]))
 
   def audio_features(self, clip_audio: Array, num_samples: Array, *, train: bool) -> Array:
     """clip_audio `[B, L, N]`, num_samples `[B, L]` -> `[B, L, 512]` (ResNet-18 over the `[64, F, 1]` log-mel)."""
     b, l = clip_audio.shape[:2]
     mel = clips.clip_log_mel(clip_audio, num_samples)  # [B, L, F, 64]
     x = jnp.swapaxes(mel, -1, -2).reshape(b * l, mel.shape[-1], mel.shape[-2], 1)
-    maps = ResNet18(self.dtype, name='audio')(x.astype(self.dtype), train=train and self.train_backbones)
-    return self._backbone_output(maps.astype(jnp.float32).mean(axis=(1, 2)).reshape(b, l, -1))
+    maps = ResNet18(self.dtype, name='audio')(x.astype(self.dtype), train=train and 'audio' not in self.frozen)
+    return self._backbone_output('audio', maps.astype(jnp.float32).mean(axis=(1, 2)).reshape(b, l, -1))
 
   @nn.compact
   def __call__(self, batch: Mapping[str, Array], *, train: bool) -> dict[str, Array]:
