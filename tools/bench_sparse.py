@@ -105,7 +105,8 @@ def main():
                      gmac_per_token_width64=feature_macs(config.model, 64, 1024) / 1e9))
     print(json.dumps(rows[-1]), flush=True)
   result = dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
-                batch_size=args.batch_size, config_arg=args.config_arg, width=config.model.width, repeats=args.repeats, rows=rows)
+                batch_size=args.batch_size, config_arg=args.config_arg, width=config.model.width,
+                repeats=args.repeats, rows=rows)
   if args.out:
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(args.out).write_text(json.dumps(result, indent=2) + '\n')
