@@ -115,7 +115,8 @@ def test_scorer_softmax_is_over_active_sites_only():
   variables = scorer.init(jax.random.key(0, impl='unsafe_rbg'), x, y, active)
   alpha = np.asarray(scorer.apply(variables, x, y, active))
   p = variables['params']
-  s = np.tanh(np.asarray(x) @ p['w_c']['kernel'] + p['w_c']['bias'] + (np.asarray(y) @ p['w_y']['kernel'])[:, None, None])
+  query = (np.asarray(y) @ p['w_y']['kernel'])[:, None, None]
+  s = np.tanh(np.asarray(x) @ p['w_c']['kernel'] + p['w_c']['bias'] + query)
   s = (s @ p['w_a']['kernel'])[..., 0].reshape(2, -1) + p['w_a']['bias']
   flat = np.asarray(active).reshape(2, -1)
   expected = np.where(flat, np.exp(s - s.max(-1, keepdims=True)), 0)

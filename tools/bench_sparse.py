@@ -84,6 +84,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--variants', default='dense,masked_dense@0.8,gather@0.8/0.4,gather@0.5/0.2')
   parser.add_argument('--config_arg', default='', help='get_config argument of configs/sparse_e2e.py')
+  parser.add_argument('--width', type=int, default=0, help='trunk width (0: the config\'s)')
   parser.add_argument('--batch_size', type=int, default=4)
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--warmup', type=int, default=2)
@@ -93,6 +94,8 @@ def main():
   for spec in args.variants.split(','):
     config = sparse_e2e.get_config(args.config_arg)
     config.model.update(parse_variant(spec))
+    if args.width:
+      config.model.update(width=args.width, mlp_hidden=16 * args.width)
     batch = random_batch(config, args.batch_size)
     step_s = time_variant(config, batch, args.repeats, args.warmup)
     frames = args.batch_size * config.data.window
@@ -102,7 +105,8 @@ def main():
                      gmac_per_token_width64=feature_macs(config.model, 64, 1024) / 1e9))
     print(json.dumps(rows[-1]), flush=True)
   result = dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
-                batch_size=args.batch_size, config_arg=args.config_arg, repeats=args.repeats, rows=rows)
+                batch_size=args.batch_size, config_arg=args.config_arg, width=config.model.width,
+                repeats=args.repeats, rows=rows)
   if args.out:
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(args.out).write_text(json.dumps(result, indent=2) + '\n')

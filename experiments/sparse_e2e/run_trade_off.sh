@@ -14,3 +14,4 @@ run dense --config.model.sparse=False
 run masked_dense_p0.8 --config.model.top_p=0.8
 run gather_p0.8_k0.4 --config.model.sparse_impl=gather --config.model.top_p=0.8 --config.model.capacity=0.4
 run gather_p0.5_k0.2 --config.model.sparse_impl=gather --config.model.top_p=0.5 --config.model.capacity=0.2
+run masked_dense_p1.0 --config.model.top_p=1.0
