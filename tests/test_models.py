@@ -475,7 +475,8 @@ def test_fusion_single_modality_runs_and_masks():
 @pytest.mark.parametrize('field, value, allowed', [
     ('visual_backbone', 'x', "['mobilefacenet', 'inceptionresnetv1', 'vggface2_resnet50', 'vggface2_senet50']"),
     ('audio_backbone', 'vggish', "['emo16', 'emo18', 'zhao19']"),
-    ('name', 'mult', "['cross_attn', 'self_attn', 'lstm']"), ('dtype', 'float16', "['float32', 'bfloat16']")])
+    ('name', 'mult', "['cross_attn', 'self_attn', 'lstm', 'rjca', 'sparse_e2e', 'lfan']"),
+    ('dtype', 'float16', "['float32', 'bfloat16']")])
 def test_build_model_rejects_unknown_names(field, value, allowed):
   with pytest.raises(ValueError) as err:
     build_model(_model_config(**{field: value}))
