@@ -42,12 +42,8 @@ def audio_visual_config(name: str) -> ml_collections.ConfigDict:
   # training. On GPUs raise train.batch_size (16 in the paper's recipe) and num_steps.
   config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 20
-  config.train.batch_size = 4
-  config.eval.batch_size = 8
-  config.train.num_steps = 200
-  config.train.log_every = 10
-  config.train.eval_every = 100
-  config.train.checkpoint_every = 50
+  base.set_run_length(config, batch_size=4, eval_batch_size=8, num_steps=200, log_every=10,
+                      eval_every=100, checkpoint_every=50)
   return config
 
 
@@ -58,8 +54,7 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collection
     if variant not in VARIANTS:
       raise ValueError(f'unknown config variant {variant!r} in get_config({arg!r}); known variants: {VARIANTS}')
   if 'smoke' in variants:
-    config.data.synthetic.update(num_train=3, num_validation=2, num_test=1, min_frames=48, max_frames=64)
-    config.data.num_workers = 0
+    base.use_tiny_synthetic_tree(config)
     config.data.window = 8
     config.model.update(d_embedding=16, num_layers=1)
     for field, value in dict(d_ff=16, num_heads=2, n_ca=1, n_cv=1).items():

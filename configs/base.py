@@ -65,3 +65,18 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.compat = ml_collections.ConfigDict()
   return config
+
+
+def use_tiny_synthetic_tree(config: ml_collections.ConfigDict) -> None:
+  """The `:smoke` data: a tiny synthetic tree (3 train, 2 validation, 1 test video of 48-64 frames), decoded
+  in the training process."""
+  config.data.synthetic.update(num_train=3, num_validation=2, num_test=1, min_frames=48, max_frames=64)
+  config.data.num_workers = 0
+
+
+def set_run_length(config: ml_collections.ConfigDict, *, batch_size: int, eval_batch_size: int,
+                   num_steps: int, log_every: int, eval_every: int, checkpoint_every: int) -> None:
+  """Batch sizes and the step schedule of a run (each system's default run is sized for a 2-core CPU)."""
+  config.train.update(batch_size=batch_size, num_steps=num_steps, log_every=log_every, eval_every=eval_every,
+                      checkpoint_every=checkpoint_every)
+  config.eval.batch_size = eval_batch_size

@@ -64,12 +64,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   # The paper: batch 8 of 300-frame windows on a GPU. On a 2-core CPU the frozen IR-50 forward runs at tens of
   # frames/s, so the default synthetic run is short; on GPUs raise batch_size to 8 and num_steps.
-  config.train.batch_size = 2
-  config.eval.batch_size = 4
-  config.train.num_steps = 40
-  config.train.log_every = 5
-  config.train.eval_every = 20
-  config.train.checkpoint_every = 20
+  base.set_run_length(config, batch_size=2, eval_batch_size=4, num_steps=40, log_every=5,
+                      eval_every=20, checkpoint_every=20)
   return apply_variants(config, arg)
 
 
@@ -77,8 +73,7 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collection
   """Applies the comma-separated variants of `arg` (smoke, valence, arousal, visual) to `config`."""
   for variant in filter(None, (a.strip() for a in arg.split(','))):
     if variant == 'smoke':
-      config.data.synthetic.update(num_train=3, num_validation=2, num_test=1, min_frames=48, max_frames=64)
-      config.data.num_workers = 0
+      base.use_tiny_synthetic_tree(config)
       config.data.update(image_size=32, crop_size=16, window=16, train_hop=16, eval_hop=8)  # IR-50 at 16 x 16
       config.model.update(visual_channels=(16, 16), follower_channels=(8, 8), fusion_dim=8, ir50_units=(1, 1, 1, 1))
       config.train.update(batch_size=4, num_steps=3, log_every=1, eval_every=3, checkpoint_every=1, num_epochs=2,

@@ -53,12 +53,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # one validation pass at the end (reused by the final evaluation). The paper variant restores 112 px, 16 clips.
   data.image_size = 32
   data.num_clips = 4
-  config.train.batch_size = 4
-  config.eval.batch_size = 8
-  config.train.num_steps = 100
-  config.train.log_every = 10
-  config.train.eval_every = 100
-  config.train.checkpoint_every = 50
+  base.set_run_length(config, batch_size=4, eval_batch_size=8, num_steps=100, log_every=10,
+                      eval_every=100, checkpoint_every=50)
   return apply_variants(config, arg)
 
 
@@ -66,8 +62,7 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collection
   """Applies the comma-separated variants of `arg` (smoke, jca, paper) to `config`."""
   for variant in filter(None, (a.strip() for a in arg.split(','))):
     if variant == 'smoke':
-      config.data.synthetic.update(num_train=3, num_validation=2, num_test=1, min_frames=48, max_frames=64)
-      config.data.num_workers = 0
+      base.use_tiny_synthetic_tree(config)
       config.data.update(num_clips=2, image_size=32, audio_frames=104)  # layer 4: 2 x 2 positions
       config.model.features = 32
       config.train.update(batch_size=4, num_steps=2, log_every=1, eval_every=2, checkpoint_every=2)

@@ -51,12 +51,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.optim.learning_rate = 5e-4
   config.optim.weight_decay = 0.0
   config.optim.warmup_steps = 10
-  config.train.batch_size = 4
-  config.eval.batch_size = 8
-  config.train.num_steps = 200
-  config.train.log_every = 10
-  config.train.eval_every = 100
-  config.train.checkpoint_every = 50
+  base.set_run_length(config, batch_size=4, eval_batch_size=8, num_steps=200, log_every=10,
+                      eval_every=100, checkpoint_every=50)
   return apply_variants(config, arg)
 
 
@@ -64,8 +60,7 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collection
   """Applies the comma-separated variants of `arg` (smoke, gather, dense, full) to `config`."""
   for variant in filter(None, (a.strip() for a in arg.split(','))):
     if variant == 'smoke':
-      config.data.synthetic.update(num_train=3, num_validation=2, num_test=1, min_frames=48, max_frames=64)
-      config.data.num_workers = 0
+      base.use_tiny_synthetic_tree(config)
       config.data.update(window=12, train_hop=12, eval_hop=6)
       config.model.update(width=4, d_model=8, mlp_hidden=16, num_layers=1, num_heads=2, d_ff=16)
       config.train.update(batch_size=4, num_steps=6, log_every=2, eval_every=3, checkpoint_every=3)
