@@ -11,11 +11,13 @@ import pytest
 
 from affjax.models import build_model, converters
 from affjax.models.attention import MultiHeadAttention, dot_product_attention
+from affjax.models.attention import from_torch as attention_from_torch
 from affjax.models.av_model import AudioVisualModel, slice_audio_windows
 from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES, AudioCNN1D
 from affjax.models.backbones.mobilefacenet import MobileFaceNet
 from affjax.models.fusion.cross_attn import CrossModalFusion
 from affjax.models.layers import depthwise_conv2d, sinusoidal_pe
+from affjax.models.torch_convert import StateDictReader
 
 # unsafe_rbg keys: parameter init and dropout compile several times faster than with threefry on CPU.
 KEY = jax.random.key(0, impl='unsafe_rbg')
@@ -103,14 +105,10 @@ def test_multihead_attention_matches_torch():
     ref.out_proj.bias.uniform_(-0.5, 0.5)
     expected, _ = ref(torch.tensor(xq), torch.tensor(xkv), torch.tensor(xkv), key_padding_mask=torch.tensor(~key_mask))
   mha = MultiHeadAttention(heads)
-  params = _init(mha, xq, xkv)['params']
+  init = _init(mha, xq, xkv)['params']
+  params = attention_from_torch(StateDictReader({k: v.numpy() for k, v in ref.state_dict().items()}), heads)
+  assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, init)
   assert params['query']['kernel'].shape == (e, heads, e // heads) and params['out']['kernel'].shape == (heads, e // heads, e)
-  w, bias = ref.in_proj_weight.detach().numpy(), ref.in_proj_bias.detach().numpy()
-  for i, name in enumerate(['query', 'key', 'value']):
-    params[name] = {'kernel': w[i * e:(i + 1) * e].T.reshape(e, heads, e // heads),
-                    'bias': bias[i * e:(i + 1) * e].reshape(heads, e // heads)}
-  params['out'] = {'kernel': ref.out_proj.weight.detach().numpy().T.reshape(heads, e // heads, e),
-                   'bias': ref.out_proj.bias.detach().numpy()}
   out = jax.jit(mha.apply)({'params': params}, xq, xkv, key_mask=key_mask)
   np.testing.assert_allclose(np.asarray(out), expected.numpy(), rtol=1e-5, atol=1e-5)
 

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from affjax import models, parallel
-from affjax.models import av_model, converters, temporal, torch_convert
+from affjax.models import attention, av_model, converters, temporal, torch_convert
 from affjax.models.fusion.lstm import LSTMFusion
 from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES
 from affjax.models.fusion.self_attn import SelfAttentionFusion
@@ -43,14 +43,8 @@ def test_self_attention_fusion_matches_torch_transformer_encoder():
     expected = torch.nn.functional.gelu(x).numpy()
 
   t2n = lambda p: p.detach().numpy()
-
-  def mha(m):
-    w, bias = t2n(m.in_proj_weight), t2n(m.in_proj_bias)
-    out = {name: {'kernel': w[i * d:(i + 1) * d].T.reshape(d, heads, d // heads),
-                  'bias': bias[i * d:(i + 1) * d].reshape(heads, d // heads)} for i, name in enumerate(['query', 'key', 'value'])}
-    out['out'] = {'kernel': t2n(m.out_proj.weight).T.reshape(heads, d // heads, d), 'bias': t2n(m.out_proj.bias)}
-    return out
-
+  mha = lambda m: attention.from_torch(torch_convert.StateDictReader({k: v.numpy() for k, v in m.state_dict().items()}),
+                                       heads)
   dense = lambda m: {'kernel': t2n(m.weight).T, 'bias': t2n(m.bias)}
   norm = lambda m: {'scale': t2n(m.weight), 'bias': t2n(m.bias)}
   params = {'project': dense(project)}

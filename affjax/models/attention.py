@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from affjax.models.layers import symmetric_uniform, torch_kernel_init
+from affjax.models.torch_convert import StateDictReader
 
 Array = jax.Array
 
@@ -84,3 +85,16 @@ class MultiHeadAttention(nn.Module):
         dropout_rng=self.make_rng('dropout') if dropout_active else None,
         deterministic=deterministic, implementation=self.implementation)
     return nn.DenseGeneral(e, axis=(-2, -1), kernel_init=torch_kernel_init, dtype=self.dtype, name='out')(y)
+
+
+def from_torch(sd: StateDictReader, num_heads: int, prefix: str = '') -> dict[str, dict[str, np.ndarray]]:
+  """`MultiHeadAttention` params from a `torch.nn.MultiheadAttention` state dict (packed `in_proj_weight`
+  [3E, E] and `in_proj_bias`, then `out_proj`), tensors under `prefix`."""
+  w, b = sd[f'{prefix}in_proj_weight'], sd[f'{prefix}in_proj_bias']
+  e = w.shape[1]
+  params = {name: {'kernel': w[i * e:(i + 1) * e].T.reshape(e, num_heads, e // num_heads),
+                   'bias': b[i * e:(i + 1) * e].reshape(num_heads, e // num_heads)}
+            for i, name in enumerate(['query', 'key', 'value'])}
+  params['out'] = {'kernel': sd[f'{prefix}out_proj.weight'].T.reshape(num_heads, e // num_heads, e),
+                   'bias': sd[f'{prefix}out_proj.bias']}
+  return params
