@@ -4,13 +4,15 @@ parameter counts, input-size checks, normalisation and masked train-mode BatchNo
 
 import functools
 import math
+import os
+import pickle
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from affjax.models import converters
+from affjax.models import converters, torch_convert
 from affjax.models.backbones import vggface2_resnet
 from affjax.models.backbones.inception_resnet_v1 import InceptionResnetV1, l2_normalize
 from affjax.models.backbones.vggface2_resnet import VGGFace2ResNet50
@@ -171,7 +173,8 @@ def test_inception_resnet_v1_params_and_sizes():
   assert {a.dtype for a in jax.tree.leaves(abstract)} == {jnp.dtype(jnp.float32)}
   n = _param_count(abstract['params'])
   assert abs(n - 23.5e6) / 23.5e6 < 0.005, n  # spec: 23.5 M
-  torch_n = sum(p.numel() for name, p in _torch_inception_resnet_v1().named_parameters() if not name.startswith('logits'))
+  torch_n = sum(p.numel() for name, p in _torch_inception_resnet_v1().named_parameters()
+                if not name.startswith('logits'))
   assert n == torch_n
   out = jax.eval_shape(functools.partial(model.apply, train=False), abstract,
                        jax.ShapeDtypeStruct((3, 160, 160, 3), jnp.float32))  # 112: test_..._matches_torch
@@ -326,3 +329,20 @@ def test_vggface2_converter_rejects_other_network():
     converters.convert('vggface2_resnet50', _state_dict(_torch_vggface2_resnet50(se=True)))
   with pytest.raises(KeyError, match='conv4'):
     converters.convert('vggface2_senet50', _state_dict(_torch_vggface2_resnet50(se=False)))
+
+
+def test_read_numpy_pickle_state_dict(tmp_path):
+  """Oxford's VGGFace2 weights are pickled dicts of numpy arrays (numpy 1 module paths, Python 2)."""
+  sd = {'conv1.weight': np.arange(6, dtype=np.float64).reshape(1, 2, 3), 'bn1.num_batches_tracked': np.array(3)}
+  data = pickle.dumps(sd, protocol=2)
+  for name, blob in [('new.pkl', data), ('old.pkl', data.replace(b'numpy._core.multiarray', b'numpy.core.multiarray'))]:
+    (tmp_path / name).write_bytes(blob)
+    read = torch_convert.read_torch_checkpoint(str(tmp_path / name))
+    assert read['conv1.weight'].dtype == np.float32 and read['bn1.num_batches_tracked'].dtype == np.int64
+    np.testing.assert_array_equal(read['conv1.weight'], sd['conv1.weight'])
+  (tmp_path / 'evil.pkl').write_bytes(pickle.dumps({'w': os.getcwd}, protocol=2))
+  with pytest.raises(pickle.UnpicklingError, match='not allowed'):
+    torch_convert.read_torch_checkpoint(str(tmp_path / 'evil.pkl'))
+  (tmp_path / 'list.pkl').write_bytes(pickle.dumps([np.zeros(2)], protocol=2))
+  with pytest.raises(ValueError, match='list.pkl'):
+    torch_convert.read_torch_checkpoint(str(tmp_path / 'list.pkl'))

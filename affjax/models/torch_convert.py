@@ -11,6 +11,7 @@ kernels transposed, BatchNorm weight/bias -> scale/bias and running_mean/var -> 
 """
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -23,12 +24,40 @@ StateDict = dict[str, np.ndarray]
 Variables = dict[str, Any]
 
 
+# The only globals a pickled dict of numpy arrays refers to (numpy 1 and 2 module paths, Python 2 and 3).
+_NUMPY_PICKLE_GLOBALS = frozenset({
+    ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'), ('numpy', 'ndarray'),
+    ('numpy', 'dtype'), ('_codecs', 'encode'), ('collections', 'OrderedDict')})
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+  """Unpickles numpy arrays, dicts and plain values only (no arbitrary code runs)."""
+
+  def find_class(self, module: str, name: str):
+    if (module, name) not in _NUMPY_PICKLE_GLOBALS:
+      raise pickle.UnpicklingError(f'{module}.{name} is not allowed in a pickle of numpy arrays')
+    return super().find_class(module, name)
+
+
+def read_numpy_pickle(path: str) -> StateDict:
+  """The arrays of a pickled dict name -> numpy array (the Oxford VGGFace2 `*_weight.pkl` files, written
+  by Python 2), floating point as float32."""
+  with open(path, 'rb') as f:
+    obj = _NumpyUnpickler(f, encoding='latin1').load()
+  if not isinstance(obj, Mapping) or not all(isinstance(v, np.ndarray) for v in obj.values()):
+    raise ValueError(f'{path}: expected a pickled dict of name -> numpy array')
+  return {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v for k, v in obj.items()}
+
+
 def read_torch_checkpoint(path: str) -> StateDict:
   """The tensors of a PyTorch checkpoint as float32 numpy arrays.
 
   Accepts a bare state dict or one wrapped as {'state_dict': ...} / {'model': ...}; strips the
-  'module.' prefix DataParallel adds.
+  'module.' prefix DataParallel adds. A `.pkl` file is read as a pickled dict of numpy arrays
+  (`read_numpy_pickle`).
   """
+  if path.endswith('.pkl'):
+    return read_numpy_pickle(path)
   import torch  # pylint: disable=g-import-not-at-top  (only the converter needs PyTorch)
   obj = torch.load(path, map_location='cpu', weights_only=True)
   for wrapper in ('state_dict', 'model'):

@@ -121,7 +121,8 @@ class VGGFace2ResNet50(nn.Module):
 
 def from_torch(sd: StateDictReader, se: bool = False) -> dict[str, dict]:
   """Variables from a cydonia999/VGGFace2-pytorch `resnet50` (or, with `se`, `senet50`) state dict; the
-  classifier `fc.*` is not read. Oxford's `*_weight.pkl` files hold the same names as numpy arrays."""
+  classifier `fc.*` is not read. Oxford's `resnet50_ft_weight.pkl` etc. hold these names as numpy arrays
+  (`torch_convert.read_torch_checkpoint` reads them)."""
   params, stats = {}, {}
 
   def conv_bn(conv: str, bn: str) -> tuple[dict, dict]:
