@@ -5,6 +5,7 @@ Spec `../shared/specs/lfan.md`. Variants through `get_config(arg)`, comma-separa
   configs/lfan.py:smoke       a few steps on a tiny synthetic tree, for tests and install checks
   configs/lfan.py:valence     one model for valence only (the paper: one model per emotion); `:arousal` likewise
   configs/lfan.py:visual      no audio followers (the unimodal `my_2d1d`)
+Cross-validation: `--config.data.fold=K` (K in 0..5) trains fold K; `tools/train_folds.py` trains all six.
 """
 import ml_collections
 
@@ -29,8 +30,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   model = config.model
   model.name = 'lfan'
-  model.followers = ('mfcc',)
-  model.feature_norm = ml_collections.ConfigDict(dict(mfcc=(0.0, 1.0)))  # (mean, std) of the training partition
+  model.followers = ('vggish', 'mfcc')  # VGGish from feature records built once (affjax.follower_features)
+  # (mean, std) per follower; () = the training partition's (the fold's), computed at the start of a run
+  model.feature_norm = ml_collections.ConfigDict(dict(vggish=(), mfcc=()))
+  # converted weights (tools/convert_torch.py --network=ir50 | vggish); '' = random initialisation
+  model.pretrained = ml_collections.ConfigDict(dict(visual='', vggish=''))
   model.audio_window = data.get_ref('audio_window')
   model.visual_channels = (128, 128, 128, 128)
   model.follower_channels = (32, 32, 32, 32)

@@ -10,7 +10,7 @@ import time
 import jax
 import tqdm
 
-from affjax import checkpoint, evaluate, models, parallel, profiling
+from affjax import checkpoint, evaluate, follower_features, models, parallel, profiling
 from affjax import logging as affjax_logging
 from affjax.data import pipeline, prepare
 from affjax.train import optim, state as state_lib, step as step_lib
@@ -24,10 +24,10 @@ class Experiment:
   """The pieces of a run that training and evaluation share: records, mesh, model, state, checkpoints."""
 
   def __init__(self, config, workdir):
-    self.config = config
     self.workdir = pathlib.Path(workdir).expanduser().absolute()
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.records_dir = prepare.input_dir(config)
+    self.config = config = follower_features.prepare(config, self.records_dir, self.workdir)
     self.mesh = parallel.make_mesh()
     self.model = models.build_model(config.model)
     self.tx = optim.make_optimizer(config, models.param_labels(config.model))
@@ -36,7 +36,7 @@ class Experiment:
     self.eval_step = step_lib.make_eval_step(self.model)
 
   def records(self, split: str) -> pipeline.Records:
-    return pipeline.open_records(self.records_dir, split)
+    return pipeline.open_partition(self.records_dir, split, self.config)
 
   def predict(self, split: str) -> list[evaluate.VideoPredictions]:
     """Predicts every frame of every video of `split` with the current state."""
