@@ -45,13 +45,14 @@ def vggish_variables(config) -> dict:
 def vggish_extractor(config) -> feature_cache.VideoExtractor:
   """(waveform, fps, frames N) -> {'vggish': [N, 128]} raw fc2 embeddings of every frame's example."""
   variables = vggish_variables(config)
-  apply = jax.jit(vggish.VGGish().apply)
+  embed = jax.jit(lambda segments: vggish.VGGish().apply(variables, vggish.log_mel_examples(segments)))
 
   def extract(wave: np.ndarray, fps: float, num_frames: int) -> dict[str, np.ndarray]:
-    examples = vggish.frame_examples(wave, fps, num_frames)
-    padded = np.zeros((-(-num_frames // VGGISH_BATCH) * VGGISH_BATCH,) + examples.shape[1:], np.float32)
-    padded[:num_frames] = examples
-    out = [np.asarray(apply(variables, padded[i:i + VGGISH_BATCH])) for i in range(0, len(padded), VGGISH_BATCH)]
+    x = vggish.padded_waveform(wave)
+    starts = vggish.frame_example_starts(num_frames, fps, len(x))
+    starts = np.pad(starts, (0, -num_frames % VGGISH_BATCH), mode='edge')  # whole batches: one compilation
+    out = [np.asarray(embed(x[starts[i:i + VGGISH_BATCH, None] + np.arange(vggish.EXAMPLE_SAMPLES)]))
+           for i in range(0, len(starts), VGGISH_BATCH)]
     return {'vggish': np.concatenate(out)[:num_frames]}
 
   return extract

@@ -45,27 +45,30 @@ def log_mel_examples(x: jnp.ndarray) -> jnp.ndarray:
   return log_mel(x)
 
 
-def frame_example_starts(num_frames: int, fps: float, num_mel_frames: int) -> np.ndarray:
-  """`[N]` first 10 ms mel frame of each video frame's example: round(100 i / fps) (frame i starts at i / fps),
-  clamped to the last whole example of `num_mel_frames`."""
-  if num_mel_frames < EXAMPLE_FRAMES:
-    raise ValueError(f'{num_mel_frames} log-mel frames make no {EXAMPLE_FRAMES}-frame VGGish example')
+def padded_waveform(wave: np.ndarray) -> np.ndarray:
+  """The 16 kHz waveform `[L]` edge-padded by 1 s at the end, and by `WINDOW_OFFSET` zeros at the start so that mel
+  frame j's 25 ms window starts at sample 160 j of `wave`."""
+  wave = np.asarray(wave, np.float32)
+  last = wave[-1] if len(wave) else 0.0
+  return np.concatenate([np.zeros(WINDOW_OFFSET, np.float32), wave, np.full(END_PADDING, last, np.float32)])
+
+
+def frame_example_starts(num_frames: int, fps: float, num_samples: int) -> np.ndarray:
+  """`[N]` first sample in the padded waveform (of `num_samples`) of each video frame's example: 160 round(100 i /
+  fps), the mel frame at which frame i starts (i / fps), clamped to the last whole example."""
+  last = (num_samples - EXAMPLE_SAMPLES) // HOP
+  if last < 0:
+    raise ValueError(f'{num_samples} samples make no {EXAMPLE_FRAMES}-frame VGGish example')
   starts = np.round(np.arange(num_frames) * (SAMPLE_RATE / HOP) / fps).astype(np.int64)
-  return np.minimum(starts, num_mel_frames - EXAMPLE_FRAMES)
+  return HOP * np.minimum(starts, last)
 
 
 def frame_examples(wave: np.ndarray, fps: float, num_frames: int) -> np.ndarray:
-  """The log-mel example of every video frame of a video (spec lfan 3.1): `[N, 96, 64]` float32.
-
-  The 16 kHz waveform `[L]` is edge-padded by 1 s at the end; mel frame j's 25 ms window starts at sample 160 j;
-  frame i takes the 96 mel frames (0.96 s) from `frame_example_starts`.
-  """
-  wave = np.asarray(wave, np.float32)
-  last = wave[-1] if len(wave) else 0.0
-  x = np.concatenate([np.zeros(WINDOW_OFFSET, np.float32), wave, np.full(END_PADDING, last, np.float32)])
-  mel = np.asarray(log_mel(x))
-  starts = frame_example_starts(num_frames, fps, len(mel))
-  return mel[starts[:, None] + np.arange(EXAMPLE_FRAMES)]
+  """The log-mel example of every video frame of a video (spec lfan 3.1): `[N, 96, 64]` float32, the 96 mel frames
+  (0.96 s) from `frame_example_starts` of the `padded_waveform`."""
+  x = padded_waveform(wave)
+  starts = frame_example_starts(num_frames, fps, len(x))
+  return np.asarray(log_mel_examples(x[starts[:, None] + np.arange(EXAMPLE_SAMPLES)]))
 
 
 class VGGish(nn.Module):
