@@ -201,6 +201,7 @@ class WindowLoader:
   min_fps: float
   augment: dict | None = None  # augment_window kwargs, or None (evaluation)
   crop_size: int = 0  # > 0: one crop per window, random (training) or centred (evaluation)
+  integer_fps: bool = False  # compat (rnn_attn bug 18): audio centres from the frame rate rounded to an integer
 
   def __call__(self, row: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     video_index, start = int(row[0]), int(row[1])
@@ -210,10 +211,11 @@ class WindowLoader:
                        f'{self.min_fps}; lower config.data.min_fps to at most {math.floor(video.fps)}')
     t = self.window
     frames = np.arange(start, start + t)
-    centres = frame_centre_sample(frames, video.fps)
+    centres = frame_centre_sample(frames, round(video.fps) if self.integer_fps else video.fps)
     a0, a1 = centres[0] - self.audio_window // 2, centres[-1] + self.audio_window - self.audio_window // 2
-    # Also the chunks of the frames whose audio the context reaches.
-    context = math.ceil(self.audio_window / 2 * video.fps / affwild2.SAMPLE_RATE) + 1
+    # Also the chunks of the frames whose audio samples [a0, a1) the windows reach.
+    reach = np.floor(np.array([a0, a1 - 1]) * video.fps / affwild2.SAMPLE_RATE).astype(int)
+    context = max(start - reach[0], reach[1] - (start + t - 1), 0) + 1
     chunks, first, frame_field = read_frames(self.records, video, start, t, context)
     mask = frame_field('frame_mask', False)
     face_mask = frame_field('face_mask', False) & mask
@@ -263,7 +265,8 @@ def _loader(records: Records, config, *, train: bool) -> WindowLoader | FeatureW
     return FeatureWindowLoader(records=records, window=data.window)
   return WindowLoader(records=records, window=data.window, image_size=data.image_size,
                       audio_window=data.audio_window, min_fps=data.min_fps,
-                      augment=data.augment.to_dict() if train else None, crop_size=data.get('crop_size', 0))
+                      augment=data.augment.to_dict() if train else None, crop_size=data.get('crop_size', 0),
+                      integer_fps=config.compat.get('integer_fps', False))
 
 
 def _view(records: Records, config, *, train: bool):
