@@ -1,6 +1,4 @@
 """LFAN cross-validation: the 6-fold split and CCC centering (hand-computed example, files through the tool)."""
-import sys
-
 import numpy as np
 import pytest
 
@@ -33,16 +31,14 @@ def test_ccc_centering_hand_computed():
   assert folds.ccc_centering(np.full((3, 4), 2.0) + np.arange(4) * 1e-3).max() == 1.0  # clipped
 
 
-def test_merge_folds_tool(tmp_path):
-  sys.path.insert(0, 'tools')
-  import merge_folds  # pylint: disable=g-import-not-at-top
+def test_merge_folds_files(tmp_path):
   rng = np.random.default_rng(0)
   preds = rng.uniform(-0.5, 0.5, (3, 20, 2))
   dirs = []
   for f in range(3):
     dirs.append(tmp_path / f'fold{f}')
     evaluate.write_abaw_file(dirs[-1] / 'predictions' / 'test' / 'vid.txt', preds[f], 20)
-  assert merge_folds.merge(dirs, 'test', tmp_path / 'merged') == ['vid']
-  merged = merge_folds.read_predictions(tmp_path / 'merged' / 'predictions' / 'test' / 'vid.txt')
+  assert evaluate.merge_folds(dirs, 'test', tmp_path / 'merged') == ['vid']
+  merged = evaluate.read_abaw_file(tmp_path / 'merged' / 'predictions' / 'test' / 'vid.txt')
   ref = np.stack([folds.ccc_centering(np.round(preds[:, :, d], 6)) for d in range(2)], axis=1)
   np.testing.assert_allclose(merged, ref, atol=2e-6)

@@ -20,8 +20,6 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-import merge_folds
-
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'An LFAN config, e.g. configs/lfan.py.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of the folds (fold0 ... fold5) and the merged predictions.')
 _FOLDS = flags.DEFINE_list('folds', ['0', '1', '2', '3', '4', '5'], 'Folds to train (all six are merged).')
@@ -48,11 +46,12 @@ def train_fold(config, workdir: pathlib.Path, fold: int) -> dict:
 
 def score(prediction_dir: pathlib.Path, labels_dir: pathlib.Path) -> dict[str, float]:
   """The ABAW metric of the prediction files against the label files, over every labelled frame concatenated."""
+  from affjax import evaluate  # pylint: disable=g-import-not-at-top
   from affjax.train import metrics  # pylint: disable=g-import-not-at-top
   preds, targets = [], []
   for path in sorted(labels_dir.glob('*.txt')):
-    target = merge_folds.read_predictions(path)
-    pred = merge_folds.read_predictions(prediction_dir / path.name)
+    target = evaluate.read_abaw_file(path)
+    pred = evaluate.read_abaw_file(prediction_dir / path.name)
     if len(pred) != len(target):
       raise ValueError(f'{prediction_dir / path.name} has {len(pred)} rows, {path} {len(target)}')
     valid = np.all(target != -5, axis=1)
@@ -76,7 +75,7 @@ def score_table(workdir: pathlib.Path, fold_dirs: list[pathlib.Path], labels_dir
 
 def main(argv):
   del argv
-  from affjax import config_validation, folds  # pylint: disable=g-import-not-at-top
+  from affjax import config_validation, evaluate, folds  # pylint: disable=g-import-not-at-top
   config, workdir = _CONFIG.value, pathlib.Path(_WORKDIR.value).expanduser().absolute()
   config_validation.validate(config)
   fold_dirs = [workdir / f'fold{k}' for k in range(folds.NUM_FOLDS)]
@@ -88,7 +87,7 @@ def main(argv):
   if not all((d / DONE_FILE).exists() for d in fold_dirs):
     print('not every fold has finished: rerun with the missing --folds to merge')
     return
-  videos = merge_folds.merge(fold_dirs, 'test', workdir / 'merged')
+  videos = evaluate.merge_folds(fold_dirs, 'test', workdir / 'merged')
   print(f'{workdir}/merged/predictions/test: {len(videos)} videos merged from {len(fold_dirs)} folds')
   if _TEST_LABELS.value:
     labels = pathlib.Path(_TEST_LABELS.value).expanduser()
