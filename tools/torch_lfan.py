@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from affjax.data import audio, audio_features as af
+from affjax.models import converters
 from affjax.models.backbones import ir50 as ir50_lib
 
 
@@ -73,7 +74,7 @@ class TemporalBlock(nn.Module):
     self.pad = (k - 1) * dilation
     self.conv1 = wn(nn.Conv1d(c_in, c_out, k, padding=self.pad, dilation=dilation))
     self.conv2 = wn(nn.Conv1d(c_out, c_out, k, padding=self.pad, dilation=dilation))
-    self.drop = nn.Dropout2d(dropout)
+    self.drop = nn.Dropout1d(dropout)  # whole channels of a window
     self.down = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else None
 
   def forward(self, x):  # [B, C, T]
@@ -176,4 +177,39 @@ def train_step(model: LFAN, optimizer, batch) -> float:
   loss = 1.0 - 0.5 * (ccc[0] + ccc[1])
   loss.backward()
   optimizer.step()
-  return float(loss)
+  return loss.item()
+
+
+def _numpy(module: nn.Module) -> dict[str, np.ndarray]:
+  return {k: v.detach().numpy() for k, v in module.state_dict().items()}
+
+
+def tcn_params(tcn: TemporalConvNet) -> dict:
+  """Flax parameters of `affjax.models.tcn.TemporalConvNet` from a `TemporalConvNet` here."""
+  sd, params = _numpy(tcn), {}
+  for i, block in enumerate(tcn):
+    level = {}
+    for c in ('conv1', 'conv2'):
+      level[c] = {'v': np.transpose(sd[f'{i}.{c}.parametrizations.weight.original1'], (2, 1, 0)),
+                  'g': sd[f'{i}.{c}.parametrizations.weight.original0'].reshape(-1), 'bias': sd[f'{i}.{c}.bias']}
+    if block.down is not None:
+      level['downsample'] = {'kernel': sd[f'{i}.down.weight'][:, :, 0].T, 'bias': sd[f'{i}.down.bias']}
+    params[f'level{i}'] = level
+  return params
+
+
+def _dense(linear: nn.Linear) -> dict[str, np.ndarray]:
+  return {'kernel': linear.weight.detach().numpy().T, 'bias': linear.bias.detach().numpy()}
+
+
+def flax_variables(model: LFAN) -> dict:
+  """The variables of `affjax.models.lfan_model.LFAN` (followers ('vggish', 'mfcc')) holding `model`'s weights."""
+  visual = converters.convert('ir50', _numpy(model.visual))
+  fusion = {}
+  for m in range(3):
+    fusion.update({f'key{m}': _dense(model.fusion.keys[m]), f'query{m}': _dense(model.fusion.queries[m]),
+                   f'value{m}': _dense(model.fusion.values[m])})
+  fusion['norm'] = {'scale': model.fusion.norm.weight.detach().numpy(), 'bias': model.fusion.norm.bias.detach().numpy()}
+  params = dict(visual=visual['params'], visual_tcn=tcn_params(model.visual_tcn), vggish_tcn=tcn_params(model.vggish_tcn),
+                mfcc_tcn=tcn_params(model.mfcc_tcn), fusion=fusion, regressor=_dense(model.regressor))
+  return {'params': params, 'batch_stats': {'visual': visual['batch_stats']}}
