@@ -75,9 +75,10 @@ def score_table(workdir: pathlib.Path, fold_dirs: list[pathlib.Path], labels_dir
 
 def main(argv):
   del argv
-  from affjax import config_validation, evaluate, folds  # pylint: disable=g-import-not-at-top
+  from affjax import evaluate, folds  # pylint: disable=g-import-not-at-top
+  from affjax.train import loop  # pylint: disable=g-import-not-at-top
   config, workdir = _CONFIG.value, pathlib.Path(_WORKDIR.value).expanduser().absolute()
-  config_validation.validate(config)
+  loop.start_process(config)
   fold_dirs = [workdir / f'fold{k}' for k in range(folds.NUM_FOLDS)]
   for k in sorted({int(f) for f in _FOLDS.value}):
     if not 0 <= k < folds.NUM_FOLDS:

@@ -4,13 +4,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import pathlib
 import time
 
 import jax
 import tqdm
 
-from affjax import checkpoint, evaluate, follower_features, models, parallel, profiling
+from affjax import checkpoint, config_validation, evaluate, follower_features, models, parallel, profiling
 from affjax import logging as affjax_logging
 from affjax.data import pipeline, prepare
 from affjax.train import optim, state as state_lib, step as step_lib
@@ -18,6 +19,19 @@ from affjax.train import optim, state as state_lib, step as step_lib
 
 class NonFiniteLossError(FloatingPointError):
   pass
+
+
+def start_process(config) -> None:
+  """What every command that trains does first: quiet library logs, join the other hosts if launched so, the
+  compilation cache under `config.data.cache_dir` (reruns and resumes load compiled steps instead of recompiling),
+  and validate `config` before anything compiles."""
+  affjax_logging.quiet_library_info()
+  parallel.maybe_initialize_distributed()
+  jax.config.update('jax_threefry_partitionable', True)
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.expanduser(config.data.cache_dir), 'jax'))
+  logging.info('process %d of %d, devices: %s', jax.process_index(), jax.process_count(), jax.devices())
+  config_validation.validate(config)
 
 
 class Experiment:
