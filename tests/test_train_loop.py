@@ -173,3 +173,18 @@ def test_bad_config_value_names_the_field(field, value, message):
 def test_unknown_variant_is_named():
   with pytest.raises(ValueError, match="unknown config variant 'tiny'"):
     cross_attn.get_config('smoke,tiny')
+
+
+@pytest.mark.parametrize('weights,best', [((0.5, 0.5), 2), ((1.0, 0.0), 4), ((0.75, 0.25), 6)])
+def test_best_checkpoint_follows_the_selection_weights(tmp_path, weights, best):
+  import grain  # pylint: disable=g-import-not-at-top
+  scores = {2: (0.5, 0.9), 4: (0.8, 0.1), 6: (0.7, 0.5)}  # step -> (CCC valence, CCC arousal)
+  ckpt = checkpoint.Checkpointer(tmp_path / str(weights), selection_weights=weights)
+  data = iter(grain.MapDataset.source([0, 1, 2]).to_iter_dataset())
+  for step, (v, a) in scores.items():
+    ckpt.save(step, {'w': np.full(2, step, np.float32)}, data, metrics=dict(ccc_valence=v, ccc_arousal=a))
+  ckpt.wait()
+  assert ckpt.best_step() == best
+  restored = ckpt.restore(best, {'w': np.zeros(2, np.float32)})
+  np.testing.assert_array_equal(restored['w'], [best, best])
+  ckpt.close()
