@@ -41,6 +41,7 @@ def audio_visual_config(name: str) -> ml_collections.ConfigDict:
   config.compat.arousal_ccc_on_cat_logit = False  # rnn_attn bug 1: arousal CCC scored on logit 1 of the 24-class head
   config.compat.vggface2_rgb01_norm = False  # rnn_attn bug 7: [0,1] RGB minus the BGR mean / 255 (VGGFace2 nets)
   config.compat.integer_fps = False  # rnn_attn bug 18: audio centres from the frame rate rounded (29.97 -> 30)
+  config.compat.compact_frames = False  # rnn_attn bug 15: training windows of annotated frames with a face only
   model.compat_vggface2_rgb01_norm = config.compat.get_ref('vggface2_rgb01_norm')
 
   # Sized for the default run on a 2-core CPU (MobileFaceNet trains at ~8 frames/s there): ~15 minutes of

@@ -132,6 +132,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_tree, tmp_path, monk
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
+def test_compact_frames_run_trains_on_the_kept_frames_and_evaluates_the_timeline(tiny_tree, tmp_path):
+  config = smoke_config(tiny_tree, tmp_path)
+  config.compat.compact_frames = True
+  config.train.update(num_steps=2, eval_every=2, checkpoint_every=2, log_every=1)
+  results = loop.train_and_evaluate(config, tmp_path / 'run')
+  logged = [json.loads(line) for line in (tmp_path / 'run' / 'scalars.jsonl').read_text().splitlines()]
+  assert all(np.isfinite(r['train/loss']) for r in logged if 'train/loss' in r)
+  annotated = sum(int(r['label_mask'].sum()) for r in pipeline.open_records(
+      str(builder.dataset_dir(config.data.records_dir, 32)), 'validation').source)
+  assert results['validation']['num_frames'] == annotated  # evaluation keeps the whole timeline
+
+
 def test_smoke_run_writes_metrics_abaw_files_events_and_profile(tiny_tree, tmp_path):
   config = smoke_config(tiny_tree, tmp_path)
   config.train.update(profile_steps=2, first_profile=1)
