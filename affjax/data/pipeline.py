@@ -259,27 +259,32 @@ class EvalWindow:
     return dict(self.loader(row[:2]), valid_window=np.bool_(row[2]))
 
 
-def _loader(records: Records, config, *, train: bool) -> WindowLoader | FeatureWindowLoader:
+def _loader(records: Records, config, *, augmented: bool, window: int) -> WindowLoader | FeatureWindowLoader:
   data = config.data
   if records.features:
-    return FeatureWindowLoader(records=records, window=data.window)
-  return WindowLoader(records=records, window=data.window, image_size=data.image_size,
+    return FeatureWindowLoader(records=records, window=window)
+  return WindowLoader(records=records, window=window, image_size=data.image_size,
                       audio_window=data.audio_window, min_fps=data.min_fps,
-                      augment=data.augment.to_dict() if train else None, crop_size=data.get('crop_size', 0),
+                      augment=data.augment.to_dict() if augmented else None, crop_size=data.get('crop_size', 0),
                       integer_fps=config.compat.get('integer_fps', False))
 
 
 def _view(records: Records, config, *, train: bool):
   """(window table, window loader) of `config.data.view`: 'frames' (windows of T frames, the default) or
-  'clips' (RJCA windows of `data.num_clips` clips, `affjax.data.clips`)."""
+  'clips' (RJCA windows of `data.num_clips` clips, `affjax.data.clips`); training windows of kept frames only
+  with `config.compat.compact_frames` (`affjax.data.compact`)."""
   view = config.data.get('view', 'frames')
   if view == 'clips':
     from affjax.data import clips  # pylint: disable=g-import-not-at-top  (clips builds on this module)
     return clips.window_table(records.videos, config.data.num_clips), clips.loader(records, config, train=train)
   if view != 'frames':
     raise ValueError(f"config.data.view={view!r} is not one of ['frames', 'clips']")
+  if train and config.compat.get('compact_frames', False):
+    from affjax.data import compact  # pylint: disable=g-import-not-at-top  (compact builds on this module)
+    return compact.view(records, config, _loader(records, config, augmented=False, window=1))
   hop = config.data.train_hop if train else config.data.eval_hop
-  return window_table(records.videos, config.data.window, hop), _loader(records, config, train=train)
+  return (window_table(records.videos, config.data.window, hop),
+          _loader(records, config, augmented=train, window=config.data.window))
 
 
 def _iterate(ds: grain.MapDataset, config) -> grain.IterDataset:
