@@ -65,7 +65,7 @@ def test_train_folds_scores_each_fold_and_the_merge_against_label_files(tmp_path
       evaluate.write_abaw_file(d / 'predictions' / 'test' / f'{name}.txt', preds[name][f], len(labels[name]))
   evaluate.merge_folds(dirs, 'test', tmp_path / 'merged')
   table = train_folds.score_table(tmp_path, dirs, tmp_path / 'labels').splitlines()
-  assert len(table) == 2 + 6 + 2
+  assert len(table) == 2 + 6 + 3
   valid = {name: np.all(rows != -5, axis=1) for name, rows in labels.items()}
   target = np.concatenate([labels[n][valid[n]] for n in labels])
 
@@ -78,5 +78,7 @@ def test_train_folds_scores_each_fold_and_the_merge_against_label_files(tmp_path
     assert cells[1].strip() == f'fold{f}'
     assert float(cells[4]) == pytest.approx(folds_ccc[f]['ccc_mean'], abs=1e-4)
   assert float(table[8].split('|')[4]) == pytest.approx(np.mean([r['ccc_mean'] for r in folds_ccc]), abs=1e-4)
+  plain = {n: np.mean([np.clip(np.round(preds[n][f], 6), -1, 1) for f in range(6)], axis=0) for n in labels}
+  assert float(table[9].split('|')[4]) == pytest.approx(direct(plain)['ccc_mean'], abs=1e-4)
   merged = {n: evaluate.read_abaw_file(tmp_path / 'merged' / 'predictions' / 'test' / f'{n}.txt') for n in labels}
-  assert float(table[9].split('|')[4]) == pytest.approx(direct(merged)['ccc_mean'], abs=1e-4)
+  assert float(table[10].split('|')[4]) == pytest.approx(direct(merged)['ccc_mean'], abs=1e-4)

@@ -44,30 +44,37 @@ def train_fold(config, workdir: pathlib.Path, fold: int) -> dict:
   return json.loads(done.read_text())
 
 
-def score(prediction_dir: pathlib.Path, labels_dir: pathlib.Path) -> dict[str, float]:
-  """The ABAW metric of the prediction files against the label files, over every labelled frame concatenated."""
+def read_videos(directory: pathlib.Path, names: list[str]) -> dict[str, np.ndarray]:
+  """name -> `[N, 2]` rows of `<directory>/<name>.txt` (ABAW files)."""
   from affjax import evaluate  # pylint: disable=g-import-not-at-top
+  return {name: evaluate.read_abaw_file(directory / f'{name}.txt') for name in names}
+
+
+def score(preds: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, float]:
+  """The ABAW metric of `preds` against `labels` (name -> `[N, 2]`) over every labelled frame, concatenated."""
   from affjax.train import metrics  # pylint: disable=g-import-not-at-top
-  preds, targets = [], []
-  for path in sorted(labels_dir.glob('*.txt')):
-    target = evaluate.read_abaw_file(path)
-    pred = evaluate.read_abaw_file(prediction_dir / path.name)
-    if len(pred) != len(target):
-      raise ValueError(f'{prediction_dir / path.name} has {len(pred)} rows, {path} {len(target)}')
+  pairs = []
+  for name, target in labels.items():
+    if len(preds[name]) != len(target):
+      raise ValueError(f'{name}: {len(preds[name])} predicted rows, {len(target)} label rows')
     valid = np.all(target != -5, axis=1)
-    preds.append(pred[valid])
-    targets.append(target[valid])
-  if not preds:
-    raise FileNotFoundError(f'no <video>.txt label files in {labels_dir}')
-  return metrics.va_metrics(np.concatenate(preds), np.concatenate(targets))
+    pairs.append((preds[name][valid], target[valid]))
+  return metrics.va_metrics(np.concatenate([p for p, _ in pairs]), np.concatenate([t for _, t in pairs]))
 
 
 def score_table(workdir: pathlib.Path, fold_dirs: list[pathlib.Path], labels_dir: pathlib.Path) -> str:
-  """Markdown table of the test CCC of every fold, their mean, and the merged predictions."""
-  rows = [(d.name, score(d / 'predictions' / 'test', labels_dir)) for d in fold_dirs]
+  """Markdown table of the test CCC of every fold, their mean, the plain per-frame mean of their predictions and
+  the merged (CCC-centred) predictions, against the label files `<labels_dir>/<video>.txt`."""
+  names = sorted(p.stem for p in labels_dir.glob('*.txt'))
+  if not names:
+    raise FileNotFoundError(f'no <video>.txt label files in {labels_dir}')
+  labels = read_videos(labels_dir, names)
+  per_fold = [read_videos(d / 'predictions' / 'test', names) for d in fold_dirs]
+  rows = [(d.name, score(p, labels)) for d, p in zip(fold_dirs, per_fold)]
   mean = {k: float(np.mean([r[k] for _, r in rows])) for k in ('ccc_valence', 'ccc_arousal', 'ccc_mean')}
-  rows += [('mean of the folds', mean), ('merged (CCC centering)', score(workdir / 'merged' / 'predictions' / 'test',
-                                                                        labels_dir))]
+  plain = {name: np.mean([p[name] for p in per_fold], axis=0) for name in names}
+  rows += [('mean of the folds\' CCC', mean), ('per-frame mean of the folds\' predictions', score(plain, labels)),
+           ('merged (CCC centering)', score(read_videos(workdir / 'merged' / 'predictions' / 'test', names), labels))]
   lines = ['| predictions | CCC valence | CCC arousal | CCC mean |', '| --- | --- | --- | --- |']
   lines += [f"| {name} | {r['ccc_valence']:.4f} | {r['ccc_arousal']:.4f} | {r['ccc_mean']:.4f} |" for name, r in rows]
   return '\n'.join(lines) + '\n'
