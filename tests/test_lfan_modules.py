@@ -172,8 +172,6 @@ def test_lfan_matches_pytorch_with_converted_weights():
   evaluation mode against tools/torch_lfan.py with the same weights."""
   torch = pytest.importorskip('torch')
   torch_lfan = _torch_lfan()
-  sys.path.insert(0, 'tools')
-  import bench_lfan  # pylint: disable=g-import-not-at-top
   from affjax import models  # pylint: disable=g-import-not-at-top
   from configs import lfan  # pylint: disable=g-import-not-at-top
   config = lfan.get_config('smoke')
@@ -189,7 +187,7 @@ def test_lfan_matches_pytorch_with_converted_weights():
       if isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
         mod.running_mean.uniform_(-0.2, 0.2)
         mod.running_var.uniform_(0.5, 1.5)
-  batch = bench_lfan.make_batch(config)
+  batch = torch_lfan.random_batch(config)
   with torch.no_grad():
     ref = net({k: torch.from_numpy(v.astype(np.int64) if k == 'audio_offsets' else v) for k, v in batch.items()})
   variables = torch_lfan.flax_variables(net)

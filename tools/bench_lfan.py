@@ -22,23 +22,6 @@ _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Alternating rounds (JAX steps, then
 _STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps per framework and round.')
 
 
-def make_batch(config, seed: int = 0) -> dict:
-  """A random batch shaped like the pipeline's for `config` (numpy)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from affjax.data import pipeline  # pylint: disable=g-import-not-at-top
-  data, b = config.data, config.train.batch_size
-  t, s = data.window, data.crop_size
-  rng = np.random.default_rng(seed)
-  length = pipeline.audio_segment_length(t, data.audio_window, data.min_fps)
-  return dict(faces=rng.integers(0, 256, (b, t, s, s, 3), dtype=np.uint8),
-              vggish_features=rng.standard_normal((b, t, 128)).astype(np.float32),
-              audio=(0.1 * rng.standard_normal((b, length))).astype(np.float32),
-              audio_offsets=np.tile((pipeline.frame_centre_sample(np.arange(t), 30.0)
-                                     - pipeline.frame_centre_sample(0, 30.0)).astype(np.int32), (b, 1)),
-              labels=rng.uniform(-1, 1, (b, t, 2)).astype(np.float32), label_mask=np.ones((b, t), bool),
-              face_mask=np.ones((b, t), bool), mask=np.ones((b, t), bool))
-
-
 def jax_step(config, batch):
   """() -> runs one affjax train step on `batch` (already on device) and waits for it."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -83,10 +66,11 @@ def main(argv):
   del argv
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+  import torch_lfan  # pylint: disable=g-import-not-at-top
   from affjax import profiling  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value.copy_and_resolve_references()
   config.model.feature_norm.update(vggish=(0.0, 1.0), mfcc=(0.0, 1.0))  # statistics do not change the cost
-  batch = make_batch(config)
+  batch = torch_lfan.random_batch(config)
   steps = {'jax': jax_step(config, batch), 'torch': torch_step(config, batch)}
   times = {name: [] for name in steps}
   for name, run in steps.items():  # warm-up (compilation, allocator)

@@ -6,6 +6,7 @@ and tools/bench_lfan.py times its train step next to affjax's.
   TemporalConvNet(c_in, channels, k) weight_norm Conv1d, pad both sides and chomp, Dropout2d, 1x1 residual
   LeaderFollowerFusion(dims, d)      per-frame attention over the modality tokens, joint LayerNorm
   LFAN(...)                          faces [B,T,S,S,3] uint8, vggish [B,T,128], MFCC from audio -> [B,T,2]
+  flax_variables(model)              the same weights as affjax LFAN variables; random_batch(config) an input
 Frozen IR-50 groups run in eval mode (BatchNorm running averages) without gradients, as affjax's.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from affjax.data import audio, audio_features as af
+from affjax.data import audio, audio_features as af, pipeline
 from affjax.models import converters
 from affjax.models.backbones import ir50 as ir50_lib
 
@@ -213,3 +214,19 @@ def flax_variables(model: LFAN) -> dict:
   params = dict(visual=visual['params'], visual_tcn=tcn_params(model.visual_tcn), vggish_tcn=tcn_params(model.vggish_tcn),
                 mfcc_tcn=tcn_params(model.mfcc_tcn), fusion=fusion, regressor=_dense(model.regressor))
   return {'params': params, 'batch_stats': {'visual': visual['batch_stats']}}
+
+
+def random_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
+  """A random batch shaped like the pipeline's for an LFAN `config` (numpy, VGGish features included), for the
+  parity test and the benchmark."""
+  data, b = config.data, config.train.batch_size
+  t, s = data.window, data.crop_size
+  rng = np.random.default_rng(seed)
+  length = pipeline.audio_segment_length(t, data.audio_window, data.min_fps)
+  return dict(faces=rng.integers(0, 256, (b, t, s, s, 3), dtype=np.uint8),
+              vggish_features=rng.standard_normal((b, t, 128)).astype(np.float32),
+              audio=(0.1 * rng.standard_normal((b, length))).astype(np.float32),
+              audio_offsets=np.tile((pipeline.frame_centre_sample(np.arange(t), 30.0)
+                                     - pipeline.frame_centre_sample(0, 30.0)).astype(np.int32), (b, 1)),
+              labels=rng.uniform(-1, 1, (b, t, 2)).astype(np.float32), label_mask=np.ones((b, t), bool),
+              face_mask=np.ones((b, t), bool), mask=np.ones((b, t), bool))
