@@ -55,7 +55,8 @@ def random_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray
   b['faces'] = rng.integers(0, 256, b['faces'].shape).astype(np.uint8)
   b['audio'] = rng.normal(size=b['audio'].shape).astype(np.float32)
   t = config.data.window
-  b['audio_offsets'] = np.tile(np.floor(np.arange(t) * 16000 / 30).astype(np.int32), (batch_size, 1))
+  starts = tokens.patch_starts(np.arange(t), config.model.token_rate_hz)
+  b['audio_offsets'] = np.tile((starts - starts[0]).astype(np.int32), (batch_size, 1))
   b.update(face_mask=b['mask'].copy(), label_mask=b['mask'].copy(),
            labels=rng.uniform(-1, 1, (batch_size, t, 2)).astype(np.float32))
   return b
@@ -98,9 +99,9 @@ def main():
       config.model.update(width=args.width, mlp_hidden=16 * args.width)
     batch = random_batch(config, args.batch_size)
     step_s = time_variant(config, batch, args.repeats, args.warmup)
-    frames = args.batch_size * config.data.window
-    rows.append(dict(variant=spec, step_s=step_s, frames_per_s=frames / step_s,
-                     tokens_per_s=frames / config.model.token_stride / step_s,
+    tokens_per_s = args.batch_size * config.data.window / step_s
+    rows.append(dict(variant=spec, step_s=step_s, tokens_per_s=tokens_per_s,
+                     frames_per_s_at_30fps=tokens_per_s * 30 / config.model.token_rate_hz,
                      gmac_per_token=feature_macs(config.model, config.model.width, config.model.mlp_hidden) / 1e9,
                      gmac_per_token_width64=feature_macs(config.model, 64, 1024) / 1e9))
     print(json.dumps(rows[-1]), flush=True)

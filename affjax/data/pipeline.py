@@ -207,15 +207,20 @@ def _loader(records: Records, config, *, train: bool) -> WindowLoader | FeatureW
 
 
 def _view(records: Records, config, *, train: bool):
-  """(window table, window loader) of `config.data.view`: 'frames' (windows of T frames, the default) or
-  'clips' (RJCA windows of `data.num_clips` clips, `affjax.data.clips`)."""
+  """(window table, window loader) of `config.data.view`: 'frames' (windows of T frames, the default),
+  'clips' (RJCA windows of `data.num_clips` clips, `affjax.data.clips`) or 'tokens' (windows of T tokens at
+  `model.token_rate_hz`, `affjax.data.tokens`)."""
   view = config.data.get('view', 'frames')
+  hop = config.data.train_hop if train else config.data.eval_hop
   if view == 'clips':
     from affjax.data import clips  # pylint: disable=g-import-not-at-top  (clips builds on this module)
     return clips.window_table(records.videos, config.data.num_clips), clips.loader(records, config, train=train)
+  if view == 'tokens':
+    from affjax.data import tokens  # pylint: disable=g-import-not-at-top  (tokens builds on this module)
+    table = tokens.window_table(records.videos, config.data.window, hop, config.model.token_rate_hz)
+    return table, tokens.loader(records, config, train=train)
   if view != 'frames':
-    raise ValueError(f"config.data.view={view!r} is not one of ['frames', 'clips']")
-  hop = config.data.train_hop if train else config.data.eval_hop
+    raise ValueError(f"config.data.view={view!r} is not one of ['frames', 'clips', 'tokens']")
   return window_table(records.videos, config.data.window, hop), _loader(records, config, train=train)
 
 

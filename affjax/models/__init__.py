@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from affjax.data import audio_features, tokens
+from affjax.data import audio_features
 from affjax.models import lfan_model, sparse
 from affjax.models.attention import ATTENTION_IMPLS
 from affjax.models.av_model import AUDIO_BACKBONES, MODALITIES, VISUAL_BACKBONES, AudioVisualModel
@@ -76,12 +76,9 @@ def _build_sparse_e2e(cfg: ml_collections.ConfigDict) -> nn.Module:
   if tuple(cfg.modalities) != MODALITIES:
     raise ValueError(f'config.model.modalities={tuple(cfg.modalities)} must be {MODALITIES}: the sparse stages of '
                      'each modality are queried by the other')
-  for name in ('token_stride', 'width', 'd_model', 'mlp_hidden', 'num_layers', 'num_heads', 'd_ff'):
+  for name in ('width', 'd_model', 'mlp_hidden', 'num_layers', 'num_heads', 'd_ff'):
     if not (isinstance(cfg[name], int) and cfg[name] > 0):
       raise ValueError(f'config.model.{name}={cfg[name]!r} must be an integer > 0')
-  if cfg.audio_window != tokens.PATCH_SAMPLES:
-    raise ValueError(f'config.data.audio_window={cfg.audio_window} must be {tokens.PATCH_SAMPLES} for sparse_e2e '
-                     f'(the samples of one {tokens.PATCH_FRAMES}-frame log-mel patch)')
   if cfg.image_size % 16:
     raise ValueError(f'config.data.image_size={cfg.image_size} must be a multiple of 16 for the VGG trunk (48)')
   if not 0.0 < cfg.top_p <= 1.0:
@@ -89,7 +86,7 @@ def _build_sparse_e2e(cfg: ml_collections.ConfigDict) -> nn.Module:
   if not 0.0 < cfg.capacity <= 1.0:
     raise ValueError(f'config.model.capacity={cfg.capacity!r} must be in (0, 1] (fraction of sites per stage)')
   return SparseAVModel(
-      token_stride=cfg.token_stride, width=cfg.width, d_model=cfg.d_model, mlp_hidden=cfg.mlp_hidden,
+      width=cfg.width, d_model=cfg.d_model, mlp_hidden=cfg.mlp_hidden,
       sparse=cfg.sparse, sparse_impl=_field(cfg, 'sparse_impl', sparse.SPARSE_IMPLS), top_p=cfg.top_p,
       capacity=cfg.capacity, scma_grad=_field(cfg, 'scma_grad', sparse.SCMA_GRADS),
       query=_field(cfg, 'query', QUERIES), num_layers=cfg.num_layers, num_heads=cfg.num_heads, d_ff=cfg.d_ff,
