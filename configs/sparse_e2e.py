@@ -36,6 +36,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   model.sparse = True
   model.sparse_impl = 'masked_dense'  # or 'gather'
   model.top_p = 0.8  # nucleus mass kept per stage and frame
+  model.top_p_warmup_steps = 0  # > 0: top_p annealed linearly from 1 (no pruning) to model.top_p over these steps
   model.capacity = 0.4  # sites per stage and frame the gather stages compute (fraction of H·W)
   model.scma_grad = 'renorm'  # kept features weighted by the renormalised attention (fix B2)
   model.query = 'cross'  # or 'learned', 'self'

@@ -136,3 +136,29 @@ def test_smoke_run_trains_and_evaluates(tiny_tree, tmp_path):
                   for k in range(v.num_chunks))
   assert np.isfinite(metrics['ccc_mean']) and metrics['num_frames'] == annotated  # every frame, from tokens
   assert list((tmp_path / 'run' / 'predictions' / 'validation').glob('*.txt'))
+
+
+def test_annealed_top_p_follows_the_linear_schedule():
+  for step in range(8):
+    expected = 1.0 - (1.0 - 0.6) * min(step / 5, 1.0)
+    assert float(sparse.annealed_top_p(0.6, 5, jnp.asarray(step))) == pytest.approx(expected, abs=1e-7)
+  assert float(sparse.annealed_top_p(0.6, 0, jnp.asarray(0))) == pytest.approx(0.6)
+
+
+def test_top_p_warmup_starts_unpruned_counts_train_steps_and_ends_at_the_target(smoke_model):
+  config, batch, variables = smoke_model
+  config = config.copy_and_resolve_references()
+  config.model.update(top_p=0.5, top_p_warmup_steps=4)
+  shapes = jax.eval_shape(lambda: models.build_model(config.model).init({'params': jax.random.key(0)}, batch,
+                                                                        train=False))
+  assert shapes['batch_stats']['train_steps'].shape == ()
+  warm = apply_fn(config, 'masked_dense', True)
+  keep_at = {}
+  for steps in (0, 2, 4, 9):
+    v = dict(variables, batch_stats=dict(variables['batch_stats'], train_steps=jnp.int32(steps)))
+    _, upd = warm(v, batch)
+    assert int(upd['batch_stats']['train_steps']) == steps + 1  # counted in train mode
+    keep_at[steps] = np.array(jax.tree.leaves(upd['intermediates']), np.float64)
+  np.testing.assert_array_equal(keep_at[0], 1.0)  # step 0: top_p 1, nothing pruned
+  assert np.all(keep_at[2] <= 1.0) and np.all(keep_at[4] <= keep_at[2]) and keep_at[4].min() < keep_at[2].min()
+  np.testing.assert_array_equal(keep_at[9], keep_at[4])  # the target from the end of the warm-up on

@@ -83,11 +83,15 @@ def _build_sparse_e2e(cfg: ml_collections.ConfigDict) -> nn.Module:
     raise ValueError(f'config.data.image_size={cfg.image_size} must be a multiple of 16 for the VGG trunk (48)')
   if not 0.0 < cfg.top_p <= 1.0:
     raise ValueError(f'config.model.top_p={cfg.top_p!r} must be in (0, 1]')
+  warmup = cfg.top_p_warmup_steps
+  if not (isinstance(warmup, int) and warmup >= 0):
+    raise ValueError(f'config.model.top_p_warmup_steps={warmup!r} must be an integer >= 0 (0: no annealing)')
   if not 0.0 < cfg.capacity <= 1.0:
     raise ValueError(f'config.model.capacity={cfg.capacity!r} must be in (0, 1] (fraction of sites per stage)')
   return SparseAVModel(
       width=cfg.width, d_model=cfg.d_model, mlp_hidden=cfg.mlp_hidden,
       sparse=cfg.sparse, sparse_impl=_field(cfg, 'sparse_impl', sparse.SPARSE_IMPLS), top_p=cfg.top_p,
+      top_p_warmup_steps=warmup,
       capacity=cfg.capacity, scma_grad=_field(cfg, 'scma_grad', sparse.SCMA_GRADS),
       query=_field(cfg, 'query', QUERIES), num_layers=cfg.num_layers, num_heads=cfg.num_heads, d_ff=cfg.d_ff,
       dropout=cfg.dropout, dtype=DTYPES[_field(cfg, 'dtype', DTYPES)])

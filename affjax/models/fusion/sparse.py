@@ -62,6 +62,7 @@ class SparseAVModel(nn.Module):
   sparse: bool = True
   sparse_impl: str = 'masked_dense'
   top_p: float = 0.8
+  top_p_warmup_steps: int = 0
   capacity: float = 0.4
   scma_grad: str = 'renorm'
   query: str = 'cross'
@@ -72,8 +73,19 @@ class SparseAVModel(nn.Module):
   dtype: Any = jnp.float32
 
   def _trunk(self, name: str) -> SparseVggTrunk:
-    return SparseVggTrunk(self.width, self.d_model, self.mlp_hidden, self.sparse, self.sparse_impl, self.top_p,
-                          self.capacity, self.scma_grad, self.dtype, name=name)
+    return SparseVggTrunk(self.width, self.d_model, self.mlp_hidden, self.sparse, self.sparse_impl, self.capacity,
+                          self.scma_grad, self.dtype, name=name)
+
+  def _top_p(self, train: bool) -> Array | float:
+    """`top_p`, or with `top_p_warmup_steps` the annealed mass of the training steps taken so far (counted in
+    `batch_stats/train_steps`, so that evaluation and resumed runs see the same schedule)."""
+    if not self.top_p_warmup_steps:
+      return self.top_p
+    steps = self.variable('batch_stats', 'train_steps', lambda: jnp.zeros((), jnp.int32))
+    top_p = sparse.annealed_top_p(self.top_p, self.top_p_warmup_steps, steps.value)
+    if train and not self.is_initializing():
+      steps.value = steps.value + 1
+    return top_p
 
   def _queries(self, fv: Array, fa: Array, face_valid: Array) -> tuple[Array, Array]:
     """Queries of the visual and audio stages `[N, width]` from the low-level features."""
@@ -110,8 +122,9 @@ class SparseAVModel(nn.Module):
     fv = VggLowLevel(self.width, self.dtype, name='visual_low')(faces, flat_face, train=train)
     fa = VggLowLevel(self.width, self.dtype, name='audio_low')(mel, flat_valid, train=train)
     qv, qa = self._queries(fv, fa, flat_face)
-    ev = self._trunk('visual_trunk')(fv, qv, flat_face, train=train).reshape(b, t, -1)
-    ea = self._trunk('audio_trunk')(fa, qa, flat_valid, train=train).reshape(b, t, -1)
+    top_p = self._top_p(train)
+    ev = self._trunk('visual_trunk')(fv, qv, flat_face, train=train, top_p=top_p).reshape(b, t, -1)
+    ea = self._trunk('audio_trunk')(fa, qa, flat_valid, train=train, top_p=top_p).reshape(b, t, -1)
 
     encoder = lambda name: TokenEncoder(self.num_layers, self.num_heads, self.d_ff, self.dropout, self.dtype,
                                         name=name)
