@@ -36,7 +36,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   model.sparse = True
   model.sparse_impl = 'masked_dense'  # or 'gather'
   model.top_p = 0.8  # nucleus mass kept per stage and frame
-  model.top_p_warmup_steps = 0  # > 0: top_p annealed linearly from 1 (no pruning) to model.top_p over these steps
+  # top_p annealed linearly from 1 (no pruning) to model.top_p over the first steps, so that the scorers and
+  # trunks learn before pruning starts (experiments/sparse_e2e/README.md); 0 = prune at top_p from step 0.
+  model.top_p_warmup_steps = 100
   model.capacity = 0.4  # sites per stage and frame the gather stages compute (fraction of H·W)
   model.scma_grad = 'renorm'  # kept features weighted by the renormalised attention (fix B2)
   model.query = 'cross'  # or 'learned', 'self'
@@ -67,13 +69,14 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collection
       config.model.update(width=4, d_model=8, mlp_hidden=16, num_layers=1, num_heads=2, d_ff=16)
       config.train.update(batch_size=4, num_steps=6, log_every=2, eval_every=3, checkpoint_every=3)
       config.optim.warmup_steps = 2
+      config.model.top_p_warmup_steps = 3
       config.eval.batch_size = 4
     elif variant == 'gather':
       config.model.sparse_impl = 'gather'
     elif variant == 'dense':
       config.model.sparse = False
     elif variant == 'full':
-      config.model.update(width=64, mlp_hidden=1024, num_layers=4, d_ff=2048)
+      config.model.update(width=64, mlp_hidden=1024, num_layers=4, d_ff=2048, top_p_warmup_steps=2000)
       config.optim.update(learning_rate=5e-5, warmup_steps=0, restart_period=10**9)  # ~constant: no schedule
       config.train.update(batch_size=8, num_steps=20000, eval_every=1000, checkpoint_every=1000)
       config.data.update(window=128, train_hop=128, eval_hop=64)  # tokens
