@@ -55,6 +55,9 @@ def validate(config) -> None:
   _require(train.dtype in _DTYPES, 'train.dtype', train.dtype, f'must be one of {_DTYPES}')
   _require(len(config.loss.ccc_weights) == 2 and min(config.loss.ccc_weights) >= 0, 'loss.ccc_weights',
            config.loss.ccc_weights, 'must be two non-negative weights (valence, arousal)')
+  weights = config.eval.selection_weights
+  _require(len(weights) == 2 and min(weights) >= 0 and sum(weights) > 0, 'eval.selection_weights', weights,
+           'must be two non-negative weights (valence, arousal), not both 0')
   _require(config.loss.mse_weight >= 0, 'loss.mse_weight', config.loss.mse_weight, 'must be >= 0')
   _require(0 <= config.optim.warmup_steps < train.num_steps, 'optim.warmup_steps', config.optim.warmup_steps,
            f'must be in [0, config.train.num_steps={train.num_steps})')

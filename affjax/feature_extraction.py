@@ -43,4 +43,5 @@ def build_cache(config, out: str, batch_chunks: int = 8):
   return feature_cache.build(prepare.records_dir(config), out, widths=widths, extract=extract,
                              batch_chunks=batch_chunks,
                              loader_kwargs=dict(image_size=data.image_size, audio_window=data.audio_window,
-                                                min_fps=data.min_fps))
+                                                min_fps=data.min_fps,
+                                                integer_fps=config.compat.get('integer_fps', False)))

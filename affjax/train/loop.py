@@ -32,7 +32,8 @@ class Experiment:
     self.model = models.build_model(config.model)
     self.tx = optim.make_optimizer(config, models.param_labels(config.model))
     self.state = state_lib.initial_state(self.model, self.tx, config, self.mesh, config.seed)
-    self.checkpoints = checkpoint.Checkpointer(self.workdir, keep=config.train.keep_checkpoints)
+    self.checkpoints = checkpoint.Checkpointer(self.workdir, keep=config.train.keep_checkpoints,
+                                               selection_weights=config.eval.selection_weights)
     self.eval_step = step_lib.make_eval_step(self.model)
 
   def records(self, split: str) -> pipeline.Records:
@@ -44,7 +45,7 @@ class Experiment:
       return evaluate.predict_split(self.state, self.eval_step, self.records(split), self.config, self.mesh)
 
   def restore_for_evaluation(self) -> int:
-    """Loads the best checkpoint (by validation mean CCC), else the latest; returns its step."""
+    """Loads the best checkpoint (by the validation selection score), else the latest; returns its step."""
     step = self.checkpoints.best_step() or self.checkpoints.latest_step()
     if step is None:
       raise FileNotFoundError(f'no checkpoint under {self.workdir}/checkpoints: train first (--mode=train)')
