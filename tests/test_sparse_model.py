@@ -10,6 +10,7 @@ import pytest
 from affjax import config_validation, models
 from affjax.data import audio as audio_lib, pipeline, prepare, tokens
 from affjax.models import sparse
+from affjax.models.backbones.vgg import SparseVggTrunk
 from affjax.train import loop, state as state_lib
 from configs import sparse_e2e
 
@@ -138,11 +139,11 @@ def test_smoke_run_trains_and_evaluates(tiny_tree, tmp_path):
   assert list((tmp_path / 'run' / 'predictions' / 'validation').glob('*.txt'))
 
 
-def test_annealed_top_p_follows_the_linear_schedule():
+def test_anneal_from_one_follows_the_linear_schedule():
   for step in range(8):
     expected = 1.0 - (1.0 - 0.6) * min(step / 5, 1.0)
-    assert float(sparse.annealed_top_p(0.6, 5, jnp.asarray(step))) == pytest.approx(expected, abs=1e-7)
-  assert float(sparse.annealed_top_p(0.6, 0, jnp.asarray(0))) == pytest.approx(0.6)
+    assert float(sparse.anneal_from_one(0.6, 5, jnp.asarray(step))) == pytest.approx(expected, abs=1e-7)
+  assert float(sparse.anneal_from_one(0.6, 0, jnp.asarray(0))) == pytest.approx(0.6)
 
 
 def test_top_p_warmup_starts_unpruned_counts_train_steps_and_ends_at_the_target(smoke_model):
@@ -162,3 +163,29 @@ def test_top_p_warmup_starts_unpruned_counts_train_steps_and_ends_at_the_target(
   np.testing.assert_array_equal(keep_at[0], 1.0)  # step 0: top_p 1, nothing pruned
   assert np.all(keep_at[2] <= 1.0) and np.all(keep_at[4] <= keep_at[2]) and keep_at[4].min() < keep_at[2].min()
   np.testing.assert_array_equal(keep_at[9], keep_at[4])  # the target from the end of the warm-up on
+
+
+def test_masked_dense_trunk_with_a_capacity_equals_the_gather_trunk(train=True):
+  rng = np.random.default_rng(3)
+  f = jnp.asarray(rng.normal(size=(4, 8, 8, 2)), jnp.float32)
+  query = jnp.asarray(rng.normal(size=(4, 2)), jnp.float32)
+  valid = jnp.asarray([True, True, False, True])
+  trunk = lambda impl: SparseVggTrunk(width=2, d_model=3, mlp_hidden=5, impl=impl, capacity=0.3)
+  variables = trunk('gather').init(jax.random.key(0), f, query, valid, train=False, top_p=0.9)
+  run = lambda impl, **kw: jax.jit(lambda v: trunk(impl).apply(v, f, query, valid, train=train, top_p=0.9, **kw,
+                                                              mutable=['batch_stats', 'intermediates']))(variables)
+  (a, upd_a), (b, upd_b) = run('masked_dense', capacity=jnp.float32(0.3)), run('gather')
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6), upd_a, upd_b)
+  caps = [sparse.capacity(0.3, s, s) / s ** 2 for s in (8, 4, 2)]  # ⌈0.3·H·W⌉ sites of each stage's grid
+  assert all(float(k) <= c + 1e-6 for k, c in zip(jax.tree.leaves(upd_a['intermediates']), caps))
+
+
+def test_gather_models_warm_up_with_masked_dense_stages():
+  config = sparse_e2e.get_config('smoke,gather')
+  model = models.build_model(config.model)
+  warm, steps = models.warmup_model(model, config.model)
+  assert warm.warmup_phase and not model.warmup_phase and steps == config.model.top_p_warmup_steps
+  assert warm.clone(warmup_phase=False) == model
+  config.model.sparse_impl = 'masked_dense'  # annealed within one step function: no separate warm-up
+  assert models.warmup_model(models.build_model(config.model), config.model) is None

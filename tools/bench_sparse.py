@@ -33,7 +33,8 @@ def parse_variant(spec: str) -> dict:
   if impl not in sparse.SPARSE_IMPLS or not levels:
     raise ValueError(f'variant {spec!r}: expected dense, masked_dense@P or gather@P/K')
   p, _, k = levels.partition('/')
-  return dict(sparse=True, sparse_impl=impl, top_p=float(p), **({'capacity': float(k)} if k else {}))
+  return dict(sparse=True, sparse_impl=impl, top_p=float(p), top_p_warmup_steps=0,  # time the target top_p
+              **({'capacity': float(k)} if k else {}))
 
 
 def feature_macs(model_cfg, width: int, mlp_hidden: int) -> float:
@@ -83,7 +84,8 @@ def time_variant(config, batch, repeats: int, warmup: int) -> float:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--variants', default='dense,masked_dense@0.8,gather@0.8/0.4,gather@0.5/0.2')
+  parser.add_argument('--variants', default='dense,masked_dense@0.8,masked_dense@0.5,gather@0.8/0.6,gather@0.8/0.4,'
+                                             'gather@0.5/0.2')
   parser.add_argument('--config_arg', default='', help='get_config argument of configs/sparse_e2e.py')
   parser.add_argument('--width', type=int, default=0, help='trunk width (0: the config\'s)')
   parser.add_argument('--batch_size', type=int, default=4)

@@ -129,6 +129,17 @@ MODELS: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
 }
 
 
+def warmup_model(model: nn.Module, model_config: ml_collections.ConfigDict) -> tuple[nn.Module, int] | None:
+  """(module, steps): what the first `steps` training steps run instead of `model` (same variables), or None.
+
+  A sparse_e2e model with gather stages and `top_p_warmup_steps` warms up with masked-dense stages, so that its
+  capacity can be annealed (a gather stage computes a fixed number of sites)."""
+  if (model_config.name == 'sparse_e2e' and model_config.sparse and model_config.sparse_impl == 'gather'
+      and model_config.top_p_warmup_steps):
+    return model.clone(warmup_phase=True), model_config.top_p_warmup_steps
+  return None
+
+
 def param_labels(model_config: ml_collections.ConfigDict) -> Callable | None:
   """`params -> {'train', 'frozen'} labels` for models with frozen layers (LFAN's gradual release), else None."""
   if model_config.name == 'lfan':

@@ -49,7 +49,9 @@ class SparseVggTrunk(nn.Module):
 
   Per stage l (spec §5.2): α = scorer_l(f, query) over the active sites, active &= nucleus(α, top_p) (top_p
   a call argument, so that it can follow a schedule); with
-  `impl='gather'` the active set is cut to the ⌈capacity·H_l·W_l⌉ sites of highest α; the features are
+  `impl='gather'` the active set is cut to the ⌈capacity·H_l·W_l⌉ sites of highest α (the masked-dense
+  stages make the same cut when the call passes `capacity`, e.g. annealed while a gather model warms up); the
+  features are
   weighted by `sparse.attention_weights` (`scma_grad`), a VGG block runs on the active sites, then a 2x2
   max-pool (the active mask is pooled too). `sparse=False` is the dense FE2E trunk (no scorers, all sites).
   Sows each stage's kept fraction of sites (over valid samples) as `intermediates/keep_fraction`.
@@ -65,8 +67,8 @@ class SparseVggTrunk(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, f: Array, query: Array, sample_valid: Array, *, train: bool, top_p: Array | float = 0.8
-               ) -> Array:
+  def __call__(self, f: Array, query: Array, sample_valid: Array, *, train: bool, top_p: Array | float = 0.8,
+               capacity: Array | float | None = None) -> Array:
     n, h, w, _ = f.shape
     active = jnp.ones((n, h, w), bool)
     rows = jnp.arange(n)[:, None]
@@ -78,6 +80,8 @@ class SparseVggTrunk(nn.Module):
         if self.impl == 'gather':
           slots = sparse.top_k_slots(jax.lax.stop_gradient(alpha), keep, sparse.capacity(self.capacity, h, w))
           keep = jnp.zeros_like(keep).at[rows, slots[0]].set(slots[1])
+        elif capacity is not None:
+          keep = sparse.top_fraction_mask(jax.lax.stop_gradient(alpha), keep, capacity)
         weights = sparse.attention_weights(alpha, keep, self.scma_grad).reshape(n, h, w)
         active = keep.reshape(n, h, w)
         self.sow('intermediates', 'keep_fraction',

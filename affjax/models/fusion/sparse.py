@@ -54,6 +54,11 @@ class SparseAVModel(nn.Module):
   audio_offsets `[B, T]` (start of token t's `tokens.PATCH_SAMPLES` in the segment), mask `[B, T]` bool
   (padding is a tail), face_mask `[B, T]` bool (absent: every token has a face) -> {'va': `[B, T, 2]` float32
   in (-1, 1), per token}.
+
+  `top_p_warmup_steps` > 0 anneals the pruning from none to `top_p` over the first training steps (counted in
+  `batch_stats/train_steps`, so that evaluation and resumed runs follow the same schedule). Gather stages have
+  a fixed capacity, so a gather model trains its warm-up as `warmup_phase=True` (`models.warmup_model`):
+  masked-dense stages whose capacity is annealed from 1 to `capacity` too, ending at the gather stages' sites.
   """
 
   width: int = 64
@@ -71,21 +76,25 @@ class SparseAVModel(nn.Module):
   d_ff: int = 2048
   dropout: float = 0.1
   dtype: Any = jnp.float32
+  warmup_phase: bool = False
 
   def _trunk(self, name: str) -> SparseVggTrunk:
-    return SparseVggTrunk(self.width, self.d_model, self.mlp_hidden, self.sparse, self.sparse_impl, self.capacity,
+    impl = 'masked_dense' if self.warmup_phase else self.sparse_impl
+    return SparseVggTrunk(self.width, self.d_model, self.mlp_hidden, self.sparse, impl, self.capacity,
                           self.scma_grad, self.dtype, name=name)
 
-  def _top_p(self, train: bool) -> Array | float:
-    """`top_p`, or with `top_p_warmup_steps` the annealed mass of the training steps taken so far (counted in
-    `batch_stats/train_steps`, so that evaluation and resumed runs see the same schedule)."""
+  def _pruning(self, train: bool) -> dict[str, Any]:
+    """The trunks' pruning arguments: top_p (annealed over the training steps taken so far with
+    `top_p_warmup_steps`), and in the warm-up phase of a gather model the annealed capacity."""
     if not self.top_p_warmup_steps:
-      return self.top_p
+      return dict(top_p=self.top_p)
     steps = self.variable('batch_stats', 'train_steps', lambda: jnp.zeros((), jnp.int32))
-    top_p = sparse.annealed_top_p(self.top_p, self.top_p_warmup_steps, steps.value)
+    pruning = dict(top_p=sparse.anneal_from_one(self.top_p, self.top_p_warmup_steps, steps.value))
+    if self.warmup_phase and self.sparse_impl == 'gather':
+      pruning['capacity'] = sparse.anneal_from_one(self.capacity, self.top_p_warmup_steps, steps.value)
     if train and not self.is_initializing():
       steps.value = steps.value + 1
-    return top_p
+    return pruning
 
   def _queries(self, fv: Array, fa: Array, face_valid: Array) -> tuple[Array, Array]:
     """Queries of the visual and audio stages `[N, width]` from the low-level features."""
@@ -122,9 +131,9 @@ class SparseAVModel(nn.Module):
     fv = VggLowLevel(self.width, self.dtype, name='visual_low')(faces, flat_face, train=train)
     fa = VggLowLevel(self.width, self.dtype, name='audio_low')(mel, flat_valid, train=train)
     qv, qa = self._queries(fv, fa, flat_face)
-    top_p = self._top_p(train)
-    ev = self._trunk('visual_trunk')(fv, qv, flat_face, train=train, top_p=top_p).reshape(b, t, -1)
-    ea = self._trunk('audio_trunk')(fa, qa, flat_valid, train=train, top_p=top_p).reshape(b, t, -1)
+    pruning = self._pruning(train)
+    ev = self._trunk('visual_trunk')(fv, qv, flat_face, train=train, **pruning).reshape(b, t, -1)
+    ea = self._trunk('audio_trunk')(fa, qa, flat_valid, train=train, **pruning).reshape(b, t, -1)
 
     encoder = lambda name: TokenEncoder(self.num_layers, self.num_heads, self.d_ff, self.dropout, self.dtype,
                                         name=name)
