@@ -43,7 +43,7 @@ def batch_for(config, batch_size, seed=0):
 @pytest.fixture(scope='module')
 def smoke_model():
   config = sparse_e2e.get_config('smoke')
-  config.model.capacity = 1.0
+  config.model.update(capacity=1.0, top_p_warmup_steps=0)  # pruning at top_p from the first step
   batch = batch_for(config, 2)
   model = models.build_model(config.model)
   variables = jax.jit(lambda k: model.init({'params': k}, batch, train=False))(jax.random.key(0, impl='unsafe_rbg'))

@@ -89,9 +89,8 @@ def _build_sparse_e2e(cfg: ml_collections.ConfigDict) -> nn.Module:
   if not 0.0 < cfg.capacity <= 1.0:
     raise ValueError(f'config.model.capacity={cfg.capacity!r} must be in (0, 1] (fraction of sites per stage)')
   return SparseAVModel(
-      width=cfg.width, d_model=cfg.d_model, mlp_hidden=cfg.mlp_hidden,
-      sparse=cfg.sparse, sparse_impl=_field(cfg, 'sparse_impl', sparse.SPARSE_IMPLS), top_p=cfg.top_p,
-      top_p_warmup_steps=warmup,
+      width=cfg.width, d_model=cfg.d_model, mlp_hidden=cfg.mlp_hidden, sparse=cfg.sparse,
+      sparse_impl=_field(cfg, 'sparse_impl', sparse.SPARSE_IMPLS), top_p=cfg.top_p, top_p_warmup_steps=warmup,
       capacity=cfg.capacity, scma_grad=_field(cfg, 'scma_grad', sparse.SCMA_GRADS),
       query=_field(cfg, 'query', QUERIES), num_layers=cfg.num_layers, num_heads=cfg.num_heads, d_ff=cfg.d_ff,
       dropout=cfg.dropout, dtype=DTYPES[_field(cfg, 'dtype', DTYPES)])
