@@ -38,6 +38,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   model.top_p = 0.8  # nucleus mass kept per stage and frame
   # top_p annealed linearly from 1 (no pruning) to model.top_p over the first steps, so that the scorers and
   # trunks learn before pruning starts (experiments/sparse_e2e/README.md); 0 = prune at top_p from step 0.
+  # Gather models run these steps with masked-dense stages whose capacity is annealed to model.capacity too.
   model.top_p_warmup_steps = 100
   model.capacity = 0.4  # sites per stage and frame the gather stages compute (fraction of H·W)
   model.scma_grad = 'renorm'  # kept features weighted by the renormalised attention (fix B2)
