@@ -129,6 +129,7 @@ def test_smoke_run_trains_and_evaluates(tiny_tree, tmp_path):
   config.data.manual_dir = str(tiny_tree)
   config.data.records_dir = str(tmp_path / 'records')
   config.train.update(num_steps=3, eval_every=3, checkpoint_every=3)
+  config.model.top_p_warmup_steps = 2  # two masked-dense warm-up steps, then a gather step
   results = loop.train_and_evaluate(config, tmp_path / 'run')
   metrics = json.loads((tmp_path / 'run' / 'eval' / 'validation' / 'metrics.json').read_text())
   assert metrics == pytest.approx(results['validation'])
