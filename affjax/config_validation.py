@@ -77,8 +77,13 @@ def validate(config) -> None:
   crop = data.get('crop_size', 0)
   _require(0 <= crop <= data.image_size, 'data.crop_size', crop,
            f'must be in [0, config.data.image_size={data.image_size}] (0 = no crop)')
-  if data.get('view', 'frames') == 'clips':
+  view = data.get('view', 'frames')
+  _require(view in ('frames', 'clips', 'tokens'), 'data.view', view, "must be one of 'frames', 'clips', 'tokens'")
+  if view == 'clips':
     _validate_clip_view(config)
+  if view == 'tokens':
+    _require('token_rate_hz' in model, 'data.view', view, 'needs config.model.token_rate_hz (tokens per second)')
+    _positive(config, 'model.token_rate_hz')
   _validate_training_scheme(config)
   for split in config.eval.splits:
     _require(split in ('train', 'validation', 'test'), 'eval.splits', tuple(config.eval.splits),

@@ -270,19 +270,24 @@ def _loader(records: Records, config, *, augmented: bool, window: int) -> Window
 
 
 def _view(records: Records, config, *, train: bool):
-  """(window table, window loader) of `config.data.view`: 'frames' (windows of T frames, the default) or
-  'clips' (RJCA windows of `data.num_clips` clips, `affjax.data.clips`); training windows of kept frames only
-  with `config.compat.compact_frames` (`affjax.data.compact`)."""
+  """(window table, window loader) of `config.data.view`: 'frames' (windows of T frames, the default),
+  'clips' (RJCA windows of `data.num_clips` clips, `affjax.data.clips`) or 'tokens' (windows of T tokens at
+  `model.token_rate_hz`, `affjax.data.tokens`); training windows of kept frames only with
+  `config.compat.compact_frames` (`affjax.data.compact`)."""
   view = config.data.get('view', 'frames')
+  hop = config.data.train_hop if train else config.data.eval_hop
   if view == 'clips':
     from affjax.data import clips  # pylint: disable=g-import-not-at-top  (clips builds on this module)
     return clips.window_table(records.videos, config.data.num_clips), clips.loader(records, config, train=train)
+  if view == 'tokens':
+    from affjax.data import tokens  # pylint: disable=g-import-not-at-top  (tokens builds on this module)
+    table = tokens.window_table(records.videos, config.data.window, hop, config.model.token_rate_hz)
+    return table, tokens.loader(records, config, train=train)
   if view != 'frames':
-    raise ValueError(f"config.data.view={view!r} is not one of ['frames', 'clips']")
+    raise ValueError(f"config.data.view={view!r} is not one of ['frames', 'clips', 'tokens']")
   if train and config.compat.get('compact_frames', False):
     from affjax.data import compact  # pylint: disable=g-import-not-at-top  (compact builds on this module)
     return compact.view(records, config, _loader(records, config, augmented=False, window=1))
-  hop = config.data.train_hop if train else config.data.eval_hop
   return (window_table(records.videos, config.data.window, hop),
           _loader(records, config, augmented=train, window=config.data.window))
 

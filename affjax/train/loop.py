@@ -130,6 +130,9 @@ def _train(exp: Experiment):
   unfreeze = train_cfg.unfreeze_step
   if unfreeze:  # second stage of fine-tuning: the same state, every backbone in training mode
     finetune_step = step_lib.make_train_step(exp.model.clone(frozen=()), exp.tx, config)
+  warmup = models.warmup_model(exp.model, config.model)  # e.g. sparse_e2e gather: masked-dense stages first
+  if warmup:
+    warmup_step = step_lib.make_train_step(warmup[0], exp.tx, config)
   lr_schedule = optim.run_schedule(config)
   frames_per_step = train_cfg.batch_size * config.data.window
   progress = tqdm.tqdm(total=train_cfg.num_steps, initial=start, desc='train', unit='step',
@@ -145,7 +148,8 @@ def _train(exp: Experiment):
         data_wait += time.perf_counter() - t
         profiler.before_step(step)
         with jax.profiler.StepTraceAnnotation('train', step_num=step), jax.transfer_guard('disallow'):
-          exp.state, acc = (finetune_step if unfreeze and step >= unfreeze else train_step)(exp.state, acc, batch)
+          step_fn = finetune_step if unfreeze and step >= unfreeze else train_step
+          exp.state, acc = (warmup_step if warmup and step < warmup[1] else step_fn)(exp.state, acc, batch)
         profiler.after_step(step, acc)
         progress.update()
         done = step + 1

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from affjax import parallel
-from affjax.data import clips, pipeline
+from affjax.data import clips, pipeline, tokens
 from affjax.models import torch_convert
 
 
@@ -26,8 +26,11 @@ def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   """Zeros shaped like a pipeline batch of `batch_size` windows (the model's input signature); from a
   feature cache (`config.data.features_dir`) its `<part>_features` instead of faces and audio, and with one
   joined to the frames (`config.data.side_features_dir`) its `<part>_features` too."""
-  if config.data.get('view', 'frames') == 'clips':
+  view = config.data.get('view', 'frames')
+  if view == 'clips':
     return clips.example_batch(config, batch_size)
+  if view == 'tokens':
+    return tokens.example_batch(config, batch_size)
   d = config.data
   t, s = d.window, d.get('crop_size', 0) or d.image_size
   if d.get('features_dir'):
