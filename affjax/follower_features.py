@@ -16,6 +16,7 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import tqdm
 
@@ -120,7 +121,7 @@ def statistics(records: pipeline.Records, config, name: str) -> tuple[float, flo
   return mfcc_statistics(records, config) if name == 'mfcc' else cached_statistics(records, name)
 
 
-def prepare(config, records_dir: str, workdir) -> object:
+def prepare(config: ml_collections.ConfigDict, records_dir: str, workdir) -> ml_collections.ConfigDict:
   """`config` with the followers' inputs ready: the VGGish feature records (built under `cache_dir` on first use
   unless `data.side_features_dir` names them) and every empty `model.feature_norm` entry set to the statistics of
   the training partition, computed once per workdir (`<workdir>/feature_norm.json`). Other models: unchanged."""

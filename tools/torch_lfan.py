@@ -211,8 +211,9 @@ def flax_variables(model: LFAN) -> dict:
     fusion.update({f'key{m}': _dense(model.fusion.keys[m]), f'query{m}': _dense(model.fusion.queries[m]),
                    f'value{m}': _dense(model.fusion.values[m])})
   fusion['norm'] = {'scale': model.fusion.norm.weight.detach().numpy(), 'bias': model.fusion.norm.bias.detach().numpy()}
-  params = dict(visual=visual['params'], visual_tcn=tcn_params(model.visual_tcn), vggish_tcn=tcn_params(model.vggish_tcn),
-                mfcc_tcn=tcn_params(model.mfcc_tcn), fusion=fusion, regressor=_dense(model.regressor))
+  params = dict(visual=visual['params'], visual_tcn=tcn_params(model.visual_tcn),
+                vggish_tcn=tcn_params(model.vggish_tcn), mfcc_tcn=tcn_params(model.mfcc_tcn), fusion=fusion,
+                regressor=_dense(model.regressor))
   return {'params': params, 'batch_stats': {'visual': visual['batch_stats']}}
 
 
