@@ -47,6 +47,8 @@ def validate(config) -> None:
              'is not a directory: give the root of the Aff-Wild2 release (holding cropped_aligned/, '
              'annotations/ and the videos), or leave it empty to use the synthetic tree')
   _require(data.num_workers >= 0, 'data.num_workers', data.num_workers, 'must be >= 0')
+  _require(data.get('fold', -1) in range(-1, 6), 'data.fold', data.get('fold', -1),
+           'must be -1 (the official partitions) or a cross-validation fold 0..5')
   devices = jax.device_count()
   for field in ('train.batch_size', 'eval.batch_size'):
     value = _get(config, field)

@@ -40,8 +40,7 @@ def build_cache(config, out: str, batch_chunks: int = 8):
   the value for `config.data.features_dir`."""
   extract, widths = make_extractor(config)
   data = config.data
-  return feature_cache.build(prepare.records_dir(config), out, widths=widths, extract=extract,
-                             batch_chunks=batch_chunks,
-                             loader_kwargs=dict(image_size=data.image_size, audio_window=data.audio_window,
-                                                min_fps=data.min_fps,
-                                                integer_fps=config.compat.get('integer_fps', False)))
+  loader_kwargs = dict(image_size=data.image_size, audio_window=data.audio_window, min_fps=data.min_fps,
+                       integer_fps=config.compat.get('integer_fps', False))
+  return feature_cache.build(prepare.records_dir(config), out, widths=widths,
+                             features=feature_cache.window_features(extract, loader_kwargs, batch_chunks))

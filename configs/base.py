@@ -14,6 +14,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.cache_dir = '~/.cache/affjax'  # synthetic trees and records live here unless records_dir is set
   data.records_dir = ''  # where the ArrayRecord shards are written; '' = <cache_dir>/records/<source>
   data.features_dir = ''  # a feature cache (tools/cache_features.py) to train the fusion on, instead of the frames
+  data.side_features_dir = ''  # a feature cache joined to the frame records' windows (LFAN: tools/vggish_features.py)
+  data.fold = -1  # 0..5: LFAN's cross-validation fold (affjax.folds.fold_split); -1: the official partitions
   data.test_list = 'va_test_set.txt'  # test video names, relative to manual_dir (or absolute)
   data.chunk_size = 32  # frames per record; fixed when the records are built
   data.window = 8  # T, frames per training/evaluation window

@@ -1,10 +1,13 @@
 """Leader-follower attentive fusion: IR-50 + causal TCNs over 300-frame windows (Zhang et al., ABAW2 2021).
 
 Spec `../shared/specs/lfan.md`. Variants through `get_config(arg)`, comma-separated:
-  configs/lfan.py             the default run (synthetic tree unless --config.data.manual_dir is set)
+  configs/lfan.py             the default run, sized for a CPU: the paper's model with a one-unit-per-stage IR-50,
+                              two epochs (synthetic tree unless --config.data.manual_dir is set)
+  configs/lfan.py:paper       the paper's full-size run for GPUs: IR-50 (3, 4, 14, 3), batch 8, up to 100 epochs
   configs/lfan.py:smoke       a few steps on a tiny synthetic tree, for tests and install checks
   configs/lfan.py:valence     one model for valence only (the paper: one model per emotion); `:arousal` likewise
   configs/lfan.py:visual      no audio followers (the unimodal `my_2d1d`)
+Cross-validation: `--config.data.fold=K` (K in 0..5) trains fold K; `tools/train_folds.py` trains all six.
 """
 import ml_collections
 
@@ -29,8 +32,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   model = config.model
   model.name = 'lfan'
-  model.followers = ('mfcc',)
-  model.feature_norm = ml_collections.ConfigDict(dict(mfcc=(0.0, 1.0)))  # (mean, std) of the training partition
+  model.followers = ('vggish', 'mfcc')  # VGGish from feature records built once (affjax.follower_features)
+  # (mean, std) per follower; () = the training partition's (the fold's), computed at the start of a run
+  model.feature_norm = ml_collections.ConfigDict(dict(vggish=(), mfcc=()))
+  # converted weights (tools/convert_torch.py --network=ir50 | vggish); '' = random initialisation
+  model.pretrained = ml_collections.ConfigDict(dict(visual='', vggish=''))
   model.audio_window = data.get_ref('audio_window')
   model.visual_channels = (128, 128, 128, 128)
   model.follower_channels = (32, 32, 32, 32)
@@ -39,7 +45,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   model.fusion_dim = 32
   model.emotion = 'both'  # 'valence' | 'arousal': one model per emotion, as the paper
   model.released = 1  # IR-50 layer groups that train: 1 = the head (released at epoch 0), up to 3
-  model.ir50_units = (3, 4, 14, 3)  # IR-50's units per stage
+  model.ir50_units = (1, 1, 1, 1)  # units per stage; the paper's IR-50 is (3, 4, 14, 3) (`:paper`)
   model.dtype = config.train.get_ref('dtype')
   model.compat_follower_qv_from_key = config.compat.get_ref('follower_qv_from_key')
   model.compat_frozen_bn_train_mode = config.compat.get_ref('frozen_bn_train_mode')
@@ -55,22 +61,23 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   train = config.train
   train.recipe = 'epochs'  # affjax.train.epochs: plateau, revert to best, gradual release, early stopping
-  train.num_epochs = 100
+  train.num_epochs = 2  # the paper: up to 100 (`:paper`)
   train.plateau_patience = 5
   train.plateau_factor = 0.1
   train.cuts_per_release = 2  # plateau LR cuts before the next IR-50 group is released
   train.early_stop = 20  # epochs without a new best validation CCC
   train.revert_to_best = True
 
-  # The paper: batch 8 of 300-frame windows on a GPU. On a 2-core CPU the frozen IR-50 forward runs at tens of
-  # frames/s, so the default synthetic run is short; on GPUs raise batch_size to 8 and num_steps.
+  # The paper: batch 8 of 300-frame windows on a GPU (`:paper`). On a shared 2-core CPU the full IR-50 forward ran at
+  # 9 frames/s (a one-unit-per-stage IR-50 is 4.6x cheaper), so the default run is two epochs of the synthetic tree's
+  # 12 steps of 2 windows (the epoch recipe ignores num_steps).
   base.set_run_length(config, batch_size=2, eval_batch_size=4, num_steps=40, log_every=5,
                       eval_every=20, checkpoint_every=20)
   return apply_variants(config, arg)
 
 
 def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
-  """Applies the comma-separated variants of `arg` (smoke, valence, arousal, visual) to `config`."""
+  """Applies the comma-separated variants of `arg` (smoke, paper, valence, arousal, visual) to `config`."""
   for variant in filter(None, (a.strip() for a in arg.split(','))):
     if variant == 'smoke':
       base.use_tiny_synthetic_tree(config)
@@ -80,6 +87,10 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collection
                           plateau_patience=0, cuts_per_release=1)
       config.eval.batch_size = 4
       config.optim.learning_rate = 1e-4
+    elif variant == 'paper':
+      config.model.ir50_units = (3, 4, 14, 3)
+      config.train.update(batch_size=8, num_epochs=100)
+      config.eval.batch_size = 8
     elif variant in ('valence', 'arousal'):
       config.model.emotion = variant
       config.loss.ccc_weights = (1.0, 0.0) if variant == 'valence' else (0.0, 1.0)
@@ -88,5 +99,5 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collection
       config.model.followers = ()
     else:
       raise ValueError(f'unknown config variant {variant!r} in get_config({arg!r}); '
-                       'known variants: smoke, valence, arousal, visual')
+                       'known variants: smoke, paper, valence, arousal, visual')
   return config

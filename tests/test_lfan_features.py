@@ -100,17 +100,38 @@ def test_vggish_matches_pytorch_with_converted_weights():
   assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5
 
 
-def test_feature_stats_tool_matches_direct_per_frame_computation(tiny_records):
-  """The tool's pipeline-based statistics equal those of every frame's centred window cut directly from each
-  video's whole waveform (the chunks' audio concatenated), std with N - 1."""
-  import sys  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, 'tools')
-  import feature_stats  # pylint: disable=g-import-not-at-top
+def test_vggish_frame_examples_follow_the_spec_alignment():
+  """Frame i's example = librosa's log-mel of 0.96 s starting at sample 160 round(100 i / fps) of the waveform
+  edge-padded by 1 s, clamped to the last whole example: checked on a waveform shorter than its frames' span."""
+  from affjax.models.backbones import vggish  # pylint: disable=g-import-not-at-top
+  fps, num_frames = 29.97, 75  # 2.5 s of frames over 1.2 s of audio: the last frames clamp
+  wave = _speechlike(19200, seed=4)
+  ours = vggish.frame_examples(wave, fps, num_frames)
+  assert ours.shape == (num_frames, 96, 64)
+  padded = np.concatenate([wave, np.full(16000, wave[-1])]).astype(np.float64)
+  mel_frames = 1 + (len(padded) - 400) // 160  # 25 ms windows at a 10 ms hop that fit
+  checked = set()
+  for i in (0, 1, 7, 40, num_frames - 1):
+    start = min(int(np.round(i * 100 / fps)), mel_frames - 96)
+    checked.add(start == mel_frames - 96)
+    # librosa centres the 400-sample window in each 512-sample frame: start the frames 56 samples earlier
+    seg = np.pad(padded, (56, 56))[160 * start:160 * start + 512 + 95 * 160]
+    mel = librosa.feature.melspectrogram(y=seg, sr=16000, n_fft=512, hop_length=160, win_length=400, window='hann',
+                                         center=False, n_mels=64, fmin=125.0, fmax=7500.0, htk=True, norm=None,
+                                         power=1.0)
+    np.testing.assert_allclose(ours[i], np.log(mel.T + 0.01), rtol=1e-4, atol=1e-4)
+  assert checked == {False, True}  # interior frames and clamped ones
+
+
+def test_mfcc_statistics_match_direct_per_frame_computation(tiny_records):
+  """The pipeline-based statistics equal those of every frame's centred window cut directly from each video's
+  whole waveform (the chunks' audio concatenated), std with N - 1."""
+  from affjax import follower_features  # pylint: disable=g-import-not-at-top
   from affjax.data import pipeline  # pylint: disable=g-import-not-at-top
   from configs import lfan  # pylint: disable=g-import-not-at-top
   config = lfan.get_config('smoke')
   records = pipeline.open_records(tiny_records, 'train')
-  mean, std = feature_stats.mfcc_statistics(records, config)
+  mean, std = follower_features.mfcc_statistics(records, config)
   half = af.FRAME_MFCC_SAMPLES // 2
   windows = []
   for video in records.videos:

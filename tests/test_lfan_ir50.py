@@ -1,6 +1,7 @@
 """IR-50 (LFAN's face CNN): parity with the same network in PyTorch through the converter, and gradual release."""
 
 import functools
+import sys
 
 import jax
 import numpy as np
@@ -13,38 +14,12 @@ KEY = jax.random.key(0, impl='unsafe_rbg')
 
 
 def _torch_ir50(torch):
-  """IR-50 at 40 x 40 in PyTorch with the InsightFace module names (spec lfan 2.1), random BN statistics."""
+  """IR-50 at 40 x 40 in PyTorch (tools/torch_lfan.py, InsightFace module names), random BN statistics."""
+  sys.path.insert(0, 'tools')
+  import torch_lfan  # pylint: disable=g-import-not-at-top
   nn = torch.nn
-
-  class Unit(nn.Module):
-
-    def __init__(self, c_in, width, stride):
-      super().__init__()
-      self.shortcut_layer = (nn.MaxPool2d(1, stride) if c_in == width else
-                             nn.Sequential(nn.Conv2d(c_in, width, 1, stride, bias=False), nn.BatchNorm2d(width)))
-      self.res_layer = nn.Sequential(nn.BatchNorm2d(c_in), nn.Conv2d(c_in, width, 3, 1, 1, bias=False),
-                                     nn.PReLU(width), nn.Conv2d(width, width, 3, stride, 1, bias=False),
-                                     nn.BatchNorm2d(width))
-
-    def forward(self, x):
-      return self.res_layer(x) + self.shortcut_layer(x)
-
-  class Net(nn.Module):
-
-    def __init__(self):
-      super().__init__()
-      self.input_layer = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64))
-      self.output_layer = nn.Sequential(nn.BatchNorm2d(512), nn.Dropout(0.4), nn.Flatten(),
-                                        nn.Linear(512 * 5 * 5, 512), nn.BatchNorm1d(512))
-      self.body = nn.Sequential(*[Unit(*spec) for spec in ir50.unit_specs()])
-      self.logits = nn.Linear(512, 8)  # the checkpoint's unused classifier
-
-    def forward(self, x):
-      x = self.output_layer(self.body(self.input_layer(x)))
-      return x / torch.linalg.norm(x, dim=1, keepdim=True)
-
   torch.manual_seed(0)
-  net = Net()
+  net = torch_lfan.IR50()
   with torch.no_grad():
     for m in net.modules():
       if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):

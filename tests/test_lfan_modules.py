@@ -2,6 +2,7 @@
 leader-follower fusion against a numpy float64 implementation of the spec's equations."""
 
 import functools
+import sys
 
 import flax.linen as nn
 import jax
@@ -97,45 +98,23 @@ def test_channel_dropout_drops_whole_channels_per_window():
 
 
 def test_tcn_matches_pytorch():
-  """The same TCN in PyTorch (weight_norm Conv1d, pad both sides + chomp, Dropout2d, 1x1 residual)."""
+  """The same TCN in PyTorch (tools/torch_lfan.py: weight_norm Conv1d, pad both sides + chomp, 1x1 residual)."""
   torch = pytest.importorskip('torch')
-  wn = torch.nn.utils.parametrizations.weight_norm
-
-  class Block(torch.nn.Module):
-
-    def __init__(self, c_in, c_out, k, d):
-      super().__init__()
-      self.pad = (k - 1) * d
-      self.conv1 = wn(torch.nn.Conv1d(c_in, c_out, k, padding=self.pad, dilation=d))
-      self.conv2 = wn(torch.nn.Conv1d(c_out, c_out, k, padding=self.pad, dilation=d))
-      self.down = torch.nn.Conv1d(c_in, c_out, 1) if c_in != c_out else None
-
-    def forward(self, x):
-      act = lambda y: torch.nn.functional.leaky_relu(y, 0.01)
-      y = act(self.conv1(x)[:, :, :-self.pad])
-      y = act(self.conv2(y)[:, :, :-self.pad])
-      return act(y + (x if self.down is None else self.down(x)))
-
+  torch_lfan = _torch_lfan()
   channels, k = (8, 8, 6), 3
   torch.manual_seed(0)
-  blocks = torch.nn.Sequential(*[Block(c_in, c_out, k, 2 ** i)
-                                 for i, (c_in, c_out) in enumerate(zip((5, *channels[:-1]), channels))])
+  blocks = torch_lfan.TemporalConvNet(5, channels, k).eval()
   x = np.random.default_rng(4).standard_normal((2, 30, 5)).astype(np.float32)
   ref = blocks(torch.from_numpy(x).transpose(1, 2)).transpose(1, 2).detach().numpy()
-  sd = {n: p.detach().numpy() for n, p in blocks.state_dict().items()}
-  params = {}
-  for i, block in enumerate(blocks):
-    level = {}
-    for c in ('conv1', 'conv2'):
-      level[c] = {'v': np.transpose(sd[f'{i}.{c}.parametrizations.weight.original1'], (2, 1, 0)),
-                  'g': sd[f'{i}.{c}.parametrizations.weight.original0'].reshape(-1),
-                  'bias': sd[f'{i}.{c}.bias']}
-    if block.down is not None:
-      level['downsample'] = {'kernel': sd[f'{i}.down.weight'][:, :, 0].T, 'bias': sd[f'{i}.down.bias']}
-    params[f'level{i}'] = level
   net = tcn.TemporalConvNet(channels, kernel_size=k)
-  y = net.apply({'params': params}, x, train=False)
+  y = net.apply({'params': torch_lfan.tcn_params(blocks)}, x, train=False)
   np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-5, atol=1e-5)
+
+
+def _torch_lfan():
+  sys.path.insert(0, 'tools')
+  import torch_lfan  # pylint: disable=g-import-not-at-top
+  return torch_lfan
 
 
 # ----------------------------------------------------------------------------- fusion
@@ -186,3 +165,32 @@ def test_fusion_parameter_count_matches_spec():
   params = jax.eval_shape(lambda: fusion.init(KEY, jnp.zeros((1, 128)), [jnp.zeros((1, 32))] * 2))['params']
   regressor = (128 + 96) * 1 + 1
   assert sum(np.prod(p.shape) for p in jax.tree.leaves(params)) + regressor == 19137
+
+
+def test_lfan_matches_pytorch_with_converted_weights():
+  """The whole model (small IR-50 at 16 x 16, VGGish and MFCC followers, MFCC computed from the window's audio) in
+  evaluation mode against tools/torch_lfan.py with the same weights."""
+  torch = pytest.importorskip('torch')
+  torch_lfan = _torch_lfan()
+  from affjax import models  # pylint: disable=g-import-not-at-top
+  from configs import lfan  # pylint: disable=g-import-not-at-top
+  config = lfan.get_config('smoke')
+  config.model.update(visual_channels=(16, 12), follower_channels=(8, 6), fusion_dim=8)
+  config.model.feature_norm.update(vggish=(0.0, 1.0), mfcc=(0.0, 1.0))
+  config.train.batch_size = 2
+  m = config.model
+  torch.manual_seed(0)
+  net = torch_lfan.LFAN(tuple(m.ir50_units), config.data.crop_size, 3, tuple(m.visual_channels),
+                        tuple(m.follower_channels), m.kernel_size, m.tcn_dropout, m.fusion_dim).eval()
+  with torch.no_grad():  # non-trivial BatchNorm statistics
+    for mod in net.modules():
+      if isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+        mod.running_mean.uniform_(-0.2, 0.2)
+        mod.running_var.uniform_(0.5, 1.5)
+  batch = torch_lfan.random_batch(config)
+  with torch.no_grad():
+    ref = net({k: torch.from_numpy(v.astype(np.int64) if k == 'audio_offsets' else v) for k, v in batch.items()})
+  variables = torch_lfan.flax_variables(net)
+  out = jax.jit(functools.partial(models.build_model(config.model).apply, train=False))(variables, batch)['va']
+  assert out.shape == (2, config.data.window, 2)
+  np.testing.assert_allclose(np.asarray(out), ref.numpy(), rtol=1e-4, atol=1e-4)

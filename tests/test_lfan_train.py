@@ -97,7 +97,7 @@ def test_epoch_recipe_releases_after_plateau_and_resumes(tiny_tree, tmp_path, mo
   from affjax.train import epochs  # pylint: disable=g-import-not-at-top
   flat = dict(ccc_valence=0.1, ccc_arousal=0.1, ccc_mean=0.1, num_frames=1)
   monkeypatch.setattr(epochs.evaluate, 'split_metrics', lambda videos: dict(flat))
-  config = lfan.get_config('smoke')
+  config = lfan.get_config('smoke,visual')  # the recipe alone: no follower features to prepare
   config.data.manual_dir = str(tiny_tree)
   config.data.records_dir = str(tmp_path / 'records')
   results = loop.train_and_evaluate(config, tmp_path / 'run')

@@ -5,6 +5,7 @@
 The train step runs on fixed batches already on device (compute only); the pipeline is timed alone, batch
 by batch, with the config's worker processes. Prints one markdown table row per measurement.
 """
+import tempfile
 import time
 
 from absl import app, flags
@@ -20,13 +21,15 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from affjax import config_validation, models, parallel, profiling  # pylint: disable=g-import-not-at-top
+  from affjax import config_validation, follower_features, models, parallel, profiling  # pylint: disable=g-import-not-at-top
   from affjax.data import pipeline, prepare  # pylint: disable=g-import-not-at-top
   from affjax.train import optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
   config_validation.validate(config)
-  records = pipeline.open_records(prepare.input_dir(config), 'train')
+  with tempfile.TemporaryDirectory() as workdir:  # LFAN: follower features and statistics, as a run prepares them
+    config = follower_features.prepare(config, prepare.input_dir(config), workdir)
+  records = pipeline.open_partition(prepare.input_dir(config), 'train', config)
   frames_per_batch = config.train.batch_size * config.data.window
   device = f'{jax.devices()[0].device_kind} x{jax.device_count()} ({profiling.cpu_description()})'
 
@@ -47,7 +50,7 @@ def main(argv):
 
   mesh = parallel.make_mesh()
   model = models.build_model(config.model)
-  tx = optim.make_optimizer(config)
+  tx = optim.make_optimizer(config, models.param_labels(config.model))
   state = state_lib.initial_state(model, tx, config, mesh, seed=0)
   with jax.set_mesh(mesh):
     acc = jax.device_put(step_lib.zero_accumulator(), parallel.replicated(mesh))
@@ -60,7 +63,8 @@ def main(argv):
       jax.block_until_ready(acc)
       if i >= _WARMUP.value:
         times.append(time.perf_counter() - t)
-  print(f'| train step ({config.model.name}, {"+".join(config.model.modalities)}, {config.train.dtype}) | {device} '
+  parts = config.model.get('modalities', ('visual', *config.model.get('followers', ())))  # LFAN: leader, followers
+  print(f'| train step ({config.model.name}, {"+".join(parts)}, {config.train.dtype}) | {device} '
         f'| - | batch {config.train.batch_size}x{config.data.window} | {median_rate(times):.1f} frames/s '
         f'({float(np.median(times)):.2f} s/step) |')
 

@@ -103,13 +103,17 @@ def to_db(spec: jnp.ndarray, power: bool = True, amin: float = 1e-10, top_db: fl
   return db
 
 
-def dct_ii(x: jnp.ndarray, n_out: int) -> jnp.ndarray:
-  """Orthonormal DCT-II over the last axis, first `n_out` coefficients (MFCCs from log-mel)."""
-  n = x.shape[-1]
+def dct_basis(n: int, n_out: int) -> np.ndarray:
+  """`[n, n_out]` float32 matrix of the orthonormal DCT-II (first `n_out` coefficients of `n` inputs)."""
   k, i = np.arange(n_out)[None, :], np.arange(n)[:, None]
   basis = np.cos(np.pi / n * (i + 0.5) * k) * np.sqrt(2.0 / n)
   basis[:, 0] /= np.sqrt(2.0)
-  return jnp.matmul(x, basis.astype(np.float32), precision='highest')
+  return basis.astype(np.float32)
+
+
+def dct_ii(x: jnp.ndarray, n_out: int) -> jnp.ndarray:
+  """Orthonormal DCT-II over the last axis, first `n_out` coefficients (MFCCs from log-mel)."""
+  return jnp.matmul(x, dct_basis(x.shape[-1], n_out), precision='highest')
 
 
 def deltas(x: jnp.ndarray, width: int = 2, axis: int = -2) -> jnp.ndarray:

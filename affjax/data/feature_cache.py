@@ -1,16 +1,20 @@
-"""TFDS builder `affwild2_features`: per-frame embeddings of frozen backbones, chunked like the frame records.
+"""TFDS builder `affwild2_features`: per-frame features (embeddings of frozen backbones, LFAN's VGGish), chunked
+like the frame records.
 
-Record i of a split holds the embeddings `<part>_features [C, F_part]` (float32) of the frames of record i
-of the frame records it was computed from, with the same masks, labels and metadata (video index), so
-`pipeline.open_records` reads it unchanged and the same window tables address it. Training the fusion
-model from it (`config.data.features_dir`) skips the backbones: a record set a few hundred times smaller
-than the JPEGs and audio, and no backbone compute per step.
+Record i of a split holds the features `<part>_features [C, F_part]` (float32) of the frames of record i of the
+frame records it was computed from, with the same masks, labels and metadata (video index), so
+`pipeline.open_records` reads it unchanged and the same window tables address it. A run trains either from it
+alone (`config.data.features_dir`: no backbone compute per step, a record set a few hundred times smaller than
+the JPEGs and audio) or from the frame records with it joined to every window (`config.data.side_features_dir`).
+
+What fills it is a `ChunkFeatures` function: `window_features` runs a batched extractor over chunk-sized frame
+windows, `video_features` a per-video function of the whole waveform.
 """
 from __future__ import annotations
 
 import logging
 import pathlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -18,19 +22,56 @@ import tqdm
 
 from affjax.data import builder, pipeline
 
-# (batch of frame windows) -> {part: [B, T, F_part]} embeddings
+# (records of one split) -> the features of every chunk, in record order: {part: [C, F_part]}
+ChunkFeatures = Callable[[pipeline.Records], Iterator[Mapping[str, np.ndarray]]]
+# (batch of frame windows) -> {part: [B, T, F_part]}
 Extractor = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+# (16 kHz waveform [L] of a whole video, fps, frames N) -> {part: [N, F_part]}
+VideoExtractor = Callable[[np.ndarray, float, int], Mapping[str, np.ndarray]]
+
+
+def window_features(extract: Extractor, loader_kwargs: Mapping[str, object], batch_chunks: int = 8) -> ChunkFeatures:
+  """Runs `extract` over batches of `batch_chunks` chunk windows (`pipeline.WindowLoader(**loader_kwargs)`)."""
+
+  def features(records: pipeline.Records) -> Iterator[Mapping[str, np.ndarray]]:
+    loader = pipeline.WindowLoader(records=records, window=records.chunk_size, **loader_kwargs)
+    rows = [(i, j * records.chunk_size) for i, v in enumerate(records.videos) for j in range(v.num_chunks)]
+    for first in range(0, len(rows), batch_chunks):
+      windows = [loader(np.asarray(row)) for row in rows[first:first + batch_chunks]]
+      feats = extract({k: np.stack([w[k] for w in windows]) for k in windows[0]})
+      for n in range(len(windows)):
+        yield {part: f[n] for part, f in feats.items()}
+
+  return features
+
+
+def video_features(extract: VideoExtractor) -> ChunkFeatures:
+  """Runs `extract` on each video's whole waveform (its chunks' audio, concatenated) and cuts the result into
+  chunks (zeros past the video's last frame)."""
+
+  def features(records: pipeline.Records) -> Iterator[Mapping[str, np.ndarray]]:
+    c = records.chunk_size
+    for video in records.videos:
+      wave = np.concatenate([records.source[video.first_record + j]['audio'] for j in range(video.num_chunks)])
+      feats = {part: np.asarray(f, np.float32) for part, f in extract(wave, video.fps, video.num_frames).items()}
+      for j in range(video.num_chunks):
+        chunk = {}
+        for part, f in feats.items():
+          chunk[part] = np.zeros((c,) + f.shape[1:], np.float32)
+          rows = f[j * c:(j + 1) * c]
+          chunk[part][:len(rows)] = rows
+        yield chunk
+
+  return features
 
 
 class Affwild2Features(tfds.core.GeneratorBasedBuilder):
-  """Per-frame backbone embeddings of an `affwild2` record set (see the module docstring)."""
+  """Per-frame features of an `affwild2` record set (see the module docstring)."""
 
   VERSION = tfds.core.Version('1.0.0')
 
-  def __init__(self, *, source: str, widths: Mapping[str, int], loader_kwargs: Mapping[str, object],
-               extract: Extractor | None = None, batch_chunks: int = 8, **kwargs):
-    self._source, self._widths, self._extract = source, dict(widths), extract
-    self._loader_kwargs, self._batch_chunks = dict(loader_kwargs), batch_chunks
+  def __init__(self, *, source: str, widths: Mapping[str, int], features: ChunkFeatures | None = None, **kwargs):
+    self._source, self._widths, self._features = source, dict(widths), features
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -57,22 +98,17 @@ class Affwild2Features(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(split) for split in builder.SPLITS}
 
   def _generate_examples(self, split: str):
-    if self._extract is None:
-      raise ValueError(f'{self.data_dir} is incomplete and no extractor was given to build it')
+    if self._features is None:
+      raise ValueError(f'{self.data_dir} is incomplete and no feature function was given to build it')
     records = pipeline.open_records(self._source, split)
-    loader = pipeline.WindowLoader(records=records, window=records.chunk_size, **self._loader_kwargs)
-    rows = [(i, j * records.chunk_size) for i, v in enumerate(records.videos) for j in range(v.num_chunks)]
-    for first in tqdm.trange(0, len(rows), self._batch_chunks, desc=f'features {split}', unit='batch'):
-      windows = [loader(np.asarray(row)) for row in rows[first:first + self._batch_chunks]]
-      batch = {k: np.stack([w[k] for w in windows]) for k in windows[0]}
-      feats = {part: np.asarray(f, np.float32) for part, f in self._extract(batch).items()}
-      for n, (i, start) in enumerate(rows[first:first + self._batch_chunks]):
-        video = records.videos[i]
-        example = dict(video=video.name, start=start, fps=video.fps, face_mask=batch['face_mask'][n],
-                       frame_mask=batch['mask'][n], label_mask=batch['label_mask'][n], labels=batch['labels'][n])
-        example.update({f'{part}_features': f[n] for part, f in feats.items()})
-        yield f'{first + n:010d}', example
-    logging.info('affwild2_features %s: %d chunks', split, len(rows))
+    chunks = len(records.source)
+    for i, feats in enumerate(tqdm.tqdm(self._features(records), total=chunks, desc=f'features {split}',
+                                        unit='chunk')):
+      chunk = records.source[i]
+      example = {k: chunk[k] for k in ('video', 'start', 'fps', 'face_mask', 'frame_mask', 'label_mask', 'labels')}
+      example.update({f'{part}_features': np.asarray(f, np.float32) for part, f in feats.items()})
+      yield f'{i:010d}', example
+    logging.info('affwild2_features %s: %d chunks', split, chunks)
 
 
 def dataset_dir(features_dir) -> pathlib.Path:
@@ -80,12 +116,10 @@ def dataset_dir(features_dir) -> pathlib.Path:
   return pathlib.Path(features_dir).expanduser() / 'affwild2_features' / str(Affwild2Features.VERSION)
 
 
-def build(source: str, features_dir, *, widths: Mapping[str, int], loader_kwargs: Mapping[str, object],
-          extract: Extractor, batch_chunks: int = 8) -> pathlib.Path:
+def build(source: str, features_dir, *, widths: Mapping[str, int], features: ChunkFeatures) -> pathlib.Path:
   """Computes the features of every chunk of every split of the records at `source` once (a rerun over
   complete shards does nothing); returns the dataset directory."""
-  features = Affwild2Features(source=source, widths=widths, loader_kwargs=loader_kwargs, extract=extract,
-                              batch_chunks=batch_chunks, data_dir=str(pathlib.Path(features_dir).expanduser()),
-                              file_format='array_record')
-  features.download_and_prepare()
+  cache = Affwild2Features(source=source, widths=widths, features=features,
+                           data_dir=str(pathlib.Path(features_dir).expanduser()), file_format='array_record')
+  cache.download_and_prepare()
   return dataset_dir(features_dir)

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from affjax import folds
 from affjax.data import affwild2, augment
 
 
@@ -31,18 +32,42 @@ class VideoIndex:
   num_rows: int  # rows of the video's annotation file (every frame for test videos)
 
 
+class ConcatSource:
+  """Several record sources read as one: index i runs through the first source, then the next, ..."""
+
+  def __init__(self, sources):
+    self.sources = sources
+    self.offsets = np.cumsum([0] + [len(s) for s in sources])
+
+  def __len__(self) -> int:
+    return int(self.offsets[-1])
+
+  def __getitem__(self, i: int):
+    k = int(np.searchsorted(self.offsets, i, side='right')) - 1
+    return self.sources[k][i - int(self.offsets[k])]
+
+
 @dataclasses.dataclass(frozen=True)
 class Records:
-  """One split of the built records: its data source and per-video index."""
+  """One partition of the built records ('train', 'validation' or 'test'): its data source and per-video index.
+
+  `source_splits` are the record splits read, concatenated in order (a cross-validation fold's partitions draw
+  on both 'train' and 'validation'); `side` is a feature cache of the same chunks whose `<part>_features` join
+  every window the frame loader reads (LFAN's VGGish features).
+  """
   directory: str
   split: str
   chunk_size: int
   videos: tuple[VideoIndex, ...]
   features: dict[str, int] = dataclasses.field(default_factory=dict)  # feature cache: part -> width
+  source_splits: tuple[str, ...] = ()  # () = (split,)
+  side: Records | None = None
 
   @functools.cached_property
   def source(self):
-    return tfds.builder_from_directory(self.directory).as_data_source(self.split)
+    builder = tfds.builder_from_directory(self.directory)
+    sources = [builder.as_data_source(s) for s in self.source_splits or (self.split,)]
+    return sources[0] if len(sources) == 1 else ConcatSource(sources)
 
   def __getstate__(self):  # the data source is reopened in each grain worker
     return {k: v for k, v in self.__dict__.items() if k != 'source'}
@@ -51,14 +76,42 @@ class Records:
     self.__dict__.update(state)
 
 
-def open_records(directory: str, split: str) -> Records:
+def open_records(directory: str, split: str, fold: int = -1, side_directory: str = '') -> Records:
+  """The `split` partition of the records at `directory`.
+
+  With `fold` in [0, 6) (LFAN's cross-validation, `affjax.folds.fold_split`), 'train' and 'validation' are that
+  fold's partitions of the official training and validation videos; 'test' stays the official test split.
+  `side_directory`: a feature cache built from these records (`affjax.data.feature_cache`), joined to every window.
+  """
   info = tfds.builder_from_directory(directory).info
-  videos = tuple(VideoIndex(name=v['name'], num_frames=int(v['num_frames']), fps=float(v['fps']),
-                            first_record=int(v['first_record']), num_chunks=int(v['num_chunks']),
-                            num_rows=annotation_rows(v['num_frames'], v['report']))
-                 for v in info.metadata['videos'][split])
+  meta = info.metadata['videos']
+
+  def index(record_split: str, offset: int) -> list[VideoIndex]:
+    return [VideoIndex(name=v['name'], num_frames=int(v['num_frames']), fps=float(v['fps']),
+                       first_record=offset + int(v['first_record']), num_chunks=int(v['num_chunks']),
+                       num_rows=annotation_rows(v['num_frames'], v['report'])) for v in meta[record_split]]
+
+  if fold < 0 or split == 'test':
+    videos, source_splits = index(split, 0), ()
+  else:
+    train = index('train', 0)
+    validation = index('validation', sum(v.num_chunks for v in train))  # after every 'train' record
+    names = folds.fold_split([v.name for v in train], [v.name for v in validation], fold)[split == 'validation']
+    by_name = {v.name: v for v in train + validation}
+    videos, source_splits = [by_name[name] for name in names], ('train', 'validation')
+  side = open_records(side_directory, split, fold) if side_directory else None
+  if side is not None and side.videos != tuple(videos):
+    raise ValueError(f'the feature cache {side_directory} was not built from the records {directory} (its '
+                     f'{split} videos differ); rebuild it from these records')
   return Records(directory=directory, split=split, chunk_size=int(info.metadata['chunk_size']),
-                 videos=videos, features={k: int(v) for k, v in info.metadata.get('features', {}).items()})
+                 videos=tuple(videos), features={k: int(v) for k, v in info.metadata.get('features', {}).items()},
+                 source_splits=source_splits, side=side)
+
+
+def open_partition(directory: str, split: str, config) -> Records:
+  """The `split` partition of a run: `config.data.fold`'s, with the feature cache `config.data.side_features_dir`
+  joined to the frame records."""
+  return open_records(directory, split, config.data.get('fold', -1), config.data.get('side_features_dir', ''))
 
 
 def annotation_rows(num_frames: int, report: dict[str, int]) -> int:
@@ -118,6 +171,13 @@ def frame_targets(field, video_index: int, start: int) -> dict[str, np.ndarray]:
               start=np.int32(start))
 
 
+def cached_features(records: Records, video_index: int, start: int, t: int) -> tuple[dict[str, np.ndarray], object]:
+  """(`<part>_features [T, F]` of every part of the feature cache `records` for frames [start, start + t) of a
+  video, zeros past its end; the `read_frames` field of those chunks)."""
+  _, _, field = read_frames(records, records.videos[video_index], start, t)
+  return {f'{part}_features': field(f'{part}_features', 0.0) for part in records.features}, field
+
+
 @dataclasses.dataclass(frozen=True)
 class FeatureWindowLoader:
   """Reads one window of a feature cache: `<part>_features [T, F]` per cached part, masks and labels."""
@@ -127,8 +187,7 @@ class FeatureWindowLoader:
   def __call__(self, row: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     del rng  # cached features are not augmented
     video_index, start = int(row[0]), int(row[1])
-    _, _, field = read_frames(self.records, self.records.videos[video_index], start, self.window)
-    out = {f'{part}_features': field(f'{part}_features', 0.0) for part in self.records.features}
+    out, field = cached_features(self.records, video_index, start, self.window)
     return dict(out, **frame_targets(field, video_index, start))
 
 
@@ -174,7 +233,8 @@ class WindowLoader:
     segment = np.zeros(audio_segment_length(t, self.audio_window, self.min_fps), np.float32)
     lo, hi = max(a0, audio_start), min(a1, audio_start + len(audio))
     segment[lo - a0:hi - a0] = audio[lo - audio_start:hi - audio_start]
-    return dict(faces=faces, audio=segment, audio_offsets=(centres - centres[0]).astype(np.int32),
+    side = cached_features(self.records.side, video_index, start, t)[0] if self.records.side else {}
+    return dict(faces=faces, audio=segment, audio_offsets=(centres - centres[0]).astype(np.int32), **side,
                 **frame_targets(frame_field, video_index, start))
 
 

@@ -11,7 +11,8 @@ import jax
 from affjax.data import builder, synthetic
 
 
-def _tag(values: dict) -> str:
+def tag(values) -> str:
+  """A short hash of `values` (JSON), naming a cache directory."""
   return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -21,7 +22,7 @@ def source_tree(config) -> pathlib.Path:
   if data.manual_dir:
     return pathlib.Path(data.manual_dir).expanduser()
   kwargs = dict(data.synthetic.to_dict(), image_size=data.image_size)
-  root = pathlib.Path(data.cache_dir).expanduser() / 'synthetic' / _tag(dict(kwargs, version=synthetic.VERSION))
+  root = pathlib.Path(data.cache_dir).expanduser() / 'synthetic' / tag(dict(kwargs, version=synthetic.VERSION))
   logging.info('no --config.data.manual_dir given: using the synthetic Aff-Wild2 tree %s', root)
   if jax.process_index() == 0:
     synthetic.ensure(root, **kwargs)
@@ -33,13 +34,18 @@ def records_dir(config) -> str:
   data = config.data
   tree = source_tree(config)
   base = (pathlib.Path(data.records_dir).expanduser() if data.records_dir else
-          pathlib.Path(data.cache_dir).expanduser() / 'records' / f'{tree.name}-{_tag(str(tree.absolute()))}')
+          pathlib.Path(data.cache_dir).expanduser() / 'records' / f'{tree.name}-{tag(str(tree.absolute()))}')
   if jax.process_index() == 0:
     builder.build(tree, base, chunk_size=data.chunk_size, test_list=data.test_list)
+  sync_processes('affjax records built')
+  return str(builder.dataset_dir(base, data.chunk_size))
+
+
+def sync_processes(what: str) -> None:
+  """Waits until every process gets here (after process 0 built something they all read)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices('affjax records built')
-  return str(builder.dataset_dir(base, data.chunk_size))
+    multihost_utils.sync_global_devices(what)
 
 
 def input_dir(config) -> str:

@@ -214,12 +214,18 @@ def _plans(num_train, num_validation, num_test, min_frames, max_frames, seed) ->
   return plans
 
 
-def _write_plan(root: pathlib.Path, plan: _Plan, image_size: int, seed: int) -> None:
+def _draw_people(plan: _Plan, seed: int):
+  """(rng, arousal [n + EXTRA_LABEL_FRAMES], people, valences): the first draws of a video's random stream."""
   rng = np.random.default_rng((seed, plan.index, 1))
-  n, fps = plan.num_frames, float(plan.fps)
-  arousal = _curve(rng, n + EXTRA_LABEL_FRAMES, fps)
+  arousal = _curve(rng, plan.num_frames + EXTRA_LABEL_FRAMES, float(plan.fps))
   people = [_person(rng) for _ in plan.names]
-  valences = [_curve(rng, n + EXTRA_LABEL_FRAMES, fps) for _ in plan.names]
+  valences = [_curve(rng, plan.num_frames + EXTRA_LABEL_FRAMES, float(plan.fps)) for _ in plan.names]
+  return rng, arousal, people, valences
+
+
+def _write_plan(root: pathlib.Path, plan: _Plan, image_size: int, seed: int) -> None:
+  rng, arousal, people, valences = _draw_people(plan, seed)
+  n, fps = plan.num_frames, float(plan.fps)
 
   # Faces: crops per person (with a run of missing ones) and the video frames showing them.
   frame_width = FRAME_HEIGHT * len(people)
@@ -298,6 +304,36 @@ def generate(root, *, num_train=12, num_validation=4, num_test=2, min_frames=240
     list(pool.map(lambda plan: _write_plan(root, plan, image_size, seed), plans))
   (root / TEST_LIST).write_text(''.join(p.names[0] + '\n' for p in plans if p.split == 'test'))
   return root
+
+
+def true_labels(root) -> dict[str, tuple[str, np.ndarray]]:
+  """name -> (split, `[N, 2]` (valence, arousal) of every frame) of every person of the tree at `root`, recomputed
+  from the arguments in its `.complete`: the curves the faces and voices were drawn from, also for the test videos
+  (whose annotations the tree, like the release, does not have)."""
+  arguments = _completed_with(pathlib.Path(root))
+  if arguments is None:
+    raise FileNotFoundError(f'{root} holds no complete synthetic tree (no .complete)')
+  plans = _plans(*(arguments[k] for k in ('num_train', 'num_validation', 'num_test', 'min_frames', 'max_frames',
+                                           'seed')))
+  out = {}
+  for plan in plans:
+    _, arousal, _, valences = _draw_people(plan, arguments['seed'])
+    for name, valence in zip(plan.names, valences):
+      out[name] = (plan.split, np.stack([valence, arousal], 1)[:plan.num_frames].astype(np.float32))
+  return out
+
+
+def write_test_labels(root, out) -> list[str]:
+  """Writes `<out>/<name>.txt` (`valence,arousal`, one row per frame) for every test video of the tree at `root`
+  (`true_labels`); keep `out` outside the tree's release layout. Returns the names."""
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  names = []
+  for name, (split, labels) in true_labels(root).items():
+    if split == 'test':
+      (out / f'{name}.txt').write_text('valence,arousal\n' + ''.join(f'{v:.4f},{a:.4f}\n' for v, a in labels))
+      names.append(name)
+  return names
 
 
 def ensure(root, **kwargs) -> pathlib.Path:

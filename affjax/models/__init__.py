@@ -105,6 +105,9 @@ def _build_lfan(cfg: ml_collections.ConfigDict) -> nn.Module:
                      f'{audio_features.FRAME_MFCC_SAMPLES} samples per frame; set it to that')
   norm = {}
   for name in followers:
+    if name not in cfg.feature_norm or len(cfg.feature_norm[name]) != 2:
+      raise ValueError(f'config.model.feature_norm.{name}={cfg.feature_norm.get(name)!r}: needs (mean, std); () is '
+                       'filled with the training partition\'s statistics by affjax.follower_features.prepare')
     mean, std = cfg.feature_norm[name]
     if not std > 0:
       raise ValueError(f'config.model.feature_norm.{name}={(mean, std)}: the standard deviation must be > 0')

@@ -1,8 +1,9 @@
 """The LFAN model (spec lfan 2): IR-50 faces -> visual TCN (leader), audio features -> TCNs (followers),
 leader-follower fusion, linear valence/arousal regressor. Everything is causal along time.
 
-  faces [B,T,40,40,3] -> IR-50 (time-distributed) [B,T,512] -> TCN 512 -> [128]*4       h_v [B,T,128]
-  mfcc  [B,T,39] (computed here from the window's audio)  -> z-score -> TCN -> [32]*4  h_1 [B,T,32]
+  faces  [B,T,40,40,3] -> IR-50 (time-distributed) [B,T,512] -> TCN 512 -> [128]*4        h_v [B,T,128]
+  vggish [B,T,128] (precomputed, `affjax.follower_features`) -> z-score -> TCN -> [32]*4  h_1 [B,T,32]
+  mfcc   [B,T,39] (computed here from the window's audio)    -> z-score -> TCN -> [32]*4  h_2 [B,T,32]
   fusion(h_v, followers) [B,T,128 + 32 (1 + M)] -> Dense -> [B,T,2]
 With no followers (`followers=()`) the regressor reads h_v alone (the unimodal `my_2d1d`).
 """
@@ -25,16 +26,18 @@ from affjax.models.tcn import TemporalConvNet
 
 Array = jax.Array
 
-FOLLOWERS = ('mfcc',)
+FOLLOWERS = ('vggish', 'mfcc')
 EMOTIONS = ('both', 'valence', 'arousal')
 
 
 class LFAN(nn.Module):
   """`__call__(batch, train=...)` -> {'va': `[B, T, 2]` float32 (valence, arousal)}.
 
-  batch: faces `[B, T, S, S, 3]` uint8 (S = 40 as the paper), mask `[B, T]` bool (False = padding), and for the
-  'mfcc' follower audio `[B, L]` float32 with audio_offsets `[B, T]` int32 (frame t's centred window of
-  `audio_features.FRAME_MFCC_SAMPLES` samples starts there). `feature_norm` maps a follower to its (mean, std),
+  batch: faces `[B, T, S, S, 3]` uint8 (S = 40 as the paper), mask `[B, T]` bool (False = padding), for the
+  'vggish' follower vggish_features `[B, T, 128]` (raw VGGish embeddings of each frame's 0.96 s example), and for
+  the 'mfcc' follower audio `[B, L]` float32 with audio_offsets `[B, T]` int32 (frame t's centred window of
+  `audio_features.FRAME_MFCC_SAMPLES` samples starts there). Followers are fused in the order of `followers`
+  (the paper: VGGish, then MFCC). `feature_norm` maps a follower to its (mean, std),
   scalars from the training partition. `emotion` 'valence' or 'arousal' builds one regressor output (the paper:
   one model per emotion) and leaves the other column zero.
   """
@@ -82,6 +85,12 @@ class LFAN(nn.Module):
     if name == 'mfcc':
       windows = slice_audio_windows(batch['audio'], batch['audio_offsets'], audio_features.FRAME_MFCC_SAMPLES)
       return audio_features.frame_mfcc(windows)
+    if name == 'vggish':
+      if 'vggish_features' not in batch:
+        raise ValueError('the VGGish follower reads vggish_features from a feature cache joined to the frame records: '
+                         'set config.data.side_features_dir (tools/vggish_features.py), or run through affjax.main, '
+                         'which builds it')
+      return batch['vggish_features'].astype(jnp.float32)
     raise ValueError(f'unknown LFAN follower {name!r}; known: {FOLLOWERS}')
 
 

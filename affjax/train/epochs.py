@@ -57,6 +57,7 @@ def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
   config = config.copy_and_resolve_references()
   config.model.released = ctl.released
   exp = loop.Experiment(config, workdir)
+  config = exp.config  # with the followers' inputs resolved
   train_iter = iter(pipeline.train_dataset(exp.records('train'), config))
   writer = affjax_logging.MetricWriter(workdir)
   try:

@@ -4,13 +4,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import pathlib
 import time
 
 import jax
 import tqdm
 
-from affjax import checkpoint, evaluate, models, parallel, profiling
+from affjax import checkpoint, config_validation, evaluate, follower_features, models, parallel, profiling
 from affjax import logging as affjax_logging
 from affjax.data import pipeline, prepare
 from affjax.train import optim, state as state_lib, step as step_lib
@@ -20,14 +21,27 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+def start_process(config) -> None:
+  """What every command that trains does first: quiet library logs, join the other hosts if launched so, the
+  compilation cache under `config.data.cache_dir` (reruns and resumes load compiled steps instead of recompiling),
+  and validate `config` before anything compiles."""
+  affjax_logging.quiet_library_info()
+  parallel.maybe_initialize_distributed()
+  jax.config.update('jax_threefry_partitionable', True)
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.expanduser(config.data.cache_dir), 'jax'))
+  logging.info('process %d of %d, devices: %s', jax.process_index(), jax.process_count(), jax.devices())
+  config_validation.validate(config)
+
+
 class Experiment:
   """The pieces of a run that training and evaluation share: records, mesh, model, state, checkpoints."""
 
   def __init__(self, config, workdir):
-    self.config = config
     self.workdir = pathlib.Path(workdir).expanduser().absolute()
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.records_dir = prepare.input_dir(config)
+    self.config = config = follower_features.prepare(config, self.records_dir, self.workdir)
     self.mesh = parallel.make_mesh()
     self.model = models.build_model(config.model)
     self.tx = optim.make_optimizer(config, models.param_labels(config.model))
@@ -37,7 +51,7 @@ class Experiment:
     self.eval_step = step_lib.make_eval_step(self.model)
 
   def records(self, split: str) -> pipeline.Records:
-    return pipeline.open_records(self.records_dir, split)
+    return pipeline.open_partition(self.records_dir, split, self.config)
 
   def predict(self, split: str) -> list[evaluate.VideoPredictions]:
     """Predicts every frame of every video of `split` with the current state."""

@@ -24,7 +24,8 @@ class TrainState:
 
 def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   """Zeros shaped like a pipeline batch of `batch_size` windows (the model's input signature); from a
-  feature cache (`config.data.features_dir`) its `<part>_features` instead of faces and audio."""
+  feature cache (`config.data.features_dir`) its `<part>_features` instead of faces and audio, and with one
+  joined to the frames (`config.data.side_features_dir`) its `<part>_features` too."""
   view = config.data.get('view', 'frames')
   if view == 'clips':
     return clips.example_batch(config, batch_size)
@@ -36,7 +37,9 @@ def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
     widths = pipeline.open_records(d.features_dir, 'train').features
     return dict({f'{part}_features': np.zeros((batch_size, t, w), np.float32) for part, w in widths.items()},
                 mask=np.ones((batch_size, t), bool))
-  return dict(faces=np.zeros((batch_size, t, s, s, 3), np.uint8),
+  side = pipeline.open_records(d.side_features_dir, 'train').features if d.get('side_features_dir') else {}
+  return dict({f'{part}_features': np.zeros((batch_size, t, w), np.float32) for part, w in side.items()},
+              faces=np.zeros((batch_size, t, s, s, 3), np.uint8),
               audio=np.zeros((batch_size, pipeline.audio_segment_length(t, d.audio_window, d.min_fps)),
                              np.float32),
               audio_offsets=np.zeros((batch_size, t), np.int32), mask=np.ones((batch_size, t), bool))

@@ -133,12 +133,17 @@ class IR50(nn.Module):
 def from_torch(sd: StateDictReader) -> dict[str, dict]:
   """Variables from a PyTorch IR-50 state dict with the InsightFace module names `input_layer.{0,1,2}`,
   `body.<i>.res_layer.{0,1,2,3,4}`, `body.<i>.shortcut_layer.{0,1}`, `output_layer.{0,3,4}` (the flatten order
-  of the head's Dense is permuted from (C, H, W) to (H, W, C)); an unused classifier (`logits`) is left out."""
+  of the head's Dense is permuted from (C, H, W) to (H, W, C)); an unused classifier (`logits`) is left out. The
+  body's units are read from the state dict (any `stage_units`)."""
   params, stats = {}, {}
   params['input_conv'] = sd.conv('input_layer.0')
   params['input_bn'], stats['input_bn'] = sd.batch_norm('input_layer.1')
   params['input_prelu'] = {'negative_slope': sd['input_layer.2.weight']}
-  for i, (c_in, width, _) in enumerate(unit_specs()):
+  num_units = 0
+  while f'body.{num_units}.res_layer.1.weight' in sd:
+    num_units += 1
+  for i in range(num_units):
+    c_in, width = sd[f'body.{i}.res_layer.0.weight'].shape[0], sd[f'body.{i}.res_layer.1.weight'].shape[0]
     p, s = {}, {}
     prefix = f'body.{i}.res_layer'
     p['bn1'], s['bn1'] = sd.batch_norm(f'{prefix}.0')

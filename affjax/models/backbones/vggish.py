@@ -1,4 +1,5 @@
-"""VGGish audio embedding (spec lfan 3.1): `[N, 96, 64]` log-mel examples -> `[N, 128]` (fc2, no PCA).
+"""VGGish audio embedding (spec lfan 3.1): `[N, 96, 64]` log-mel examples -> `[N, 128]` (fc2, no PCA), and LFAN's
+per-video-frame examples (`frame_examples`).
 
   conv 64 -> pool -> conv 128 -> pool -> conv 256 x 2 -> pool -> conv 512 x 2 -> pool      96 x 64 -> 6 x 4
   flatten (H, W, C) -> Dense 4096 -> ReLU -> Dense 4096 -> ReLU -> Dense 128 (fc2, linear)
@@ -14,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import numpy as np
+
 from affjax.data import audio
 from affjax.models.layers import torch_bias_init, torch_dense, torch_kernel_init
 from affjax.models.torch_convert import StateDictReader
@@ -23,15 +26,49 @@ Array = jax.Array
 CONV_WIDTHS = (64, 'pool', 128, 'pool', 256, 256, 'pool', 512, 512, 'pool')
 EXAMPLE_FRAMES, MEL_BANDS = 96, 64
 EMBEDDING_DIM = 128
-EXAMPLE_SAMPLES = 512 + (EXAMPLE_FRAMES - 1) * 160  # 96 frames of 512 samples (FFT length) at a 10 ms hop
+SAMPLE_RATE, HOP, N_FFT, WIN_LENGTH = 16000, 160, 512, 400
+EXAMPLE_SAMPLES = N_FFT + (EXAMPLE_FRAMES - 1) * HOP  # 96 frames of 512 samples (FFT length) at a 10 ms hop
+WINDOW_OFFSET = (N_FFT - WIN_LENGTH) // 2  # the 25 ms window sits centred in each 512-sample FFT frame
+END_PADDING = SAMPLE_RATE  # the waveform is edge-padded by 1 s at the end
+
+
+def log_mel(x: jnp.ndarray) -> jnp.ndarray:
+  """`log(mel magnitude + 0.01)` of 16 kHz audio `[..., L]` -> `[..., 1 + (L - 512) // 160, 64]`: 25 ms periodic Hann
+  windows (centred in 512-point FFT frames), 10 ms hop, 64 HTK mel bands over 125-7500 Hz."""
+  mel = audio.mel_spectrogram(x, SAMPLE_RATE, N_FFT, HOP, MEL_BANDS, win_length=WIN_LENGTH, f_min=125.0,
+                              f_max=7500.0, center=False, power=1.0, scale='htk')
+  return jnp.log(mel + 0.01)
 
 
 def log_mel_examples(x: jnp.ndarray) -> jnp.ndarray:
-  """`log(mel magnitude + 0.01)` of 16 kHz audio `[..., EXAMPLE_SAMPLES]` -> `[..., 96, 64]`: 25 ms periodic Hann
-  windows (centred in 512-point FFT frames), 10 ms hop, 64 HTK mel bands over 125-7500 Hz."""
-  mel = audio.mel_spectrogram(x, 16000, 512, 160, MEL_BANDS, win_length=400, f_min=125.0, f_max=7500.0,
-                              center=False, power=1.0, scale='htk')
-  return jnp.log(mel + 0.01)
+  """One example per `[..., EXAMPLE_SAMPLES]` audio segment: `[..., 96, 64]`."""
+  return log_mel(x)
+
+
+def padded_waveform(wave: np.ndarray) -> np.ndarray:
+  """The 16 kHz waveform `[L]` edge-padded by 1 s at the end, and by `WINDOW_OFFSET` zeros at the start so that mel
+  frame j's 25 ms window starts at sample 160 j of `wave`."""
+  wave = np.asarray(wave, np.float32)
+  last = wave[-1] if len(wave) else 0.0
+  return np.concatenate([np.zeros(WINDOW_OFFSET, np.float32), wave, np.full(END_PADDING, last, np.float32)])
+
+
+def frame_example_starts(num_frames: int, fps: float, num_samples: int) -> np.ndarray:
+  """`[N]` first sample in the padded waveform (of `num_samples`) of each video frame's example: 160 round(100 i /
+  fps), the mel frame at which frame i starts (i / fps), clamped to the last whole example."""
+  last = (num_samples - EXAMPLE_SAMPLES) // HOP
+  if last < 0:
+    raise ValueError(f'{num_samples} samples make no {EXAMPLE_FRAMES}-frame VGGish example')
+  starts = np.round(np.arange(num_frames) * (SAMPLE_RATE / HOP) / fps).astype(np.int64)
+  return HOP * np.minimum(starts, last)
+
+
+def frame_examples(wave: np.ndarray, fps: float, num_frames: int) -> np.ndarray:
+  """The log-mel example of every video frame of a video (spec lfan 3.1): `[N, 96, 64]` float32, the 96 mel frames
+  (0.96 s) from `frame_example_starts` of the `padded_waveform`."""
+  x = padded_waveform(wave)
+  starts = frame_example_starts(num_frames, fps, len(x))
+  return np.asarray(log_mel_examples(x[starts[:, None] + np.arange(EXAMPLE_SAMPLES)]))
 
 
 class VGGish(nn.Module):
