@@ -1,17 +1,13 @@
-"""tools/export_backbones.py: a trained run's backbones, loaded through model.pretrained, are that run's."""
-import sys
-
+"""affjax.pretrained (tools/export_backbones.py): a trained run's backbones, loaded through model.pretrained, are
+that run's."""
 import jax
 import numpy as np
 import optax
 
-from affjax import models, parallel
+from affjax import models, parallel, pretrained
 from affjax.models import torch_convert
 from affjax.train import loop, state as state_lib
 from configs import cross_attn
-
-sys.path.insert(0, 'tools')
-import export_backbones  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def audio_config(tiny_tree, tmp_path, variant):
@@ -24,7 +20,7 @@ def audio_config(tiny_tree, tmp_path, variant):
 def test_exported_backbone_is_the_best_checkpoints_and_loads_into_a_frozen_run(tiny_tree, tmp_path):
   trained = audio_config(tiny_tree, tmp_path, 'smoke,audio')
   loop.train_and_evaluate(trained, tmp_path / 'run')
-  written = export_backbones.export_backbones(trained, str(tmp_path / 'run'), str(tmp_path / 'export'))
+  written = pretrained.export_backbones(trained, str(tmp_path / 'run'), str(tmp_path / 'export'))
   assert set(written) == {'audio'}
 
   exp = loop.Experiment(trained, tmp_path / 'run')

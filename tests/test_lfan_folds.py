@@ -1,5 +1,4 @@
 """LFAN cross-validation: the 6-fold split and CCC centering (hand-computed example, files through the tools)."""
-import sys
 
 import numpy as np
 import pytest
@@ -49,8 +48,7 @@ def test_merge_folds_files(tmp_path):
 def test_train_folds_scores_each_fold_and_the_merge_against_label_files(tmp_path):
   """The table's rows are the ABAW metric of each fold's files and of the merged files against the labels (-5 rows
   skipped), computed directly here."""
-  sys.path.insert(0, 'tools')
-  import train_folds  # pylint: disable=g-import-not-at-top
+  from affjax import cross_validation  # pylint: disable=g-import-not-at-top
   from affjax.train import metrics  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(1)
   labels = {'a': rng.uniform(-1, 1, (30, 2)), 'b': rng.uniform(-1, 1, (25, 2))}
@@ -64,7 +62,7 @@ def test_train_folds_scores_each_fold_and_the_merge_against_label_files(tmp_path
     for name in labels:
       evaluate.write_abaw_file(d / 'predictions' / 'test' / f'{name}.txt', preds[name][f], len(labels[name]))
   evaluate.merge_folds(dirs, 'test', tmp_path / 'merged')
-  table = train_folds.score_table(tmp_path, dirs, tmp_path / 'labels').splitlines()
+  table = cross_validation.score_table(tmp_path, dirs, tmp_path / 'labels').splitlines()
   assert len(table) == 2 + 6 + 3
   valid = {name: np.all(rows != -5, axis=1) for name, rows in labels.items()}
   target = np.concatenate([labels[n][valid[n]] for n in labels])
