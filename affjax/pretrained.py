@@ -14,21 +14,23 @@ from affjax.train import loop
 
 
 def export_backbones(config, workdir: str, out: str) -> dict[str, pathlib.Path]:
-  """Restores the run's best (else latest) checkpoint and writes `<out>/<part>.msgpack` for every backbone;
-  returns part -> file."""
+  """Restores the run's best (else latest) checkpoint and writes `<out>/<part>.msgpack` for every backbone the
+  config can load (`config.model.pretrained`'s parts that the model has); returns part -> file."""
   exp = loop.Experiment(config, workdir)
   try:
     step = exp.restore_for_evaluation()
     state = jax.device_get(exp.state)
   finally:
     exp.close()
+  parts = [part for part in config.model.get('pretrained', {}) if part in state.params]
+  if not parts:
+    raise ValueError(f'{workdir} (step {step}) holds none of the backbones config.model.pretrained names '
+                     f'({sorted(config.model.get("pretrained", {}))}) in its parts {sorted(state.params)}: was it '
+                     'trained from a feature cache?')
   out_dir = pathlib.Path(out).expanduser()
   out_dir.mkdir(parents=True, exist_ok=True)
   written = {}
-  for part in config.model.modalities:
-    if part not in state.params:
-      raise ValueError(f'{workdir} (step {step}) has no backbone {part!r}: its model parts are '
-                       f'{sorted(state.params)}; was it trained from a feature cache?')
+  for part in parts:
     variables = {'params': state.params[part]}
     if part in state.batch_stats:
       variables['batch_stats'] = state.batch_stats[part]

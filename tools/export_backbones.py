@@ -5,8 +5,8 @@
       --config.model.pretrained.visual=DIR/visual.msgpack --config.model.pretrained.audio=DIR/audio.msgpack
 
 The run's best checkpoint (by the validation selection score; else its latest) is restored with the config it
-was trained with, and each backbone (`config.model.modalities`) is written with its parameters and BatchNorm
-statistics, in the layout `tools/convert_torch.py` writes (`affjax.pretrained`).
+was trained with, and every backbone that `config.model.pretrained` names and the model has is written with its
+parameters and BatchNorm statistics, in the layout `tools/convert_torch.py` writes (`affjax.pretrained`).
 """
 from __future__ import annotations
 
