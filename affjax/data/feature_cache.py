@@ -1,10 +1,13 @@
 """TFDS builder `affwild2_features`: per-frame embeddings of frozen backbones, chunked like the frame records.
 
-Record i of a split holds the embeddings `<part>_features [C, F_part]` (float32) of the frames of record i
-of the frame records it was computed from, with the same masks, labels and metadata (video index), so
-`pipeline.open_records` reads it unchanged and the same window tables address it. Training the fusion
-model from it (`config.data.features_dir`) skips the backbones: a record set a few hundred times smaller
-than the JPEGs and audio, and no backbone compute per step.
+Record i of a split holds the embeddings `<part>_features [C, *shape_part]` (float32) of the frames of
+record i of the frame records it was computed from, with the same masks, labels and metadata (video index),
+so `pipeline.open_records` reads it unchanged and the same window tables address it. What "the embedding of
+a frame" is depends on the view (metadata `view`): 'frames', the backbone output for that frame; 'clips'
+(RJCA), the output for the clip that ends at that frame (every frame ends exactly one clip), with
+`face_mask` = the clip has a face crop. Training the fusion model from it (`config.data.features_dir`)
+skips the backbones: no backbone compute per step (and, for the frame view, a record set a few hundred
+times smaller than the JPEGs and audio); inputs are not augmented.
 """
 from __future__ import annotations
 
@@ -18,8 +21,11 @@ import tqdm
 
 from affjax.data import builder, pipeline
 
-# (batch of frame windows) -> {part: [B, T, F_part]} embeddings
+# (batch of chunk inputs) -> {part: [B, C, *shape_part]} embeddings
 Extractor = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+# row (video index, start frame) of a chunk -> the backbones' inputs for its C frames and their per-frame
+# face_mask, mask, label_mask and labels [C, ...]
+ChunkLoader = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
 class Affwild2Features(tfds.core.GeneratorBasedBuilder):
@@ -27,10 +33,11 @@ class Affwild2Features(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
 
-  def __init__(self, *, source: str, widths: Mapping[str, int], loader_kwargs: Mapping[str, object],
-               extract: Extractor | None = None, batch_chunks: int = 8, **kwargs):
-    self._source, self._widths, self._extract = source, dict(widths), extract
-    self._loader_kwargs, self._batch_chunks = dict(loader_kwargs), batch_chunks
+  def __init__(self, *, source: str, shapes: Mapping[str, tuple[int, ...]], view: str,
+               make_loader: Callable[[pipeline.Records], ChunkLoader], extract: Extractor, batch_chunks: int = 8,
+               **kwargs):
+    self._source, self._shapes, self._view = source, {p: tuple(s) for p, s in shapes.items()}, view
+    self._make_loader, self._extract, self._batch_chunks = make_loader, extract, batch_chunks
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -44,23 +51,21 @@ class Affwild2Features(tfds.core.GeneratorBasedBuilder):
         'label_mask': tfds.features.Tensor(shape=(c,), dtype=np.bool_),
         'labels': tfds.features.Tensor(shape=(c, 2), dtype=np.float32),
     }
-    for part, width in self._widths.items():
-      features[f'{part}_features'] = tfds.features.Tensor(shape=(c, width), dtype=np.float32)
+    for part, shape in self._shapes.items():
+      features[f'{part}_features'] = tfds.features.Tensor(shape=(c, *shape), dtype=np.float32)
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features),
                                  metadata=tfds.core.MetadataDict(), disable_shuffling=True)
 
   def _split_generators(self, dl_manager):
     del dl_manager
     source = tfds.builder_from_directory(self._source).info.metadata
-    self.info.metadata.update(chunk_size=source['chunk_size'], videos=source['videos'], features=self._widths,
-                              source=str(self._source))
+    self.info.metadata.update(chunk_size=source['chunk_size'], videos=source['videos'], source=str(self._source),
+                              features={p: list(s) for p, s in self._shapes.items()}, view=self._view)
     return {split: self._generate_examples(split) for split in builder.SPLITS}
 
   def _generate_examples(self, split: str):
-    if self._extract is None:
-      raise ValueError(f'{self.data_dir} is incomplete and no extractor was given to build it')
     records = pipeline.open_records(self._source, split)
-    loader = pipeline.WindowLoader(records=records, window=records.chunk_size, **self._loader_kwargs)
+    loader = self._make_loader(records)
     rows = [(i, j * records.chunk_size) for i, v in enumerate(records.videos) for j in range(v.num_chunks)]
     for first in tqdm.trange(0, len(rows), self._batch_chunks, desc=f'features {split}', unit='batch'):
       windows = [loader(np.asarray(row)) for row in rows[first:first + self._batch_chunks]]
@@ -80,11 +85,12 @@ def dataset_dir(features_dir) -> pathlib.Path:
   return pathlib.Path(features_dir).expanduser() / 'affwild2_features' / str(Affwild2Features.VERSION)
 
 
-def build(source: str, features_dir, *, widths: Mapping[str, int], loader_kwargs: Mapping[str, object],
-          extract: Extractor, batch_chunks: int = 8) -> pathlib.Path:
-  """Computes the features of every chunk of every split of the records at `source` once (a rerun over
-  complete shards does nothing); returns the dataset directory."""
-  features = Affwild2Features(source=source, widths=widths, loader_kwargs=loader_kwargs, extract=extract,
+def build(source: str, features_dir, *, shapes: Mapping[str, tuple[int, ...]], view: str,
+          make_loader: Callable[[pipeline.Records], ChunkLoader], extract: Extractor,
+          batch_chunks: int = 8) -> pathlib.Path:
+  """Computes the features (`shapes`: part -> per-frame shape) of every chunk of every split of the records at
+  `source` once (a rerun over complete shards does nothing); returns the dataset directory."""
+  features = Affwild2Features(source=source, shapes=shapes, view=view, make_loader=make_loader, extract=extract,
                               batch_chunks=batch_chunks, data_dir=str(pathlib.Path(features_dir).expanduser()),
                               file_format='array_record')
   features.download_and_prepare()

@@ -38,7 +38,8 @@ class Records:
   split: str
   chunk_size: int
   videos: tuple[VideoIndex, ...]
-  features: dict[str, int] = dataclasses.field(default_factory=dict)  # feature cache: part -> width
+  features: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # feature cache: part -> shape
+  view: str = 'frames'  # a feature cache's `config.data.view` ('clips': features of the clip ending at a frame)
 
   @functools.cached_property
   def source(self):
@@ -58,7 +59,9 @@ def open_records(directory: str, split: str) -> Records:
                             num_rows=annotation_rows(v['num_frames'], v['report']))
                  for v in info.metadata['videos'][split])
   return Records(directory=directory, split=split, chunk_size=int(info.metadata['chunk_size']),
-                 videos=videos, features={k: int(v) for k, v in info.metadata.get('features', {}).items()})
+                 videos=videos, view=info.metadata.get('view', 'frames'),
+                 features={k: tuple(int(n) for n in np.atleast_1d(v))  # (width,) or F in caches without shapes
+                           for k, v in info.metadata.get('features', {}).items()})
 
 
 def annotation_rows(num_frames: int, report: dict[str, int]) -> int:
@@ -210,6 +213,9 @@ def _view(records: Records, config, *, train: bool):
   """(window table, window loader) of `config.data.view`: 'frames' (windows of T frames, the default) or
   'clips' (RJCA windows of `data.num_clips` clips, `affjax.data.clips`)."""
   view = config.data.get('view', 'frames')
+  if records.features and records.view != view:
+    raise ValueError(f'config.data.view={view!r}, but the feature cache {records.directory} holds features of the '
+                     f'{records.view!r} view: build one with tools/cache_features.py and this config')
   if view == 'clips':
     from affjax.data import clips  # pylint: disable=g-import-not-at-top  (clips builds on this module)
     return clips.window_table(records.videos, config.data.num_clips), clips.loader(records, config, train=train)

@@ -25,14 +25,16 @@ class TrainState:
 def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   """Zeros shaped like a pipeline batch of `batch_size` windows (the model's input signature); from a
   feature cache (`config.data.features_dir`) its `<part>_features` instead of faces and audio."""
-  if config.data.get('view', 'frames') == 'clips':
-    return clips.example_batch(config, batch_size)
   d = config.data
-  t, s = d.window, d.get('crop_size', 0) or d.image_size
+  clip_view = d.get('view', 'frames') == 'clips'
+  t = d.num_clips if clip_view else d.window
   if d.get('features_dir'):
-    widths = pipeline.open_records(d.features_dir, 'train').features
-    return dict({f'{part}_features': np.zeros((batch_size, t, w), np.float32) for part, w in widths.items()},
+    shapes = pipeline.open_records(d.features_dir, 'train').features
+    return dict({f'{part}_features': np.zeros((batch_size, t, *shape), np.float32) for part, shape in shapes.items()},
                 mask=np.ones((batch_size, t), bool))
+  if clip_view:
+    return clips.example_batch(config, batch_size)
+  s = d.get('crop_size', 0) or d.image_size
   return dict(faces=np.zeros((batch_size, t, s, s, 3), np.uint8),
               audio=np.zeros((batch_size, pipeline.audio_segment_length(t, d.audio_window, d.min_fps)),
                              np.float32),
