@@ -3,12 +3,11 @@ import json
 
 import jax
 import numpy as np
-import optax
 import pytest
 
-from affjax import feature_extraction, models, parallel
-from affjax.data import clips, pipeline, prepare
-from affjax.train import loop, state as state_lib
+from affjax import feature_extraction
+from affjax.data import clips, feature_cache, pipeline, prepare
+from affjax.train import loop
 from configs import cross_attn, rjca
 
 
@@ -45,43 +44,48 @@ def test_training_from_the_cache_follows_the_inline_frozen_loss_curve(tiny_tree,
   exp.close()
 
 
+def stand_in_backbones(batch):
+  """Cheap stand-ins for the clip backbones, per clip: the mean colour of each sampled frame `[8, 3]` and
+  (sum, length) of the audio `[2]`."""
+  return dict(visual=batch['faces'].astype(np.float64).mean(axis=(3, 4)),
+              audio=np.stack([batch['clip_audio'].astype(np.float64).sum(-1), batch['clip_audio_samples']], -1))
+
+
+def test_the_clip_cache_stores_at_each_frame_the_clip_that_ends_there(tiny_records, tmp_path):
+  """Every clip window read from the cache (16-frame chunks: clips cross chunk boundaries) equals the window
+  read from the frame records with the backbones applied to its clips."""
+  config = rjca.get_config('smoke')
+  features_dir = feature_cache.build(tiny_records, tmp_path, shapes={'visual': (8, 3), 'audio': (2,)}, view='clips',
+                                     make_loader=feature_extraction.chunk_loader(config), extract=stand_in_backbones,
+                                     batch_chunks=3)
+  for split in ('train', 'validation'):
+    frames, cache = pipeline.open_records(tiny_records, split), pipeline.open_records(str(features_dir), split)
+    assert cache.view == 'clips' and cache.features == {'visual': (8, 3), 'audio': (2,)}
+    inline, cached = clips.loader(frames, config, train=False), clips.loader(cache, config, train=True)
+    for row in clips.window_table(frames.videos, config.data.num_clips):
+      expected, got = inline(row), cached(row)
+      features = stand_in_backbones(jax.tree.map(lambda x: x[None], expected))
+      for part in ('visual', 'audio'):
+        np.testing.assert_allclose(got[f'{part}_features'], features[part][0], rtol=1e-6)
+      for key in ('labels', 'label_mask', 'face_mask', 'mask', 'frames', 'video_index'):
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=f'{split} window {row}: {key}')
+
+
 def test_rjca_training_from_the_clip_cache_follows_the_inline_frozen_loss_curve(tiny_tree, tmp_path):
+  """The smoke run (so that its compiled steps are shared with test_rjca_pipeline's), without colour jitter."""
   config = rjca.get_config('smoke')
   config.data.update(manual_dir=str(tiny_tree), records_dir=str(tmp_path / 'records'))
   config.data.augment.update(brightness=0.0, contrast=0.0)  # the cache holds unaugmented clips
-  config.train.update(num_steps=3, log_every=1, eval_every=3, checkpoint_every=3)
   inline = loop.train_and_evaluate(config, tmp_path / 'inline')
 
-  features_dir = feature_extraction.build_cache(config, str(tmp_path / 'features'), batch_chunks=2)
-  frames = pipeline.open_records(prepare.records_dir(config), 'train')
+  features_dir = feature_extraction.build_cache(config, str(tmp_path / 'features'), batch_chunks=1)
   cache = pipeline.open_records(str(features_dir), 'train')
-  assert cache.view == 'clips' and cache.videos == frames.videos
-  assert cache.features == {'visual': (4, 512), 'audio': (512,)}  # 32 px faces: 2 x 2 layer-4 positions
-
-  # At each frame, the features of the clip that ends there, as the inline model computes them from a window.
-  model = models.build_model(config.model)
-  state = state_lib.initial_state(model, optax.identity(), config, parallel.make_mesh(), config.seed)
-  load = clips.loader(frames, config, train=False)
-  video_index = 1
-  video = frames.videos[video_index]
-  for window in (0, 17, clips.num_windows(video.num_frames, config.data.num_clips) - 1):
-    inputs = load(np.array([video_index, window]))
-    expected = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                           jax.tree.map(lambda x: x[None], inputs), method='backbone_features')
-    for i in np.flatnonzero(inputs['mask']):
-      end = inputs['frames'][i]
-      record = cache.source[video.first_record + end // cache.chunk_size]
-      assert record['face_mask'][end % cache.chunk_size] == inputs['face_mask'][i]
-      for part in ('visual', 'audio'):
-        np.testing.assert_allclose(record[f'{part}_features'][end % cache.chunk_size], expected[part][0, i],
-                                   rtol=1e-4, atol=1e-5)
-
+  assert cache.view == 'clips' and cache.features == {'visual': (4, 512), 'audio': (512,)}  # 32 px: 2 x 2 positions
   config.data.features_dir = str(features_dir)
   cached = loop.train_and_evaluate(config, tmp_path / 'cached')
   losses = train_losses(tmp_path / 'inline'), train_losses(tmp_path / 'cached')
-  assert len(losses[0]) == len(losses[1]) == 3
+  assert len(losses[0]) == len(losses[1]) == config.train.num_steps
   np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
-  assert losses[0][0] != losses[0][-1]  # it trained
   for key in ('ccc_valence', 'ccc_arousal', 'num_frames'):
     assert cached['validation'][key] == pytest.approx(inline['validation'][key], abs=1e-4)
 
