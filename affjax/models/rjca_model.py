@@ -27,9 +27,9 @@ class RJCAModel(nn.Module):
 
   `__call__(batch, train=...)` with batch faces `[B, L, 8, S, S, 3]` uint8, clip_audio `[B, L, N]` float32
   (right-aligned, N = (F - 1) * 160) and clip_audio_samples `[B, L]` int32, mask `[B, L]` bool (the clip
-  exists), or visual_features `[B, L, P, 512]` / audio_features `[B, L, 512]` (a feature cache:
-  `backbone_features`' outputs) in place of the first two; returns {'va': `[B, L, 2]` float32 (valence,
-  arousal)}. `dtype` is the backbones' compute dtype; `fusion_config` holds RJCAFusion's fields.
+  exists; the features of a clip that does not are replaced by zeros), or visual_features `[B, L, P, 512]` /
+  audio_features `[B, L, 512]` (a feature cache: `backbone_features`' outputs) in place of the first two;
+  returns {'va': `[B, L, 2]` float32 (valence, arousal)}. `dtype` is the backbones' compute dtype; `fusion_config` holds RJCAFusion's fields.
   """
 
   fusion_config: Mapping[str, Any] = flax.core.FrozenDict()
@@ -74,4 +74,6 @@ class RJCAModel(nn.Module):
     audio = batch.get('audio_features')
     if audio is None:
       audio = self.audio_features(batch['clip_audio'], batch['clip_audio_samples'], train=train)
-    return {'va': self.fusion(audio, visual, batch['mask'], train=train)}
+    exists = batch['mask']  # clips past the video's end enter the fusion as zeros, computed or cached alike
+    visual, audio = jnp.where(exists[..., None, None], visual, 0.0), jnp.where(exists[..., None], audio, 0.0)
+    return {'va': self.fusion(audio, visual, exists, train=train)}

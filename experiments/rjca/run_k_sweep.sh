@@ -21,5 +21,5 @@ FEATURES=$(ls -d "$W"/features/affwild2_features/*)
 python tools/bench_throughput.py --config=configs/rjca.py $PRETRAINED --features_dir="$FEATURES" --steps=10 \
   | tee "$W/throughput.txt"
 # 5. K in {1, 2, 3} x seeds {0, 1, 2} from the cache.
-python tools/rjca_k_sweep.py --features_dir="$FEATURES" --batch_size=16 --num_steps=600 --eval_every=150 \
+python tools/rjca_k_sweep.py --features_dir="$FEATURES" --batch_size=16 --num_steps=200 --eval_every=100 \
   --workdir="$W/sweep" --out=experiments/rjca/k_sweep_cpu.md
