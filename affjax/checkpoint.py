@@ -7,28 +7,28 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-BEST_METRIC = 'ccc_mean'
+from affjax.train import metrics as metrics_lib
 
 
 class Checkpointer:
-  """Saves {state, data} under `workdir/checkpoints`; evaluation saves carry metrics and compete for best."""
+  """Saves {state, data} under `workdir/checkpoints`; evaluation saves carry metrics and compete for best, by
+  `metrics.selection_score` with `selection_weights` (valence, arousal)."""
 
-  def __init__(self, workdir, *, keep: int = 1):
+  def __init__(self, workdir, *, keep: int = 1, selection_weights=(0.5, 0.5)):
     directory = pathlib.Path(workdir).expanduser().absolute() / 'checkpoints'
+    score = lambda m: metrics_lib.selection_score(m, tuple(selection_weights))
     policy = ocp.checkpoint_managers.AnyPreservationPolicy([
         ocp.checkpoint_managers.LatestN(n=keep),
-        ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1,
-                                      keep_checkpoints_without_metrics=False),
+        ocp.checkpoint_managers.BestN(get_metric_fn=score, reverse=False, n=1, keep_checkpoints_without_metrics=False),
     ])
     self._manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-        preservation_policy=policy, best_fn=lambda m: m[BEST_METRIC], best_mode='max',
-        enable_async_checkpointing=True))
+        preservation_policy=policy, best_fn=score, best_mode='max', enable_async_checkpointing=True))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def best_step(self) -> int | None:
-    """The step with the highest validation mean CCC, or None if no saved step was evaluated."""
+    """The step with the highest validation selection score, or None if no saved step was evaluated."""
     with_metrics = [s for s in self._manager.all_steps() if self._manager.metrics(s) is not None]
     return self._manager.best_step() if with_metrics else None
 

@@ -55,6 +55,9 @@ def validate(config) -> None:
   _require(train.dtype in _DTYPES, 'train.dtype', train.dtype, f'must be one of {_DTYPES}')
   _require(len(config.loss.ccc_weights) == 2 and min(config.loss.ccc_weights) >= 0, 'loss.ccc_weights',
            config.loss.ccc_weights, 'must be two non-negative weights (valence, arousal)')
+  weights = config.eval.selection_weights
+  _require(len(weights) == 2 and min(weights) >= 0 and sum(weights) > 0, 'eval.selection_weights', weights,
+           'must be two non-negative weights (valence, arousal), not both 0')
   _require(config.loss.mse_weight >= 0, 'loss.mse_weight', config.loss.mse_weight, 'must be >= 0')
   _require(0 <= config.optim.warmup_steps < train.num_steps, 'optim.warmup_steps', config.optim.warmup_steps,
            f'must be in [0, config.train.num_steps={train.num_steps})')
@@ -72,8 +75,13 @@ def validate(config) -> None:
   crop = data.get('crop_size', 0)
   _require(0 <= crop <= data.image_size, 'data.crop_size', crop,
            f'must be in [0, config.data.image_size={data.image_size}] (0 = no crop)')
-  if data.get('view', 'frames') == 'clips':
+  view = data.get('view', 'frames')
+  _require(view in ('frames', 'clips', 'tokens'), 'data.view', view, "must be one of 'frames', 'clips', 'tokens'")
+  if view == 'clips':
     _validate_clip_view(config)
+  if view == 'tokens':
+    _require('token_rate_hz' in model, 'data.view', view, 'needs config.model.token_rate_hz (tokens per second)')
+    _positive(config, 'model.token_rate_hz')
   _validate_training_scheme(config)
   for split in config.eval.splits:
     _require(split in ('train', 'validation', 'test'), 'eval.splits', tuple(config.eval.splits),

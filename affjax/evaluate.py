@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from affjax import parallel
-from affjax.data import pipeline
+from affjax.data import pipeline, tokens
 from affjax.train import metrics
 
 
@@ -71,10 +71,25 @@ def moving_average(x: np.ndarray, size: int, valid: np.ndarray) -> np.ndarray:
   return out
 
 
+def video_from_frame_predictions(records: pipeline.Records, video: pipeline.VideoIndex, pred: np.ndarray,
+                                 smooth: tuple[int, int]) -> VideoPredictions:
+  """A video's predictions of every frame `[N, 2]` with its labels and masks read from `records`."""
+  out = dataclasses.replace(VideoPredictions.empty(video), smooth=smooth)
+  _, _, field = pipeline.read_frames(records, video, 0, video.num_frames)
+  t = pipeline.frame_targets(field, 0, 0)
+  out.add(0, pred, t['labels'], t['label_mask'], t['mask'], face_mask=t['face_mask'])
+  return out
+
+
 def predict_split(state, eval_step, records: pipeline.Records, config, mesh) -> list[VideoPredictions]:
-  """Runs `eval_step` over every window of every video of `records` (every process takes its share)."""
+  """Runs `eval_step` over every window of every video of `records` (every process takes its share).
+
+  In the token view (`data.view = 'tokens'`) the predictions are of tokens: averaged per token over the
+  windows, then interpolated to every frame (`tokens.TokenPredictions`)."""
   smooth = tuple(config.eval.get('smooth', (0, 0)))
-  videos = [dataclasses.replace(VideoPredictions.empty(v), smooth=smooth) for v in records.videos]
+  token_view = config.data.get('view', 'frames') == 'tokens'
+  videos = [tokens.TokenPredictions.empty(v, config.model.token_rate_hz) if token_view else
+            dataclasses.replace(VideoPredictions.empty(v), smooth=smooth) for v in records.videos]
   dataset, _ = pipeline.eval_dataset(records, config)
   iterator = iter(dataset)
   try:
@@ -85,6 +100,9 @@ def predict_split(state, eval_step, records: pipeline.Records, config, mesh) -> 
               for k in ('video_index', 'start', 'frames', 'labels', 'label_mask', 'mask', 'face_mask', 'valid_window')
               if k in global_batch}
       for i in np.flatnonzero(rows['valid_window']):
+        if token_view:
+          videos[rows['video_index'][i]].add(rows['start'][i], pred[i], rows['mask'][i])
+          continue
         frames = rows['frames'][i] if 'frames' in rows else None
         videos[rows['video_index'][i]].add(rows['start'][i] if frames is None else 0, pred[i], rows['labels'][i],
                                            rows['label_mask'][i], rows['mask'][i], frames,
@@ -92,6 +110,8 @@ def predict_split(state, eval_step, records: pipeline.Records, config, mesh) -> 
   finally:
     if hasattr(iterator, 'close'):
       iterator.close()
+  if token_view:
+    return [video_from_frame_predictions(records, v.video, v.frame_prediction(), smooth) for v in videos]
   return videos
 
 

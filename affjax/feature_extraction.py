@@ -62,7 +62,8 @@ def chunk_loader(config) -> Callable[[pipeline.Records], feature_cache.ChunkLoad
     return lambda records: clips.ChunkClipLoader(clips.ClipWindowLoader(
         records=records, num_clips=1, image_size=data.image_size, audio_samples=clips.clip_audio_samples(config)))
   return lambda records: pipeline.WindowLoader(records=records, window=records.chunk_size, image_size=data.image_size,
-                                               audio_window=data.audio_window, min_fps=data.min_fps)
+                                               audio_window=data.audio_window, min_fps=data.min_fps,
+                                               integer_fps=config.compat.get('integer_fps', False))
 
 
 def build_cache(config, out: str, batch_chunks: int = 8):

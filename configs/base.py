@@ -62,6 +62,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 16
   config.eval.splits = ('validation',)  # splits scored (and written as ABAW files) by --mode=eval
+  config.eval.selection_weights = (0.5, 0.5)  # (valence, arousal) weights of the validation CCC picking the best
 
   config.compat = ml_collections.ConfigDict()
   return config

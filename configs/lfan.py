@@ -83,6 +83,7 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collection
     elif variant in ('valence', 'arousal'):
       config.model.emotion = variant
       config.loss.ccc_weights = (1.0, 0.0) if variant == 'valence' else (0.0, 1.0)
+      config.eval.selection_weights = config.loss.ccc_weights
     elif variant == 'visual':
       config.model.followers = ()
     else:

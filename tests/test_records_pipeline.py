@@ -1,4 +1,5 @@
 """Records round trip and window assembly against direct slices of what the reader loads."""
+import dataclasses
 import io
 import os
 
@@ -45,8 +46,9 @@ def test_rebuild_is_a_noop(tiny_tree, tiny_records):
   assert {f: os.stat(f).st_mtime_ns for f in shards} == before
 
 
-def direct_window(entry, video, start, t, size=112):
-  """The window computed straight from the reader's arrays: per-frame fields and per-frame audio windows."""
+def direct_window(entry, video, start, t, size=112, fps=None):
+  """The window computed straight from the reader's arrays: per-frame fields and per-frame audio windows
+  centred at frame times of `fps` (default the video's)."""
   frames = np.arange(start, start + t)
   inside = frames < video.num_frames
   k = frames[inside]
@@ -55,7 +57,7 @@ def direct_window(entry, video, start, t, size=112):
     if video.face_mask[frames[i]]:
       faces[i] = np.asarray(Image.open(io.BytesIO(affwild2.read_jpeg(entry, int(frames[i])))).convert('RGB'))
   padded_audio = np.concatenate([np.zeros(W), video.audio, np.zeros(2 * W + 16000)])
-  centres = np.floor((frames + 0.5) * 16000 / video.fps).astype(int)
+  centres = np.floor((frames + 0.5) * 16000 / (fps or video.fps)).astype(int)
   audio = np.stack([padded_audio[c - W // 2 + W:c + W // 2 + W] for c in centres])
   labels = np.zeros((t, 2), np.float32)
   labels[inside] = video.labels[k]
@@ -66,16 +68,19 @@ def direct_window(entry, video, start, t, size=112):
   return dict(faces=faces, audio=audio, labels=labels, label_mask=label_mask, face_mask=face_mask, mask=inside)
 
 
-@pytest.mark.parametrize('t', [8, 24])
-def test_window_assembly_equals_direct_slice(tiny_tree, tiny_records, t):
+@pytest.mark.parametrize('t,integer_fps', [(8, False), (24, False), (8, True)])
+def test_window_assembly_equals_direct_slice(tiny_tree, tiny_records, t, integer_fps):
+  """Also with compat.integer_fps (rnn_attn bug 18): audio centred at frame times of the rounded rate."""
   records = pipeline.open_records(tiny_records, 'validation')
   videos = loaded_videos(tiny_tree, 'validation')
-  loader = pipeline.WindowLoader(records=records, window=t, image_size=112, audio_window=W, min_fps=24.0)
+  loader = pipeline.WindowLoader(records=records, window=t, image_size=112, audio_window=W, min_fps=24.0,
+                                 integer_fps=integer_fps)
+  assert any(v.fps != round(v.fps) for v in records.videos)  # a 29.97 fps video, where the two differ
   for video_index, index in enumerate(records.videos):
     entry, video = videos[index.name]
     for start in pipeline.window_starts(index.num_frames, t, t // 2):  # first, middle and padded tail windows
       got = loader(np.array([video_index, start]))
-      want = direct_window(entry, video, start, t)
+      want = direct_window(entry, video, start, t, fps=round(video.fps) if integer_fps else None)
       for key in ('faces', 'labels', 'label_mask', 'face_mask', 'mask'):
         np.testing.assert_array_equal(got[key], want[key], err_msg=f'{key} {index.name}@{start}')
       sliced = np.stack([got['audio'][o:o + W] for o in got['audio_offsets']])
@@ -96,7 +101,7 @@ def small_config(**data):
       seed=0, data=dict(window=8, train_hop=8, eval_hop=4, image_size=112, audio_window=W, min_fps=24.0,
                         num_workers=0, worker_buffer_size=2,
                         augment=dict(brightness=0.2, contrast=0.2, saturation=0.2, flip=True)),
-      train=dict(batch_size=4), eval=dict(batch_size=4)))
+      train=dict(batch_size=4), eval=dict(batch_size=4), compat=dict()))
   config.data.update(data)
   return config
 
@@ -129,3 +134,52 @@ def test_eval_dataset_walks_every_window_in_order(tiny_records):
   valid = np.concatenate([b['valid_window'] for b in batches])
   assert len(rows) % 4 == 0 and valid.sum() == len(table)
   np.testing.assert_array_equal(rows[valid], table)
+
+
+def test_compact_frames_keep_the_annotated_frames_with_a_face(tiny_tree, tiny_records):
+  from affjax.data import compact  # pylint: disable=g-import-not-at-top
+  records = pipeline.open_records(tiny_records, 'train')
+  videos = loaded_videos(tiny_tree, 'train')
+  kept = compact.kept_frames(records)
+  for index, frames in zip(records.videos, kept):
+    _, video = videos[index.name]
+    np.testing.assert_array_equal(frames, np.flatnonzero(video.label_mask & video.face_mask))
+  assert sum(len(k) for k in kept) < sum(v.num_frames for v in records.videos)  # the tree has gaps to jump
+
+
+def test_compact_window_equals_direct_slices_of_the_kept_frames(tiny_tree, tiny_records):
+  """compat.compact_frames (rnn_attn bug 15): a window is the next T kept frames, each with its own centred
+  audio window; the tail window is padded and masked."""
+  from affjax.data import compact  # pylint: disable=g-import-not-at-top
+  records = pipeline.open_records(tiny_records, 'train')
+  videos = loaded_videos(tiny_tree, 'train')
+  config = small_config(window=8, train_hop=8)
+  config.compat.compact_frames = True
+  frame_loader = pipeline.WindowLoader(records=records, window=1, image_size=112, audio_window=W, min_fps=24.0)
+  table, loader = compact.view(records, config, frame_loader)
+  kept = compact.kept_frames(records)
+  assert len(table) == sum(-(-len(k) // 8) for k in kept)
+  for video_index, position in table:
+    index = records.videos[video_index]
+    entry, video = videos[index.name]
+    got = loader(np.array([video_index, position]), np.random.default_rng(0))
+    frames = kept[video_index][position:position + 8]
+    want = [direct_window(entry, video, int(f), 1) for f in frames]
+    n = len(frames)
+    assert got['mask'][:n].all() and not got['mask'][n:].any()
+    assert got['label_mask'][:n].all() and got['face_mask'][:n].all()
+    np.testing.assert_array_equal(got['labels'][:n], np.concatenate([w['labels'] for w in want]))
+    sliced = np.stack([got['audio'][o:o + W] for o in got['audio_offsets'][:n]])
+    np.testing.assert_array_equal(sliced, np.concatenate([w['audio'] for w in want]))
+    assert got['faces'].shape == (8, 112, 112, 3) and not got['faces'][n:].any()
+    exact = dataclasses.replace(loader, augment=None)(np.array([video_index, position]))
+    np.testing.assert_array_equal(exact['faces'][:n], np.concatenate([w['faces'] for w in want]))
+
+
+def test_compact_training_batches_hold_no_gap(tiny_records):
+  records = pipeline.open_records(tiny_records, 'train')
+  config = small_config()
+  config.compat.compact_frames = True
+  batch = next(iter(pipeline.train_dataset(records, config)))
+  assert batch['faces'].shape == (4, 8, 112, 112, 3) and batch['audio_offsets'].shape == (4, 8)
+  assert np.array_equal(batch['mask'], batch['mask'] & batch['label_mask'] & batch['face_mask'])

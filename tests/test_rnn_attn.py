@@ -10,14 +10,14 @@ import numpy as np
 import optax
 import pytest
 
-from affjax import models, parallel
+from affjax import config_validation, models, parallel
 from affjax.models import attention, av_model, converters, temporal, torch_convert
 from affjax.models.fusion.lstm import LSTMFusion
 from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES
 from affjax.models.fusion.self_attn import SelfAttentionFusion
 from affjax.models.layers import sinusoidal_pe
 from affjax.train import losses, optim, state as state_lib, step as step_lib
-from configs import audio_visual, lstm, self_attn
+from configs import audio_visual, cross_attn, lstm, self_attn
 
 KEY = jax.random.key(0, impl='unsafe_rbg')
 
@@ -283,6 +283,22 @@ def test_high_complexity_visual_backbones_feed_the_fusion(backbone, size, width)
                                   state_lib.example_batch(config, 2))
   assert variables['params']['fusion']['project']['kernel'].shape == (128 + width, 16)  # Zhao19 + visual
   assert out['va'].shape == (2, config.data.window, 2)
+
+
+@pytest.mark.parametrize('config_module', [lstm, self_attn, cross_attn])
+def test_paper_recipe_validates_and_builds_at_full_size(config_module):
+  """`:paper` (Recipe A at mid-grid values): a valid config whose model initialises, with the 4+4 cross-modal
+  layers at width d / 2 = 64 (heads must divide it) and AdamW's warm restarts every 200 steps."""
+  config = config_module.get_config('paper')
+  config_validation.validate(config)
+  model = models.build_model(config.model)
+  out, variables = jax.eval_shape(functools.partial(model.init_with_output, train=False), KEY,
+                                  state_lib.example_batch(config, 2))
+  assert out['va'].shape == (2, config.data.window, 2)
+  assert variables['params']['va']['dense']['kernel'].shape[0] == 128
+  schedule = optim.run_schedule(config)
+  assert float(schedule(200)) == pytest.approx(float(schedule(0)))  # a restart
+  assert float(schedule(100)) == pytest.approx(float(schedule(0)) / 2)  # half way down the cosine
 
 
 def test_variants_compose():

@@ -237,3 +237,13 @@ def test_capacity_and_pool_mask():
   m = np.zeros((1, 4, 4), bool)
   m[0, 1, 2] = True
   np.testing.assert_array_equal(sparse.pool_mask(jnp.asarray(m)), [[[False, True], [False, False]]])
+
+
+@pytest.mark.parametrize('fraction', [0.05, 0.3, 0.6, 1.0])
+def test_top_fraction_mask_equals_the_top_k_slots(fraction):
+  rng = np.random.default_rng(8)
+  alpha = jnp.asarray(random_distribution(rng, (16, 40), np.ones((16, 40), bool), ties=True), jnp.float32)
+  keep = sparse.nucleus_mask(alpha, 0.9)
+  _, expected = make_slots(alpha, keep, sparse.capacity(fraction, 40, 1))
+  got = jax.jit(sparse.top_fraction_mask)(alpha, keep, jnp.float32(fraction))
+  np.testing.assert_array_equal(got, expected)

@@ -1,4 +1,4 @@
-"""The sparse_e2e model: token view, gather = masked dense end to end, padding isolation, FLOP accounting,
+"""The sparse_e2e model: mel patches, gather = masked dense end to end, padding isolation, FLOP accounting,
 the smoke run through the entry point's loop."""
 import json
 
@@ -8,22 +8,11 @@ import numpy as np
 import pytest
 
 from affjax import config_validation, models
-from affjax.data import audio as audio_lib, tokens
+from affjax.data import audio as audio_lib, pipeline, prepare, tokens
 from affjax.models import sparse
+from affjax.models.backbones.vgg import SparseVggTrunk
 from affjax.train import loop, state as state_lib
 from configs import sparse_e2e
-
-
-def test_to_frames_interpolates_linearly_and_holds_the_last_valid_token():
-  rng = np.random.default_rng(0)
-  pred = rng.normal(size=(2, 5, 2)).astype(np.float32)
-  token_mask = np.array([[True] * 5, [True] * 3 + [False] * 2])
-  got = np.asarray(tokens.to_frames(jnp.asarray(pred), jnp.asarray(token_mask), 3, 14))
-  for b in range(2):
-    n = token_mask[b].sum()
-    for d in range(2):
-      expected = np.interp(np.arange(14), np.arange(n) * 3, pred[b, :n, d])
-      np.testing.assert_allclose(got[b, :, d], expected, rtol=1e-6, atol=1e-6)
 
 
 def test_mel_patches_are_slices_of_the_whole_signal_log_mel():
@@ -44,17 +33,17 @@ def batch_for(config, batch_size, seed=0):
   t = config.data.window
   b['faces'] = rng.integers(0, 256, b['faces'].shape).astype(np.uint8)
   b['audio'] = rng.normal(size=b['audio'].shape).astype(np.float32)
-  b['audio_offsets'] = np.tile((np.arange(t) * 533).astype(np.int32), (batch_size, 1))
-  b['mask'][1, 7:] = False
+  b['audio_offsets'] = np.tile((np.arange(t) * 1600).astype(np.int32), (batch_size, 1))
+  b['mask'][1, 3:] = False
   b['face_mask'] = b['mask'].copy()
-  b['face_mask'][0, 3] = False
+  b['face_mask'][0, 1] = False
   return b
 
 
 @pytest.fixture(scope='module')
 def smoke_model():
   config = sparse_e2e.get_config('smoke')
-  config.model.capacity = 1.0
+  config.model.update(capacity=1.0, top_p_warmup_steps=0)  # pruning at top_p from the first step
   batch = batch_for(config, 2)
   model = models.build_model(config.model)
   variables = jax.jit(lambda k: model.init({'params': k}, batch, train=False))(jax.random.key(0, impl='unsafe_rbg'))
@@ -87,9 +76,9 @@ def test_padding_does_not_change_valid_frames(smoke_model):
   config, batch, variables = smoke_model
   run = apply_fn(config, 'masked_dense', False)
   other = dict(batch, faces=batch['faces'].copy())
-  other['faces'][1, 7:] = 255 - other['faces'][1, 7:]
+  other['faces'][1, 3:] = 255 - other['faces'][1, 3:]
   a, b = np.asarray(run(variables, batch)), np.asarray(run(variables, other))
-  np.testing.assert_allclose(a[1, :6], b[1, :6], rtol=1e-5, atol=1e-6)  # frames before the last valid token
+  np.testing.assert_allclose(a[1, :3], b[1, :3], rtol=1e-5, atol=1e-6)  # the valid tokens
 
 
 def test_trunk_macs_match_the_spec_layer_table():
@@ -119,7 +108,7 @@ def test_trunk_macs_count_what_xla_counts_for_a_gather_block():
 
 
 @pytest.mark.parametrize('field,value,message', [
-    ('data.audio_window', 10560, 'config.data.audio_window=10560 must be 6600'),
+    ('model.token_rate_hz', 0.0, 'config.model.token_rate_hz'),
     ('data.image_size', 40, 'config.data.image_size=40'),
     ('model.top_p', 0.0, 'config.model.top_p'),
     ('model.capacity', 1.5, 'config.model.capacity'),
@@ -140,8 +129,64 @@ def test_smoke_run_trains_and_evaluates(tiny_tree, tmp_path):
   config.data.manual_dir = str(tiny_tree)
   config.data.records_dir = str(tmp_path / 'records')
   config.train.update(num_steps=3, eval_every=3, checkpoint_every=3)
+  config.model.top_p_warmup_steps = 2  # two masked-dense warm-up steps, then a gather step
   results = loop.train_and_evaluate(config, tmp_path / 'run')
   metrics = json.loads((tmp_path / 'run' / 'eval' / 'validation' / 'metrics.json').read_text())
   assert metrics == pytest.approx(results['validation'])
-  assert np.isfinite(metrics['ccc_mean']) and metrics['num_frames'] > 0
+  records = pipeline.open_records(prepare.input_dir(config), 'validation')
+  annotated = sum(int(records.source[v.first_record + k]['label_mask'].sum()) for v in records.videos
+                  for k in range(v.num_chunks))
+  assert np.isfinite(metrics['ccc_mean']) and metrics['num_frames'] == annotated  # every frame, from tokens
   assert list((tmp_path / 'run' / 'predictions' / 'validation').glob('*.txt'))
+
+
+def test_anneal_from_one_follows_the_linear_schedule():
+  for step in range(8):
+    expected = 1.0 - (1.0 - 0.6) * min(step / 5, 1.0)
+    assert float(sparse.anneal_from_one(0.6, 5, jnp.asarray(step))) == pytest.approx(expected, abs=1e-7)
+  assert float(sparse.anneal_from_one(0.6, 0, jnp.asarray(0))) == pytest.approx(0.6)
+
+
+def test_top_p_warmup_starts_unpruned_counts_train_steps_and_ends_at_the_target(smoke_model):
+  config, batch, variables = smoke_model
+  config = config.copy_and_resolve_references()
+  config.model.update(top_p=0.5, top_p_warmup_steps=4)
+  shapes = jax.eval_shape(lambda: models.build_model(config.model).init({'params': jax.random.key(0)}, batch,
+                                                                        train=False))
+  assert shapes['batch_stats']['train_steps'].shape == ()
+  warm = apply_fn(config, 'masked_dense', True)
+  keep_at = {}
+  for steps in (0, 2, 4, 9):
+    v = dict(variables, batch_stats=dict(variables['batch_stats'], train_steps=jnp.int32(steps)))
+    _, upd = warm(v, batch)
+    assert int(upd['batch_stats']['train_steps']) == steps + 1  # counted in train mode
+    keep_at[steps] = np.array(jax.tree.leaves(upd['intermediates']), np.float64)
+  np.testing.assert_array_equal(keep_at[0], 1.0)  # step 0: top_p 1, nothing pruned
+  assert np.all(keep_at[2] <= 1.0) and np.all(keep_at[4] <= keep_at[2]) and keep_at[4].min() < keep_at[2].min()
+  np.testing.assert_array_equal(keep_at[9], keep_at[4])  # the target from the end of the warm-up on
+
+
+def test_masked_dense_trunk_with_a_capacity_equals_the_gather_trunk(train=True):
+  rng = np.random.default_rng(3)
+  f = jnp.asarray(rng.normal(size=(4, 8, 8, 2)), jnp.float32)
+  query = jnp.asarray(rng.normal(size=(4, 2)), jnp.float32)
+  valid = jnp.asarray([True, True, False, True])
+  trunk = lambda impl: SparseVggTrunk(width=2, d_model=3, mlp_hidden=5, impl=impl, capacity=0.3)
+  variables = trunk('gather').init(jax.random.key(0), f, query, valid, train=False, top_p=0.9)
+  run = lambda impl, **kw: jax.jit(lambda v: trunk(impl).apply(v, f, query, valid, train=train, top_p=0.9, **kw,
+                                                              mutable=['batch_stats', 'intermediates']))(variables)
+  (a, upd_a), (b, upd_b) = run('masked_dense', capacity=jnp.float32(0.3)), run('gather')
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6), upd_a, upd_b)
+  caps = [sparse.capacity(0.3, s, s) / s ** 2 for s in (8, 4, 2)]  # ⌈0.3·H·W⌉ sites of each stage's grid
+  assert all(float(k) <= c + 1e-6 for k, c in zip(jax.tree.leaves(upd_a['intermediates']), caps))
+
+
+def test_gather_models_warm_up_with_masked_dense_stages():
+  config = sparse_e2e.get_config('smoke,gather')
+  model = models.build_model(config.model)
+  warm, steps = models.warmup_model(model, config.model)
+  assert warm.warmup_phase and not model.warmup_phase and steps == config.model.top_p_warmup_steps
+  assert warm.clone(warmup_phase=False) == model
+  config.model.sparse_impl = 'masked_dense'  # annealed within one step function: no separate warm-up
+  assert models.warmup_model(models.build_model(config.model), config.model) is None

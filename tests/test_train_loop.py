@@ -132,6 +132,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_tree, tmp_path, monk
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
+def test_compact_frames_run_trains_on_the_kept_frames_and_evaluates_the_timeline(tiny_tree, tmp_path):
+  config = smoke_config(tiny_tree, tmp_path)
+  config.compat.compact_frames = True
+  config.train.update(num_steps=2, eval_every=2, checkpoint_every=2, log_every=1)
+  results = loop.train_and_evaluate(config, tmp_path / 'run')
+  logged = [json.loads(line) for line in (tmp_path / 'run' / 'scalars.jsonl').read_text().splitlines()]
+  assert all(np.isfinite(r['train/loss']) for r in logged if 'train/loss' in r)
+  annotated = sum(int(r['label_mask'].sum()) for r in pipeline.open_records(
+      str(builder.dataset_dir(config.data.records_dir, 32)), 'validation').source)
+  assert results['validation']['num_frames'] == annotated  # evaluation keeps the whole timeline
+
+
 def test_smoke_run_writes_metrics_abaw_files_events_and_profile(tiny_tree, tmp_path):
   config = smoke_config(tiny_tree, tmp_path)
   config.train.update(profile_steps=2, first_profile=1)
@@ -173,3 +185,18 @@ def test_bad_config_value_names_the_field(field, value, message):
 def test_unknown_variant_is_named():
   with pytest.raises(ValueError, match="unknown config variant 'tiny'"):
     cross_attn.get_config('smoke,tiny')
+
+
+@pytest.mark.parametrize('weights,best', [((0.5, 0.5), 2), ((1.0, 0.0), 4), ((0.75, 0.25), 6)])
+def test_best_checkpoint_follows_the_selection_weights(tmp_path, weights, best):
+  import grain  # pylint: disable=g-import-not-at-top
+  scores = {2: (0.5, 0.9), 4: (0.8, 0.1), 6: (0.7, 0.5)}  # step -> (CCC valence, CCC arousal)
+  ckpt = checkpoint.Checkpointer(tmp_path / str(weights), selection_weights=weights)
+  data = iter(grain.MapDataset.source([0, 1, 2]).to_iter_dataset())
+  for step, (v, a) in scores.items():
+    ckpt.save(step, {'w': np.full(2, step, np.float32)}, data, metrics=dict(ccc_valence=v, ccc_arousal=a))
+  ckpt.wait()
+  assert ckpt.best_step() == best
+  restored = ckpt.restore(best, {'w': np.zeros(2, np.float32)})
+  np.testing.assert_array_equal(restored['w'], [best, best])
+  ckpt.close()

@@ -33,7 +33,8 @@ def parse_variant(spec: str) -> dict:
   if impl not in sparse.SPARSE_IMPLS or not levels:
     raise ValueError(f'variant {spec!r}: expected dense, masked_dense@P or gather@P/K')
   p, _, k = levels.partition('/')
-  return dict(sparse=True, sparse_impl=impl, top_p=float(p), **({'capacity': float(k)} if k else {}))
+  return dict(sparse=True, sparse_impl=impl, top_p=float(p), top_p_warmup_steps=0,  # time the target top_p
+              **({'capacity': float(k)} if k else {}))
 
 
 def feature_macs(model_cfg, width: int, mlp_hidden: int) -> float:
@@ -55,7 +56,8 @@ def random_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray
   b['faces'] = rng.integers(0, 256, b['faces'].shape).astype(np.uint8)
   b['audio'] = rng.normal(size=b['audio'].shape).astype(np.float32)
   t = config.data.window
-  b['audio_offsets'] = np.tile(np.floor(np.arange(t) * 16000 / 30).astype(np.int32), (batch_size, 1))
+  starts = tokens.patch_starts(np.arange(t), config.model.token_rate_hz)
+  b['audio_offsets'] = np.tile((starts - starts[0]).astype(np.int32), (batch_size, 1))
   b.update(face_mask=b['mask'].copy(), label_mask=b['mask'].copy(),
            labels=rng.uniform(-1, 1, (batch_size, t, 2)).astype(np.float32))
   return b
@@ -82,7 +84,8 @@ def time_variant(config, batch, repeats: int, warmup: int) -> float:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--variants', default='dense,masked_dense@0.8,gather@0.8/0.4,gather@0.5/0.2')
+  parser.add_argument('--variants', default='dense,masked_dense@0.8,masked_dense@0.5,gather@0.8/0.6,gather@0.8/0.4,'
+                                             'gather@0.5/0.2')
   parser.add_argument('--config_arg', default='', help='get_config argument of configs/sparse_e2e.py')
   parser.add_argument('--width', type=int, default=0, help='trunk width (0: the config\'s)')
   parser.add_argument('--batch_size', type=int, default=4)
@@ -98,9 +101,9 @@ def main():
       config.model.update(width=args.width, mlp_hidden=16 * args.width)
     batch = random_batch(config, args.batch_size)
     step_s = time_variant(config, batch, args.repeats, args.warmup)
-    frames = args.batch_size * config.data.window
-    rows.append(dict(variant=spec, step_s=step_s, frames_per_s=frames / step_s,
-                     tokens_per_s=frames / config.model.token_stride / step_s,
+    tokens_per_s = args.batch_size * config.data.window / step_s
+    rows.append(dict(variant=spec, step_s=step_s, tokens_per_s=tokens_per_s,
+                     frames_per_s_at_30fps=tokens_per_s * 30 / config.model.token_rate_hz,
                      gmac_per_token=feature_macs(config.model, config.model.width, config.model.mlp_hidden) / 1e9,
                      gmac_per_token_width64=feature_macs(config.model, 64, 1024) / 1e9))
     print(json.dumps(rows[-1]), flush=True)

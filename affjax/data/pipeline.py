@@ -145,6 +145,7 @@ class WindowLoader:
   min_fps: float
   augment: dict | None = None  # augment_window kwargs, or None (evaluation)
   crop_size: int = 0  # > 0: one crop per window, random (training) or centred (evaluation)
+  integer_fps: bool = False  # compat (rnn_attn bug 18): audio centres from the frame rate rounded to an integer
 
   def __call__(self, row: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     video_index, start = int(row[0]), int(row[1])
@@ -154,10 +155,11 @@ class WindowLoader:
                        f'{self.min_fps}; lower config.data.min_fps to at most {math.floor(video.fps)}')
     t = self.window
     frames = np.arange(start, start + t)
-    centres = frame_centre_sample(frames, video.fps)
+    centres = frame_centre_sample(frames, round(video.fps) if self.integer_fps else video.fps)
     a0, a1 = centres[0] - self.audio_window // 2, centres[-1] + self.audio_window - self.audio_window // 2
-    # Also the chunks of the frames whose audio the context reaches.
-    context = math.ceil(self.audio_window / 2 * video.fps / affwild2.SAMPLE_RATE) + 1
+    # Also the chunks of the frames whose audio samples [a0, a1) the windows reach.
+    reach = np.floor(np.array([a0, a1 - 1]) * video.fps / affwild2.SAMPLE_RATE).astype(int)
+    context = max(start - reach[0], reach[1] - (start + t - 1), 0) + 1
     chunks, first, frame_field = read_frames(self.records, video, start, t, context)
     mask = frame_field('frame_mask', False)
     face_mask = frame_field('face_mask', False) & mask
@@ -200,29 +202,40 @@ class EvalWindow:
     return dict(self.loader(row[:2]), valid_window=np.bool_(row[2]))
 
 
-def _loader(records: Records, config, *, train: bool) -> WindowLoader | FeatureWindowLoader:
+def _loader(records: Records, config, *, augmented: bool, window: int) -> WindowLoader | FeatureWindowLoader:
   data = config.data
   if records.features:
-    return FeatureWindowLoader(records=records, window=data.window)
-  return WindowLoader(records=records, window=data.window, image_size=data.image_size,
+    return FeatureWindowLoader(records=records, window=window)
+  return WindowLoader(records=records, window=window, image_size=data.image_size,
                       audio_window=data.audio_window, min_fps=data.min_fps,
-                      augment=data.augment.to_dict() if train else None, crop_size=data.get('crop_size', 0))
+                      augment=data.augment.to_dict() if augmented else None, crop_size=data.get('crop_size', 0),
+                      integer_fps=config.compat.get('integer_fps', False))
 
 
 def _view(records: Records, config, *, train: bool):
-  """(window table, window loader) of `config.data.view`: 'frames' (windows of T frames, the default) or
-  'clips' (RJCA windows of `data.num_clips` clips, `affjax.data.clips`)."""
+  """(window table, window loader) of `config.data.view`: 'frames' (windows of T frames, the default),
+  'clips' (RJCA windows of `data.num_clips` clips, `affjax.data.clips`) or 'tokens' (windows of T tokens at
+  `model.token_rate_hz`, `affjax.data.tokens`); training windows of kept frames only with
+  `config.compat.compact_frames` (`affjax.data.compact`)."""
   view = config.data.get('view', 'frames')
   if records.features and records.view != view:
     raise ValueError(f'config.data.view={view!r}, but the feature cache {records.directory} holds features of the '
                      f'{records.view!r} view: build one with tools/cache_features.py and this config')
+  hop = config.data.train_hop if train else config.data.eval_hop
   if view == 'clips':
     from affjax.data import clips  # pylint: disable=g-import-not-at-top  (clips builds on this module)
     return clips.window_table(records.videos, config.data.num_clips), clips.loader(records, config, train=train)
+  if view == 'tokens':
+    from affjax.data import tokens  # pylint: disable=g-import-not-at-top  (tokens builds on this module)
+    table = tokens.window_table(records.videos, config.data.window, hop, config.model.token_rate_hz)
+    return table, tokens.loader(records, config, train=train)
   if view != 'frames':
-    raise ValueError(f"config.data.view={view!r} is not one of ['frames', 'clips']")
-  hop = config.data.train_hop if train else config.data.eval_hop
-  return window_table(records.videos, config.data.window, hop), _loader(records, config, train=train)
+    raise ValueError(f"config.data.view={view!r} is not one of ['frames', 'clips', 'tokens']")
+  if train and config.compat.get('compact_frames', False):
+    from affjax.data import compact  # pylint: disable=g-import-not-at-top  (compact builds on this module)
+    return compact.view(records, config, _loader(records, config, augmented=False, window=1))
+  return (window_table(records.videos, config.data.window, hop),
+          _loader(records, config, augmented=train, window=config.data.window))
 
 
 def _iterate(ds: grain.MapDataset, config) -> grain.IterDataset:

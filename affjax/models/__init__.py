@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from affjax.data import audio_features, tokens
+from affjax.data import audio_features
 from affjax.models import lfan_model, sparse
 from affjax.models.attention import ATTENTION_IMPLS
 from affjax.models.av_model import AUDIO_BACKBONES, MODALITIES, VISUAL_BACKBONES, AudioVisualModel
@@ -78,21 +78,21 @@ def _build_sparse_e2e(cfg: ml_collections.ConfigDict) -> nn.Module:
   if tuple(cfg.modalities) != MODALITIES:
     raise ValueError(f'config.model.modalities={tuple(cfg.modalities)} must be {MODALITIES}: the sparse stages of '
                      'each modality are queried by the other')
-  for name in ('token_stride', 'width', 'd_model', 'mlp_hidden', 'num_layers', 'num_heads', 'd_ff'):
+  for name in ('width', 'd_model', 'mlp_hidden', 'num_layers', 'num_heads', 'd_ff'):
     if not (isinstance(cfg[name], int) and cfg[name] > 0):
       raise ValueError(f'config.model.{name}={cfg[name]!r} must be an integer > 0')
-  if cfg.audio_window != tokens.PATCH_SAMPLES:
-    raise ValueError(f'config.data.audio_window={cfg.audio_window} must be {tokens.PATCH_SAMPLES} for sparse_e2e '
-                     f'(the samples of one {tokens.PATCH_FRAMES}-frame log-mel patch)')
   if cfg.image_size % 16:
     raise ValueError(f'config.data.image_size={cfg.image_size} must be a multiple of 16 for the VGG trunk (48)')
   if not 0.0 < cfg.top_p <= 1.0:
     raise ValueError(f'config.model.top_p={cfg.top_p!r} must be in (0, 1]')
+  warmup = cfg.top_p_warmup_steps
+  if not (isinstance(warmup, int) and warmup >= 0):
+    raise ValueError(f'config.model.top_p_warmup_steps={warmup!r} must be an integer >= 0 (0: no annealing)')
   if not 0.0 < cfg.capacity <= 1.0:
     raise ValueError(f'config.model.capacity={cfg.capacity!r} must be in (0, 1] (fraction of sites per stage)')
   return SparseAVModel(
-      token_stride=cfg.token_stride, width=cfg.width, d_model=cfg.d_model, mlp_hidden=cfg.mlp_hidden,
-      sparse=cfg.sparse, sparse_impl=_field(cfg, 'sparse_impl', sparse.SPARSE_IMPLS), top_p=cfg.top_p,
+      width=cfg.width, d_model=cfg.d_model, mlp_hidden=cfg.mlp_hidden, sparse=cfg.sparse,
+      sparse_impl=_field(cfg, 'sparse_impl', sparse.SPARSE_IMPLS), top_p=cfg.top_p, top_p_warmup_steps=warmup,
       capacity=cfg.capacity, scma_grad=_field(cfg, 'scma_grad', sparse.SCMA_GRADS),
       query=_field(cfg, 'query', QUERIES), num_layers=cfg.num_layers, num_heads=cfg.num_heads, d_ff=cfg.d_ff,
       dropout=cfg.dropout, dtype=DTYPES[_field(cfg, 'dtype', DTYPES)])
@@ -128,6 +128,17 @@ MODELS: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
     'sparse_e2e': _build_sparse_e2e,
     'lfan': _build_lfan,
 }
+
+
+def warmup_model(model: nn.Module, model_config: ml_collections.ConfigDict) -> tuple[nn.Module, int] | None:
+  """(module, steps): what the first `steps` training steps run instead of `model` (same variables), or None.
+
+  A sparse_e2e model with gather stages and `top_p_warmup_steps` warms up with masked-dense stages, so that its
+  capacity can be annealed (a gather stage computes a fixed number of sites)."""
+  if (model_config.name == 'sparse_e2e' and model_config.sparse and model_config.sparse_impl == 'gather'
+      and model_config.top_p_warmup_steps):
+    return model.clone(warmup_phase=True), model_config.top_p_warmup_steps
+  return None
 
 
 def param_labels(model_config: ml_collections.ConfigDict) -> Callable | None:

@@ -37,7 +37,7 @@ def nucleus_mask(alpha: Array, p: float, valid: Array | None = None) -> Array:
 
   Sites are sorted by descending α (ties in index order); a site is kept iff the sum of the α before it
   in that order is < p. The top valid site is always kept, p >= 1 keeps every valid site, and invalid
-  sites (`valid` False) are never kept.
+  sites (`valid` False) are never kept. `p` may be a traced scalar (`anneal_from_one`).
   """
   if valid is None:
     valid = jnp.ones(alpha.shape, bool)
@@ -45,14 +45,31 @@ def nucleus_mask(alpha: Array, p: float, valid: Array | None = None) -> Array:
   order = jnp.argsort(-scores, axis=-1, stable=True)
   sorted_alpha = jnp.take_along_axis(jnp.where(valid, alpha, 0), order, axis=-1)
   before = jnp.cumsum(sorted_alpha, axis=-1) - sorted_alpha
-  keep_sorted = (before < p) | (jnp.arange(alpha.shape[-1]) == 0)
+  keep_sorted = (before < p) | (p >= 1) | (jnp.arange(alpha.shape[-1]) == 0)
   keep = jnp.take_along_axis(keep_sorted, jnp.argsort(order, axis=-1), axis=-1)
   return keep & valid
+
+
+def anneal_from_one(target: float, warmup_steps: int, step: Array) -> Array:
+  """A pruning level (nucleus mass, capacity) at training step `step`: 1 (nothing pruned) at step 0, linearly
+  down to `target` at `warmup_steps`, `target` from then on (`warmup_steps` 0: always `target`)."""
+  if warmup_steps <= 0:
+    return jnp.float32(target)
+  return 1.0 - (1.0 - target) * jnp.minimum(step.astype(jnp.float32) / warmup_steps, 1.0)
 
 
 def capacity(fraction: float, height: int, width: int) -> int:
   """Sites per frame a `gather` stage computes: ⌈fraction·H·W⌉, at least 1 and at most H·W."""
   return min(height * width, max(1, math.ceil(fraction * height * width - 1e-9)))
+
+
+def top_fraction_mask(alpha: Array, keep: Array, fraction: Array | float) -> Array:
+  """`keep [N, S]` cut to its ⌈fraction·S⌉ sites of highest α (ties in index order): the active set of
+  `top_k_slots` with k = `capacity(fraction, S, 1)`, for a `fraction` that may be traced (annealed)."""
+  s = alpha.shape[-1]
+  k = jnp.clip(jnp.ceil(fraction * s - 1e-9), 1, s)
+  order = jnp.argsort(-jnp.where(keep, alpha, -1.0), axis=-1, stable=True)
+  return keep & (jnp.argsort(order, axis=-1) < k)
 
 
 def top_k_slots(alpha: Array, keep: Array, k: int) -> tuple[Array, Array]:

@@ -20,7 +20,7 @@ from affjax import logging as affjax_logging
 from affjax.data import pipeline
 from affjax.models import torch_convert
 from affjax.models.backbones import ir50
-from affjax.train import loop, optim, release, step as step_lib
+from affjax.train import loop, metrics as metrics_lib, optim, release, step as step_lib
 
 RECIPE_FILE = 'recipe.json'
 BEST_FILE = 'best_variables.msgpack'
@@ -34,11 +34,6 @@ def _controller(config, saved: dict | None) -> release.EpochController:
                                  num_groups=len(ir50.RELEASE_GROUPS), cuts_per_release=train.cuts_per_release,
                                  early_stop=train.early_stop, patience=train.plateau_patience,
                                  factor=train.plateau_factor)
-
-
-def _selection_metric(config, metrics: dict[str, float]) -> float:
-  emotion = config.model.get('emotion', 'both')
-  return metrics['ccc_mean'] if emotion == 'both' else metrics[f'ccc_{emotion}']
 
 
 def _rebuild_for_release(exp: loop.Experiment, config, best) -> None:
@@ -87,7 +82,7 @@ def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
         check_finite = loop._check_finite  # pylint: disable=protected-access
         logged = check_finite(jax.device_get(acc), int(exp.state.step), exp.checkpoints)
         metrics = evaluate.split_metrics(exp.predict('validation'))
-        decision = ctl.end_epoch(_selection_metric(config, metrics))
+        decision = ctl.end_epoch(metrics_lib.selection_score(metrics, config.eval.selection_weights))
         epoch += 1
         writer.scalars(epoch, {'train/loss': logged['loss'] / logged['steps'], 'train/learning_rate': ctl.learning_rate,
                                'train/released': ctl.released, **{f'validation/{k}': v for k, v in metrics.items()}})

@@ -32,7 +32,8 @@ class Experiment:
     self.model = models.build_model(config.model)
     self.tx = optim.make_optimizer(config, models.param_labels(config.model))
     self.state = state_lib.initial_state(self.model, self.tx, config, self.mesh, config.seed)
-    self.checkpoints = checkpoint.Checkpointer(self.workdir, keep=config.train.keep_checkpoints)
+    self.checkpoints = checkpoint.Checkpointer(self.workdir, keep=config.train.keep_checkpoints,
+                                               selection_weights=config.eval.selection_weights)
     self.eval_step = step_lib.make_eval_step(self.model)
 
   def records(self, split: str) -> pipeline.Records:
@@ -44,7 +45,7 @@ class Experiment:
       return evaluate.predict_split(self.state, self.eval_step, self.records(split), self.config, self.mesh)
 
   def restore_for_evaluation(self) -> int:
-    """Loads the best checkpoint (by validation mean CCC), else the latest; returns its step."""
+    """Loads the best checkpoint (by the validation selection score), else the latest; returns its step."""
     step = self.checkpoints.best_step() or self.checkpoints.latest_step()
     if step is None:
       raise FileNotFoundError(f'no checkpoint under {self.workdir}/checkpoints: train first (--mode=train)')
@@ -115,6 +116,9 @@ def _train(exp: Experiment):
   unfreeze = train_cfg.unfreeze_step
   if unfreeze:  # second stage of fine-tuning: the same state, every backbone in training mode
     finetune_step = step_lib.make_train_step(exp.model.clone(frozen=()), exp.tx, config)
+  warmup = models.warmup_model(exp.model, config.model)  # e.g. sparse_e2e gather: masked-dense stages first
+  if warmup:
+    warmup_step = step_lib.make_train_step(warmup[0], exp.tx, config)
   lr_schedule = optim.run_schedule(config)
   frames_per_step = train_cfg.batch_size * config.data.window
   progress = tqdm.tqdm(total=train_cfg.num_steps, initial=start, desc='train', unit='step',
@@ -130,7 +134,8 @@ def _train(exp: Experiment):
         data_wait += time.perf_counter() - t
         profiler.before_step(step)
         with jax.profiler.StepTraceAnnotation('train', step_num=step), jax.transfer_guard('disallow'):
-          exp.state, acc = (finetune_step if unfreeze and step >= unfreeze else train_step)(exp.state, acc, batch)
+          step_fn = finetune_step if unfreeze and step >= unfreeze else train_step
+          exp.state, acc = (warmup_step if warmup and step < warmup[1] else step_fn)(exp.state, acc, batch)
         profiler.after_step(step, acc)
         progress.update()
         done = step + 1

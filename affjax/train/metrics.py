@@ -14,6 +14,12 @@ def ccc(x: np.ndarray, y: np.ndarray) -> float:
   return float(2 * cov / (x.var() + y.var() + (mx - my) ** 2))
 
 
+def selection_score(metrics: dict[str, float], weights=(0.5, 0.5)) -> float:
+  """The validation score that picks the best checkpoint: w_v CCC_valence + w_a CCC_arousal (config
+  `eval.selection_weights`; (0.5, 0.5) is the ABAW mean)."""
+  return float(weights[0] * metrics['ccc_valence'] + weights[1] * metrics['ccc_arousal'])
+
+
 def va_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
   """pred/target [N,2] (valence, arousal) over a partition's concatenated annotated frames."""
   v, a = ccc(pred[:, 0], target[:, 0]), ccc(pred[:, 1], target[:, 1])

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from affjax import parallel
-from affjax.data import clips, pipeline
+from affjax.data import clips, pipeline, tokens
 from affjax.models import torch_convert
 
 
@@ -26,14 +26,16 @@ def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   """Zeros shaped like a pipeline batch of `batch_size` windows (the model's input signature); from a
   feature cache (`config.data.features_dir`) its `<part>_features` instead of faces and audio."""
   d = config.data
-  clip_view = d.get('view', 'frames') == 'clips'
-  t = d.num_clips if clip_view else d.window
+  view = d.get('view', 'frames')
+  t = d.num_clips if view == 'clips' else d.window
   if d.get('features_dir'):
     shapes = pipeline.open_records(d.features_dir, 'train').features
     return dict({f'{part}_features': np.zeros((batch_size, t, *shape), np.float32) for part, shape in shapes.items()},
                 mask=np.ones((batch_size, t), bool))
-  if clip_view:
+  if view == 'clips':
     return clips.example_batch(config, batch_size)
+  if view == 'tokens':
+    return tokens.example_batch(config, batch_size)
   s = d.get('crop_size', 0) or d.image_size
   return dict(faces=np.zeros((batch_size, t, s, s, 3), np.uint8),
               audio=np.zeros((batch_size, pipeline.audio_segment_length(t, d.audio_window, d.min_fps)),

@@ -47,8 +47,11 @@ class SparseVggTrunk(nn.Module):
   """The three (sparse) stages and the flatten MLP: low-level features `[N, H, W, width]`, query `[N, Q]`,
   sample_valid `[N]` -> embedding `[N, d_model]`.
 
-  Per stage l (spec §5.2): α = scorer_l(f, query) over the active sites, active &= nucleus(α, top_p); with
-  `impl='gather'` the active set is cut to the ⌈capacity·H_l·W_l⌉ sites of highest α; the features are
+  Per stage l (spec §5.2): α = scorer_l(f, query) over the active sites, active &= nucleus(α, top_p) (top_p
+  a call argument, so that it can follow a schedule); with
+  `impl='gather'` the active set is cut to the ⌈capacity·H_l·W_l⌉ sites of highest α (the masked-dense
+  stages make the same cut when the call passes `capacity`, e.g. annealed while a gather model warms up); the
+  features are
   weighted by `sparse.attention_weights` (`scma_grad`), a VGG block runs on the active sites, then a 2x2
   max-pool (the active mask is pooled too). `sparse=False` is the dense FE2E trunk (no scorers, all sites).
   Sows each stage's kept fraction of sites (over valid samples) as `intermediates/keep_fraction`.
@@ -59,13 +62,13 @@ class SparseVggTrunk(nn.Module):
   mlp_hidden: int = 1024
   sparse: bool = True
   impl: str = 'masked_dense'
-  top_p: float = 0.8
   capacity: float = 0.4
   scma_grad: str = 'renorm'
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, f: Array, query: Array, sample_valid: Array, *, train: bool) -> Array:
+  def __call__(self, f: Array, query: Array, sample_valid: Array, *, train: bool, top_p: Array | float = 0.8,
+               capacity: Array | float | None = None) -> Array:
     n, h, w, _ = f.shape
     active = jnp.ones((n, h, w), bool)
     rows = jnp.arange(n)[:, None]
@@ -73,10 +76,12 @@ class SparseVggTrunk(nn.Module):
       slots = None
       if self.sparse:
         alpha = sparse.AdditiveScorer(f.shape[-1], name=f'scorer{stage}')(f, query, active)
-        keep = sparse.nucleus_mask(jax.lax.stop_gradient(alpha), self.top_p, active.reshape(n, -1))
+        keep = sparse.nucleus_mask(jax.lax.stop_gradient(alpha), top_p, active.reshape(n, -1))
         if self.impl == 'gather':
           slots = sparse.top_k_slots(jax.lax.stop_gradient(alpha), keep, sparse.capacity(self.capacity, h, w))
           keep = jnp.zeros_like(keep).at[rows, slots[0]].set(slots[1])
+        elif capacity is not None:
+          keep = sparse.top_fraction_mask(jax.lax.stop_gradient(alpha), keep, capacity)
         weights = sparse.attention_weights(alpha, keep, self.scma_grad).reshape(n, h, w)
         active = keep.reshape(n, h, w)
         self.sow('intermediates', 'keep_fraction',

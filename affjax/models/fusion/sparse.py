@@ -1,10 +1,10 @@
 """The sparse end-to-end audio-visual model (spec sparse_e2e §5): VGG trunks with cross-modal sparse stages,
 per-modality Transformer encoders over tokens, late weighted fusion, per-frame valence/arousal.
 
-    frame window -> tokens (every `token_stride`-th frame): face 48x48x3, log-mel patch 128x32x1
+    window of T tokens (`affjax.data.tokens`): face 48x48x3, log-mel patch 128x32x1 per token
     low level (dense) per modality; query = GAP of the other modality's low level (`query='cross'`)
-    sparse stages + flatten MLP -> e_m [B, Tt, d]; + PE -> post-LN encoder layers -> h_m; z_m = Dense(2)(h_m)
-    y = tanh(w_a z_a + face_valid · w_v z_v)  [B, Tt, 2]  -> interpolated to every frame [B, T, 2]
+    sparse stages + flatten MLP -> e_m [B, T, d]; + PE -> post-LN encoder layers -> h_m; z_m = Dense(2)(h_m)
+    y = tanh(w_a z_a + face_valid · w_v z_v)  [B, T, 2], per token (evaluation interpolates it to every frame)
 """
 
 from __future__ import annotations
@@ -50,18 +50,24 @@ class TokenEncoder(nn.Module):
 class SparseAVModel(nn.Module):
   """Per-frame valence/arousal from faces and audio through sparse VGG trunks.
 
-  `__call__(batch, train=...)` with batch faces `[B, T, 48, 48, 3]` uint8, audio `[B, L]`, audio_offsets
-  `[B, T]` (start of frame t's `tokens.PATCH_SAMPLES` window), mask `[B, T]` bool (padding is a tail),
-  face_mask `[B, T]` bool (absent: every frame has a face) -> {'va': `[B, T, 2]` float32 in (-1, 1)}.
+  `__call__(batch, train=...)` with a token-view batch: faces `[B, T, 48, 48, 3]` uint8, audio `[B, L]`,
+  audio_offsets `[B, T]` (start of token t's `tokens.PATCH_SAMPLES` in the segment), mask `[B, T]` bool
+  (padding is a tail), face_mask `[B, T]` bool (absent: every token has a face) -> {'va': `[B, T, 2]` float32
+  in (-1, 1), per token}.
+
+  `top_p_warmup_steps` > 0 anneals the pruning from none to `top_p` over the first training steps (counted in
+  `batch_stats/train_steps`, so that evaluation and resumed runs follow the same schedule). Gather stages have
+  a fixed capacity, so a gather model trains its warm-up as `warmup_phase=True` (`models.warmup_model`):
+  masked-dense stages whose capacity is annealed from 1 to `capacity` too, ending at the gather stages' sites.
   """
 
-  token_stride: int = 3
   width: int = 64
   d_model: int = 64
   mlp_hidden: int = 1024
   sparse: bool = True
   sparse_impl: str = 'masked_dense'
   top_p: float = 0.8
+  top_p_warmup_steps: int = 0
   capacity: float = 0.4
   scma_grad: str = 'renorm'
   query: str = 'cross'
@@ -70,10 +76,25 @@ class SparseAVModel(nn.Module):
   d_ff: int = 2048
   dropout: float = 0.1
   dtype: Any = jnp.float32
+  warmup_phase: bool = False
 
   def _trunk(self, name: str) -> SparseVggTrunk:
-    return SparseVggTrunk(self.width, self.d_model, self.mlp_hidden, self.sparse, self.sparse_impl, self.top_p,
-                          self.capacity, self.scma_grad, self.dtype, name=name)
+    impl = 'masked_dense' if self.warmup_phase else self.sparse_impl
+    return SparseVggTrunk(self.width, self.d_model, self.mlp_hidden, self.sparse, impl, self.capacity,
+                          self.scma_grad, self.dtype, name=name)
+
+  def _pruning(self, train: bool) -> dict[str, Any]:
+    """The trunks' pruning arguments: top_p (annealed over the training steps taken so far with
+    `top_p_warmup_steps`), and in the warm-up phase of a gather model the annealed capacity."""
+    if not self.top_p_warmup_steps:
+      return dict(top_p=self.top_p)
+    steps = self.variable('batch_stats', 'train_steps', lambda: jnp.zeros((), jnp.int32))
+    pruning = dict(top_p=sparse.anneal_from_one(self.top_p, self.top_p_warmup_steps, steps.value))
+    if self.warmup_phase and self.sparse_impl == 'gather':
+      pruning['capacity'] = sparse.anneal_from_one(self.capacity, self.top_p_warmup_steps, steps.value)
+    if train and not self.is_initializing():
+      steps.value = steps.value + 1
+    return pruning
 
   def _queries(self, fv: Array, fa: Array, face_valid: Array) -> tuple[Array, Array]:
     """Queries of the visual and audio stages `[N, width]` from the low-level features."""
@@ -90,22 +111,18 @@ class SparseAVModel(nn.Module):
 
   @nn.compact
   def __call__(self, batch: Mapping[str, Array], *, train: bool) -> dict[str, Array]:
-    mask = batch['mask']
-    face_mask = batch.get('face_mask', mask) & mask
-    b, t = mask.shape
-    s = self.token_stride
-    token_mask, face_valid = mask[:, ::s], face_mask[:, ::s]
-    tt = token_mask.shape[1]
-    n = b * tt
+    token_mask = batch['mask']
+    face_valid = batch.get('face_mask', token_mask) & token_mask
+    b, t = token_mask.shape
+    n = b * t
     flat_valid, flat_face = token_mask.reshape(n), face_valid.reshape(n)
 
-    faces = batch['faces'][:, ::s]
-    faces = faces.reshape(n, *faces.shape[2:]).astype(jnp.float32) / 255.0
+    faces = batch['faces'].reshape(n, *batch['faces'].shape[2:]).astype(jnp.float32) / 255.0
     site_face = jnp.broadcast_to(flat_face[:, None, None], faces.shape[:3])
     faces = sparse.MaskedBatchNorm(affine=False, name='face_norm')(faces, site_face, train=train)
     faces = jnp.where(flat_face[:, None, None, None], faces, 0)  # a missing face is the mean face
 
-    windows = slice_audio_windows(batch['audio'], batch['audio_offsets'][:, ::s], tokens.PATCH_SAMPLES)
+    windows = slice_audio_windows(batch['audio'], batch['audio_offsets'], tokens.PATCH_SAMPLES)
     mel = tokens.mel_patches(windows).reshape(n, tokens.PATCH_FRAMES, tokens.N_MELS)
     site_valid = jnp.broadcast_to(flat_valid[:, None], mel.shape[:2])
     mel = sparse.MaskedBatchNorm(affine=False, name='mel_norm')(mel, site_valid, train=train)  # per mel bin
@@ -114,8 +131,9 @@ class SparseAVModel(nn.Module):
     fv = VggLowLevel(self.width, self.dtype, name='visual_low')(faces, flat_face, train=train)
     fa = VggLowLevel(self.width, self.dtype, name='audio_low')(mel, flat_valid, train=train)
     qv, qa = self._queries(fv, fa, flat_face)
-    ev = self._trunk('visual_trunk')(fv, qv, flat_face, train=train).reshape(b, tt, -1)
-    ea = self._trunk('audio_trunk')(fa, qa, flat_valid, train=train).reshape(b, tt, -1)
+    pruning = self._pruning(train)
+    ev = self._trunk('visual_trunk')(fv, qv, flat_face, train=train, **pruning).reshape(b, t, -1)
+    ea = self._trunk('audio_trunk')(fa, qa, flat_valid, train=train, **pruning).reshape(b, t, -1)
 
     encoder = lambda name: TokenEncoder(self.num_layers, self.num_heads, self.d_ff, self.dropout, self.dtype,
                                         name=name)
@@ -125,4 +143,4 @@ class SparseAVModel(nn.Module):
     za = torch_dense(2, self.d_model, dtype=jnp.float32, name='audio_head')(ha.astype(jnp.float32))
     w = self.param('fusion', symmetric_uniform(1 / np.sqrt(2)), (2,))
     y = jnp.tanh(w[0] * za + face_valid[..., None] * w[1] * zv)
-    return {'va': tokens.to_frames(y, token_mask, s, t)}
+    return {'va': y}
