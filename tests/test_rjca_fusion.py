@@ -178,7 +178,8 @@ def test_clips_past_the_end_do_not_reach_the_predictions_of_the_others():
   mask = np.array([[True, True], [True, False]])
   batch = dict(visual_features=rng.standard_normal((2, 2, 4, 512)).astype(np.float32),
                audio_features=rng.standard_normal((2, 2, 512)).astype(np.float32), mask=mask)
-  padded = dict(batch, visual_features=batch['visual_features'].copy(), audio_features=np.zeros((2, 2, 512), np.float32))
+  padded = dict(batch, visual_features=batch['visual_features'].copy(),
+                audio_features=np.zeros((2, 2, 512), np.float32))
   padded['visual_features'][1, 1] = 0.0
   padded['audio_features'][~mask] = 0.0
   padded['audio_features'][mask] = batch['audio_features'][mask]

@@ -83,7 +83,8 @@ def main(argv):
   if _FEATURES_DIR.value:
     config.data.features_dir = _FEATURES_DIR.value
     cached = measure(config, 'feature cache')
-    print(f'feature cache / inline: input pipeline {cached[0] / inline[0]:.1f}x, train step {cached[1] / inline[1]:.1f}x')
+    print(f'feature cache / inline: input pipeline {cached[0] / inline[0]:.1f}x, '
+          f'train step {cached[1] / inline[1]:.1f}x')
 
 
 if __name__ == '__main__':

@@ -29,7 +29,8 @@ class RJCAModel(nn.Module):
   (right-aligned, N = (F - 1) * 160) and clip_audio_samples `[B, L]` int32, mask `[B, L]` bool (the clip
   exists; the features of a clip that does not are replaced by zeros), or visual_features `[B, L, P, 512]` /
   audio_features `[B, L, 512]` (a feature cache: `backbone_features`' outputs) in place of the first two;
-  returns {'va': `[B, L, 2]` float32 (valence, arousal)}. `dtype` is the backbones' compute dtype; `fusion_config` holds RJCAFusion's fields.
+  returns {'va': `[B, L, 2]` float32 (valence, arousal)}. `dtype` is the backbones' compute dtype;
+  `fusion_config` holds RJCAFusion's fields.
   """
 
   fusion_config: Mapping[str, Any] = flax.core.FrozenDict()
