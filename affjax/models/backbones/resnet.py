@@ -8,8 +8,8 @@
 
 BatchNorm: momentum 0.9 (PyTorch 0.1), eps 1e-5; `train=False` uses the running statistics.
 Convolutions: `conv_impl` 'xla' (XLA's convolution), 'taps' (one matmul over the kernel's taps, each a strided
-slice of the padded input) or 'auto' = 'taps' on CPU, where XLA's convolution of small maps (the audio
-trunk's 2-row layer 4, 32 px clips) is 10-100x slower (experiments/rjca/conv_impl_cpu.md), else 'xla'.
+slice of the padded input) or 'auto' = 'taps' on CPU, where XLA's convolution of some small maps (2-row maps:
+the audio trunk's layer 4, 32 px clips) is very slow (experiments/rjca/conv_impl_cpu.md), else 'xla'.
 """
 from __future__ import annotations
 
