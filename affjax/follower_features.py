@@ -70,7 +70,7 @@ def default_vggish_dir(config, records_dir: str) -> pathlib.Path:
 def build_vggish(config, records_dir: str, out) -> pathlib.Path:
   """Computes the VGGish features of every frame of the records once (progress bar per split; a rerun over
   complete shards does nothing); returns the directory for `config.data.side_features_dir`."""
-  return feature_cache.build(records_dir, out, widths={'vggish': vggish.EMBEDDING_DIM},
+  return feature_cache.build(records_dir, out, shapes={'vggish': (vggish.EMBEDDING_DIM,)},
                              features=feature_cache.video_features(vggish_extractor(config)))
 
 

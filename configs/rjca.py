@@ -35,6 +35,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   model.head_dropout = 0.6
   model.frozen = ('visual', 'audio')  # running-average BatchNorm, no gradient, held by the optimiser; () trains them
   model.dtype = config.train.get_ref('dtype')
+  model.conv_impl = 'auto'  # backbone convolutions: 'xla', 'taps' (one matmul over the taps) or 'auto' (taps on CPU)
   model.compat_scrambled_spatial_view = config.compat.get_ref('scrambled_spatial_view')
   model.compat_audio_guidance_on_position_axis = config.compat.get_ref('audio_guidance_on_position_axis')
   model.pretrained = ml_collections.ConfigDict(dict(visual='', audio=''))

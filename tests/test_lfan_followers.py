@@ -38,7 +38,7 @@ def test_vggish_records_hold_every_frames_embedding_and_join_the_windows(tiny_re
   the records with the cache joined carries the rows of its frames (zeros past the video's end)."""
   config = lfan.get_config('smoke')
   records = pipeline.open_records(tiny_records, 'validation', side_directory=vggish_dir)
-  assert records.side.features == {'vggish': 128}
+  assert records.side.features == {'vggish': (128,)}
   video = records.videos[1]
   direct = np.asarray(vggish.VGGish().apply(follower_features.vggish_variables(config),
                                             vggish.frame_examples(_wave(records, video), video.fps, video.num_frames)))

@@ -53,7 +53,8 @@ def _param_count(model, shape):
   return sum(math.prod(p.shape) for p in jax.tree.leaves(shapes['params'])), shapes
 
 
-def test_resnet18_audio_matches_torchvision(torchvision):
+@pytest.mark.parametrize('conv_impl', ['xla', 'taps'])
+def test_resnet18_audio_matches_torchvision(torchvision, conv_impl):
   torch, tv = torchvision
   net = tv.models.resnet18()
   net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
@@ -64,7 +65,7 @@ def test_resnet18_audio_matches_torchvision(torchvision):
     t = net.maxpool(net.relu(net.bn1(net.conv1(t))))
     expected = net.layer4(net.layer3(net.layer2(net.layer1(t)))).numpy().transpose(0, 2, 3, 1)
   variables = converters.convert('resnet18_audio', _state_dict(net), 'torchvision resnet18')
-  model = resnet.ResNet18()
+  model = resnet.ResNet18(conv_impl=conv_impl)
   count, abstract = _param_count(model, x.shape)
   assert jax.tree.map(np.shape, variables) == jax.tree.map(lambda a: a.shape, abstract)
   assert count == sum(p.numel() for n, p in net.named_parameters() if not n.startswith('fc'))
@@ -73,7 +74,8 @@ def test_resnet18_audio_matches_torchvision(torchvision):
   assert _relative_error(out, expected) < 1e-5
 
 
-def test_r2plus1d18_matches_torchvision(torchvision):
+@pytest.mark.parametrize('conv_impl', ['xla', 'taps'])
+def test_r2plus1d18_matches_torchvision(torchvision, conv_impl):
   torch, tv = torchvision
   net = _randomise_batch_norms(torch, tv.models.video.r2plus1d_18())
   x = np.random.default_rng(1).standard_normal((1, 8, 32, 32, 3)).astype(np.float32)  # [N, T, H, W, C]
@@ -81,10 +83,31 @@ def test_r2plus1d18_matches_torchvision(torchvision):
     t = torch.tensor(x.transpose(0, 4, 1, 2, 3))
     expected = net.layer4(net.layer3(net.layer2(net.layer1(net.stem(t))))).numpy().transpose(0, 2, 3, 4, 1)
   variables = converters.convert('r2plus1d_18', _state_dict(net), 'torchvision r2plus1d_18')
-  model = resnet.R2Plus1D18()
+  model = resnet.R2Plus1D18(conv_impl=conv_impl)
   out = np.asarray(jax.jit(functools.partial(model.apply, train=False))(variables, x))
   assert out.shape == expected.shape == (1, 1, 2, 2, 512)
   assert _relative_error(out, expected) < 1e-5
+
+
+@pytest.mark.parametrize('kernel,strides', [((7, 7), (2, 2)), ((1, 1), (2, 2)), ((1, 3, 3), (1, 2, 2)),
+                                            ((3, 1, 1), (2, 1, 1))])
+def test_conv_taps_matches_xla_convolution_and_its_gradients(kernel, strides):
+  """`conv_taps` (the CPU default) against lax.conv_general_dilated: outputs and both gradients, with odd and
+  even sizes and strides."""
+  rng = np.random.default_rng(3)
+  spatial = (5, 4, 7)[3 - len(kernel):]
+  x = jnp.asarray(rng.standard_normal((2, *spatial, 3)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((*kernel, 3, 4)), jnp.float32)
+  padding = [(k // 2, k // 2) for k in kernel]
+  dims = 'DHW'[3 - len(kernel):]
+  reference = lambda x, w: jax.lax.conv_general_dilated(x, w, strides, padding,
+                                                        dimension_numbers=(f'N{dims}C', f'{dims}IO', f'N{dims}C'))
+  taps = lambda x, w: resnet.conv_taps(x, w, strides, padding)
+  np.testing.assert_allclose(taps(x, w), reference(x, w), rtol=1e-5, atol=1e-5)
+  cotangent = jnp.asarray(rng.standard_normal(reference(x, w).shape), jnp.float32)
+  grads = [jax.grad(lambda x, w, f=f: (f(x, w) * cotangent).sum(), argnums=(0, 1))(x, w) for f in (taps, reference)]
+  for got, expected in zip(*grads):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_r2plus1d18_shapes_and_size(torchvision):

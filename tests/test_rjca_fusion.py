@@ -156,3 +156,39 @@ def test_fusion_shapes_dropout_and_padding():
   # The input scale does not matter (L2 normalisation first).
   np.testing.assert_allclose(np.asarray(apply(variables, 3 * audio, 5 * visual, mask, train=False)), out,
                              rtol=1e-4, atol=1e-5)
+
+
+def test_l2_normalize_is_pytorch_normalize_with_a_finite_gradient_at_zero():
+  x = np.random.default_rng(6).standard_normal((3, 5)).astype(np.float32)
+  x[1] = 0.0
+  expected = x / np.maximum(np.linalg.norm(x.astype(np.float64), axis=-1, keepdims=True), 1e-12)
+  np.testing.assert_allclose(np.asarray(rjca.l2_normalize(jnp.asarray(x))), expected, rtol=1e-6)
+  grad = jax.grad(lambda x: (rjca.l2_normalize(x) * jnp.arange(5.0)).sum())(jnp.asarray(x))
+  assert np.isfinite(np.asarray(grad)).all()
+
+
+def test_clips_past_the_end_do_not_reach_the_predictions_of_the_others():
+  """Their features (backbone outputs of empty inputs inline, zeros or anything in a cache) are replaced by
+  zeros, so the existing clips' predictions and the parameter gradients do not depend on them."""
+  from affjax import models  # pylint: disable=g-import-not-at-top
+  from configs import rjca as rjca_config  # pylint: disable=g-import-not-at-top
+  config = rjca_config.get_config('smoke')
+  model = models.build_model(config.model)
+  rng = np.random.default_rng(7)
+  mask = np.array([[True, True], [True, False]])
+  batch = dict(visual_features=rng.standard_normal((2, 2, 4, 512)).astype(np.float32),
+               audio_features=rng.standard_normal((2, 2, 512)).astype(np.float32), mask=mask)
+  padded = dict(batch, visual_features=batch['visual_features'].copy(),
+                audio_features=np.zeros((2, 2, 512), np.float32))
+  padded['visual_features'][1, 1] = 0.0
+  padded['audio_features'][~mask] = 0.0
+  padded['audio_features'][mask] = batch['audio_features'][mask]
+  variables = jax.jit(functools.partial(model.init, train=False))(KEY, batch)
+  loss = lambda params, b: (model.apply({'params': params}, b, train=False)['va'] * mask[..., None]).sum()
+  value_and_grad = jax.jit(jax.value_and_grad(loss))
+  value, grads = value_and_grad(variables['params'], batch)
+  padded_value, padded_grads = value_and_grad(variables['params'], padded)
+  assert padded_value == pytest.approx(float(value), rel=1e-6)
+  for got, expected in zip(jax.tree.leaves(padded_grads), jax.tree.leaves(grads)):
+    assert np.isfinite(np.asarray(got)).all()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)

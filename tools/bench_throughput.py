@@ -1,9 +1,13 @@
-"""Throughput of the train step and of the input pipeline (frames/s), medians after warm-up.
+"""Throughput of the train step and of the input pipeline (frames/s, or clips/s for the clip view), medians
+after warm-up.
 
   python tools/bench_throughput.py --config=configs/cross_attn.py [--steps=10] [--config.train.batch_size=8]
+  python tools/bench_throughput.py --config=configs/rjca.py --features_dir=DIR  # inline frozen vs DIR's cache
 
 The train step runs on fixed batches already on device (compute only); the pipeline is timed alone, batch
-by batch, with the config's worker processes. Prints one markdown table row per measurement.
+by batch, with the config's worker processes. Prints one markdown table row per measurement; with
+`--features_dir` (a feature cache of the config's backbones, `tools/cache_features.py`) it measures the
+config as given, then the same config reading the cache, in the same process, and their ratios.
 """
 import tempfile
 import time
@@ -14,10 +18,11 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps / batches (after warm-up).')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps / batches first.')
+_FEATURES_DIR = flags.DEFINE_string('features_dir', '', 'Also measure the config reading this feature cache.')
 
 
-def main(argv):
-  del argv
+def measure(config, label: str) -> tuple[float, float]:
+  """Prints the pipeline and train-step rows of `config`; returns their rates (units per second)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -25,28 +30,33 @@ def main(argv):
   from affjax.data import pipeline, prepare  # pylint: disable=g-import-not-at-top
   from affjax.train import optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
 
-  config = _CONFIG.value
   config_validation.validate(config)
   with tempfile.TemporaryDirectory() as workdir:  # LFAN: follower features and statistics, as a run prepares them
     config = follower_features.prepare(config, prepare.input_dir(config), workdir)
   records = pipeline.open_partition(prepare.input_dir(config), 'train', config)
-  frames_per_batch = config.train.batch_size * config.data.window
+  clip_view = config.data.get('view', 'frames') == 'clips'
+  unit = 'clips' if clip_view else 'frames'
+  per_window = config.data.num_clips if clip_view else config.data.window
   device = f'{jax.devices()[0].device_kind} x{jax.device_count()} ({profiling.cpu_description()})'
+  shape = f'batch {config.train.batch_size}x{per_window} {unit}'
 
-  def median_rate(times):
-    return frames_per_batch / float(np.median(times))
+  def timed(fn):
+    times = []
+    for i in range(_WARMUP.value + _STEPS.value):
+      t = time.perf_counter()
+      fn()
+      if i >= _WARMUP.value:
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
 
   it = iter(pipeline.train_dataset(records, config))
-  times = []
-  for i in range(_WARMUP.value + _STEPS.value):
-    t = time.perf_counter()
-    batch = next(it)
-    if i >= _WARMUP.value:
-      times.append(time.perf_counter() - t)
+  batches = []
+  seconds = timed(lambda: batches.append(next(it)))
   if hasattr(it, 'close'):  # stops the grain worker processes
     it.close()
-  print(f'| input pipeline | {device} | {config.data.num_workers} workers | batch {config.train.batch_size}x'
-        f'{config.data.window} | {median_rate(times):.1f} frames/s |')
+  pipeline_rate = config.train.batch_size * per_window / seconds
+  print(f'| input pipeline ({label}) | {device} | {config.data.num_workers} workers | {shape} | '
+        f'{pipeline_rate:.1f} {unit}/s |', flush=True)
 
   mesh = parallel.make_mesh()
   model = models.build_model(config.model)
@@ -55,18 +65,30 @@ def main(argv):
   with jax.set_mesh(mesh):
     acc = jax.device_put(step_lib.zero_accumulator(), parallel.replicated(mesh))
     train_step = step_lib.make_train_step(model, tx, config)
-    global_batch = parallel.to_global(batch, mesh)
-    times = []
-    for i in range(_WARMUP.value + _STEPS.value):
-      t = time.perf_counter()
-      state, acc = train_step(state, acc, global_batch)
-      jax.block_until_ready(acc)
-      if i >= _WARMUP.value:
-        times.append(time.perf_counter() - t)
+    global_batch = parallel.to_global(batches[-1], mesh)
+    carry = [state, acc]
+
+    def step():
+      carry[:] = train_step(*carry, global_batch)
+      jax.block_until_ready(carry[1])
+
+    seconds = timed(step)
+  step_rate = config.train.batch_size * per_window / seconds
   parts = config.model.get('modalities', ('visual', *config.model.get('followers', ())))  # LFAN: leader, followers
-  print(f'| train step ({config.model.name}, {"+".join(parts)}, {config.train.dtype}) | {device} '
-        f'| - | batch {config.train.batch_size}x{config.data.window} | {median_rate(times):.1f} frames/s '
-        f'({float(np.median(times)):.2f} s/step) |')
+  print(f'| train step ({label}; {config.model.name}, {"+".join(parts)}, {config.train.dtype}) | '
+        f'{device} | - | {shape} | {step_rate:.1f} {unit}/s ({seconds:.3f} s/step) |', flush=True)
+  return pipeline_rate, step_rate
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  inline = measure(config, 'inline' if _FEATURES_DIR.value else 'as configured')
+  if _FEATURES_DIR.value:
+    config.data.features_dir = _FEATURES_DIR.value
+    cached = measure(config, 'feature cache')
+    print(f'feature cache / inline: input pipeline {cached[0] / inline[0]:.1f}x, '
+          f'train step {cached[1] / inline[1]:.1f}x')
 
 
 if __name__ == '__main__':

@@ -3,10 +3,13 @@
   python tools/cache_features.py --config=configs/lstm.py:frozen --out=/data/affjax/features/lstm_frozen
   python -m affjax.main --config=configs/lstm.py:frozen --workdir=DIR --config.data.features_dir=<printed dir>
 
-The backbones are the config's (`model.visual_backbone`, `model.audio_backbone`) with the converted
-checkpoints `model.pretrained` names, or the random initialisation of `seed` (which a frozen inline run
-uses too), in inference mode. Training from the cache gives the loss curve of the same frozen backbones
-run inline, without face augmentation. A rerun over complete shards does nothing.
+The backbones are the config's (`model.visual_backbone`, `model.audio_backbone`; RJCA's R(2+1)D-18 and
+ResNet-18) with the converted checkpoints `model.pretrained` names, or the random initialisation of `seed`
+(which a frozen inline run uses too), in inference mode. For the clip view (`configs/rjca.py`) each frame
+stores the features of the clip that ends at it: the layer-4 map `[P, 512]` and the audio vector `[512]`
+(P = (data.image_size / 16)^2: 49 at 112 px, about 100 KB per frame in float32). Training from the cache
+gives the loss curve of the same frozen backbones run inline, without augmentation (no colour jitter of the
+faces). A rerun over complete shards does nothing.
 """
 from __future__ import annotations
 

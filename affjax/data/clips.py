@@ -190,7 +190,45 @@ class ClipWindowLoader:
                 video_index=np.int32(video_index))
 
 
-def loader(records: pipeline.Records, config, *, train: bool) -> ClipWindowLoader:
+@dataclasses.dataclass(frozen=True)
+class ChunkClipLoader:
+  """The clips that end at the frames of one chunk (feature caches): row (video index, start frame) -> the
+  `ClipWindowLoader` entries of its C = chunk_size clips, per clip (faces `[C, 8, S, S, 3]`, clip_audio
+  `[C, N]`, ..., mask `[C]`). `clips` reads one clip per window (num_clips = 1: window number = last frame)."""
+  clips: ClipWindowLoader
+
+  def __call__(self, row: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    video_index, start = int(row[0]), int(row[1])
+    per_clip = [self.clips(np.array([video_index, end])) for end in range(start, start + self.clips.records.chunk_size)]
+    return dict({k: np.stack([c[k][0] for c in per_clip]) for k in per_clip[0] if k != 'video_index'},
+                video_index=np.int32(video_index))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipFeatureLoader:
+  """Reads one clip window of a clip-view feature cache: `<part>_features [L, ...]` of its clips (stored at
+  their last frames), labels, label_mask, face_mask, mask, frames (as `ClipWindowLoader`); no augmentation."""
+  records: pipeline.Records
+  num_clips: int
+
+  def __call__(self, row: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    del rng  # cached features are not augmented
+    video_index, window = int(row[0]), int(row[1])
+    ends = clip_ends(window, self.num_clips)
+    _, _, field = pipeline.read_frames(self.records, self.records.videos[video_index], int(ends[0]),
+                                       int(ends[-1] - ends[0]) + 1)
+    at = ends - ends[0]
+    exists = field('frame_mask', False)[at]
+    out = {f'{part}_features': field(f'{part}_features', 0.0)[at] for part in self.records.features}
+    return dict(out, labels=field('labels', 0.0)[at], label_mask=field('label_mask', False)[at] & exists,
+                face_mask=field('face_mask', False)[at] & exists, mask=exists, frames=ends.astype(np.int32),
+                video_index=np.int32(video_index))
+
+
+def loader(records: pipeline.Records, config, *, train: bool) -> ClipWindowLoader | ClipFeatureLoader:
+  """The window loader of the clip view: from the frame records, or from a clip-view feature cache."""
+  if records.features:
+    return ClipFeatureLoader(records=records, num_clips=config.data.num_clips)
   data = config.data
   jitter = dict(brightness=data.augment.brightness, contrast=data.augment.contrast) if train else None
   return ClipWindowLoader(records=records, num_clips=data.num_clips, image_size=data.image_size,

@@ -1,14 +1,17 @@
 """TFDS builder `affwild2_features`: per-frame features (embeddings of frozen backbones, LFAN's VGGish), chunked
 like the frame records.
 
-Record i of a split holds the features `<part>_features [C, F_part]` (float32) of the frames of record i of the
-frame records it was computed from, with the same masks, labels and metadata (video index), so
+Record i of a split holds the features `<part>_features [C, *shape_part]` (float32) of the frames of record i of
+the frame records it was computed from, with the same masks, labels and metadata (video index), so
 `pipeline.open_records` reads it unchanged and the same window tables address it. A run trains either from it
-alone (`config.data.features_dir`: no backbone compute per step, a record set a few hundred times smaller than
-the JPEGs and audio) or from the frame records with it joined to every window (`config.data.side_features_dir`).
+alone (`config.data.features_dir`: no backbone compute per step; inputs are not augmented) or from the frame
+records with it joined to every window (`config.data.side_features_dir`).
 
-What fills it is a `ChunkFeatures` function: `window_features` runs a batched extractor over chunk-sized frame
-windows, `video_features` a per-video function of the whole waveform.
+What "the features of a frame" are depends on the view (metadata `view`): 'frames', the backbone output for that
+frame; 'clips' (RJCA), the output for the clip that ends at that frame (every frame ends exactly one clip), with
+`face_mask` = the clip has a face crop. What fills the cache is a `ChunkFeatures` function: `window_features`
+runs a batched extractor over the chunks' backbone inputs, `video_features` a per-video function of the whole
+waveform.
 """
 from __future__ import annotations
 
@@ -22,25 +25,30 @@ import tqdm
 
 from affjax.data import builder, pipeline
 
-# (records of one split) -> the features of every chunk, in record order: {part: [C, F_part]}
+# (records of one split) -> per chunk, in record order, the example fields it sets: `<part>_features
+# [C, *shape_part]`, and `face_mask [C]` where it differs from the frame record's (the clip view)
 ChunkFeatures = Callable[[pipeline.Records], Iterator[Mapping[str, np.ndarray]]]
-# (batch of frame windows) -> {part: [B, T, F_part]}
+# (batch of chunk inputs) -> {part: [B, C, *shape_part]}
 Extractor = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+# row (video index, start frame) of a chunk -> the backbones' inputs for its C frames and their face_mask [C]
+ChunkLoader = Callable[[np.ndarray], dict[str, np.ndarray]]
 # (16 kHz waveform [L] of a whole video, fps, frames N) -> {part: [N, F_part]}
 VideoExtractor = Callable[[np.ndarray, float, int], Mapping[str, np.ndarray]]
 
 
-def window_features(extract: Extractor, loader_kwargs: Mapping[str, object], batch_chunks: int = 8) -> ChunkFeatures:
-  """Runs `extract` over batches of `batch_chunks` chunk windows (`pipeline.WindowLoader(**loader_kwargs)`)."""
+def window_features(extract: Extractor, make_loader: Callable[[pipeline.Records], ChunkLoader],
+                    batch_chunks: int = 8) -> ChunkFeatures:
+  """Runs `extract` over batches of `batch_chunks` chunks' inputs (`make_loader(records)`)."""
 
   def features(records: pipeline.Records) -> Iterator[Mapping[str, np.ndarray]]:
-    loader = pipeline.WindowLoader(records=records, window=records.chunk_size, **loader_kwargs)
+    loader = make_loader(records)
     rows = [(i, j * records.chunk_size) for i, v in enumerate(records.videos) for j in range(v.num_chunks)]
     for first in range(0, len(rows), batch_chunks):
       windows = [loader(np.asarray(row)) for row in rows[first:first + batch_chunks]]
-      feats = extract({k: np.stack([w[k] for w in windows]) for k in windows[0]})
+      batch = {k: np.stack([w[k] for w in windows]) for k in windows[0]}
+      feats = extract(batch)
       for n in range(len(windows)):
-        yield {part: f[n] for part, f in feats.items()}
+        yield dict({f'{part}_features': f[n] for part, f in feats.items()}, face_mask=batch['face_mask'][n])
 
   return features
 
@@ -57,9 +65,9 @@ def video_features(extract: VideoExtractor) -> ChunkFeatures:
       for j in range(video.num_chunks):
         chunk = {}
         for part, f in feats.items():
-          chunk[part] = np.zeros((c,) + f.shape[1:], np.float32)
+          chunk[f'{part}_features'] = np.zeros((c,) + f.shape[1:], np.float32)
           rows = f[j * c:(j + 1) * c]
-          chunk[part][:len(rows)] = rows
+          chunk[f'{part}_features'][:len(rows)] = rows
         yield chunk
 
   return features
@@ -70,8 +78,10 @@ class Affwild2Features(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
 
-  def __init__(self, *, source: str, widths: Mapping[str, int], features: ChunkFeatures | None = None, **kwargs):
-    self._source, self._widths, self._features = source, dict(widths), features
+  def __init__(self, *, source: str, shapes: Mapping[str, tuple[int, ...]], view: str = 'frames',
+               features: ChunkFeatures | None = None, **kwargs):
+    self._source, self._shapes, self._view = source, {p: tuple(s) for p, s in shapes.items()}, view
+    self._features = features
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -85,16 +95,16 @@ class Affwild2Features(tfds.core.GeneratorBasedBuilder):
         'label_mask': tfds.features.Tensor(shape=(c,), dtype=np.bool_),
         'labels': tfds.features.Tensor(shape=(c, 2), dtype=np.float32),
     }
-    for part, width in self._widths.items():
-      features[f'{part}_features'] = tfds.features.Tensor(shape=(c, width), dtype=np.float32)
+    for part, shape in self._shapes.items():
+      features[f'{part}_features'] = tfds.features.Tensor(shape=(c, *shape), dtype=np.float32)
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features),
                                  metadata=tfds.core.MetadataDict(), disable_shuffling=True)
 
   def _split_generators(self, dl_manager):
     del dl_manager
     source = tfds.builder_from_directory(self._source).info.metadata
-    self.info.metadata.update(chunk_size=source['chunk_size'], videos=source['videos'], features=self._widths,
-                              source=str(self._source))
+    self.info.metadata.update(chunk_size=source['chunk_size'], videos=source['videos'], source=str(self._source),
+                              features={p: list(s) for p, s in self._shapes.items()}, view=self._view)
     return {split: self._generate_examples(split) for split in builder.SPLITS}
 
   def _generate_examples(self, split: str):
@@ -102,11 +112,12 @@ class Affwild2Features(tfds.core.GeneratorBasedBuilder):
       raise ValueError(f'{self.data_dir} is incomplete and no feature function was given to build it')
     records = pipeline.open_records(self._source, split)
     chunks = len(records.source)
-    for i, feats in enumerate(tqdm.tqdm(self._features(records), total=chunks, desc=f'features {split}',
-                                        unit='chunk')):
+    for i, fields in enumerate(tqdm.tqdm(self._features(records), total=chunks, desc=f'features {split}',
+                                         unit='chunk')):
       chunk = records.source[i]
       example = {k: chunk[k] for k in ('video', 'start', 'fps', 'face_mask', 'frame_mask', 'label_mask', 'labels')}
-      example.update({f'{part}_features': np.asarray(f, np.float32) for part, f in feats.items()})
+      example.update({k: np.asarray(v, np.float32 if k.endswith('_features') else np.bool_)
+                      for k, v in fields.items()})
       yield f'{i:010d}', example
     logging.info('affwild2_features %s: %d chunks', split, chunks)
 
@@ -116,10 +127,11 @@ def dataset_dir(features_dir) -> pathlib.Path:
   return pathlib.Path(features_dir).expanduser() / 'affwild2_features' / str(Affwild2Features.VERSION)
 
 
-def build(source: str, features_dir, *, widths: Mapping[str, int], features: ChunkFeatures) -> pathlib.Path:
-  """Computes the features of every chunk of every split of the records at `source` once (a rerun over
-  complete shards does nothing); returns the dataset directory."""
-  cache = Affwild2Features(source=source, widths=widths, features=features,
+def build(source: str, features_dir, *, shapes: Mapping[str, tuple[int, ...]], features: ChunkFeatures,
+          view: str = 'frames') -> pathlib.Path:
+  """Computes the features (`shapes`: part -> per-frame shape) of every chunk of every split of the records at
+  `source` once (a rerun over complete shards does nothing); returns the dataset directory."""
+  cache = Affwild2Features(source=source, shapes=shapes, view=view, features=features,
                            data_dir=str(pathlib.Path(features_dir).expanduser()), file_format='array_record')
   cache.download_and_prepare()
   return dataset_dir(features_dir)

@@ -59,7 +59,8 @@ class Records:
   split: str
   chunk_size: int
   videos: tuple[VideoIndex, ...]
-  features: dict[str, int] = dataclasses.field(default_factory=dict)  # feature cache: part -> width
+  features: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # feature cache: part -> shape
+  view: str = 'frames'  # a feature cache's `config.data.view` ('clips': features of the clip ending at a frame)
   source_splits: tuple[str, ...] = ()  # () = (split,)
   side: Records | None = None
 
@@ -104,7 +105,9 @@ def open_records(directory: str, split: str, fold: int = -1, side_directory: str
     raise ValueError(f'the feature cache {side_directory} was not built from the records {directory} (its '
                      f'{split} videos differ); rebuild it from these records')
   return Records(directory=directory, split=split, chunk_size=int(info.metadata['chunk_size']),
-                 videos=tuple(videos), features={k: int(v) for k, v in info.metadata.get('features', {}).items()},
+                 videos=tuple(videos), view=info.metadata.get('view', 'frames'),
+                 features={k: tuple(int(n) for n in np.atleast_1d(v))  # (width,) or F in caches without shapes
+                           for k, v in info.metadata.get('features', {}).items()},
                  source_splits=source_splits, side=side)
 
 
@@ -275,6 +278,9 @@ def _view(records: Records, config, *, train: bool):
   `model.token_rate_hz`, `affjax.data.tokens`); training windows of kept frames only with
   `config.compat.compact_frames` (`affjax.data.compact`)."""
   view = config.data.get('view', 'frames')
+  if records.features and records.view != view:
+    raise ValueError(f'config.data.view={view!r}, but the feature cache {records.directory} holds features of the '
+                     f'{records.view!r} view: build one with tools/cache_features.py and this config')
   hop = config.data.train_hop if train else config.data.eval_hop
   if view == 'clips':
     from affjax.data import clips  # pylint: disable=g-import-not-at-top  (clips builds on this module)

@@ -12,6 +12,7 @@ from affjax.data import audio_features
 from affjax.models import lfan_model, sparse
 from affjax.models.attention import ATTENTION_IMPLS
 from affjax.models.av_model import AUDIO_BACKBONES, MODALITIES, VISUAL_BACKBONES, AudioVisualModel
+from affjax.models.backbones.resnet import CONV_IMPLS
 from affjax.models.fusion.sparse import QUERIES, SparseAVModel
 from affjax.models.layers import ACTIVATIONS, DEPTHWISE_IMPLS, lookup
 from affjax.models.rjca_model import RJCAModel
@@ -69,7 +70,8 @@ def _build_rjca(cfg: ml_collections.ConfigDict) -> nn.Module:
       compat_audio_guidance_on_position_axis=cfg.compat_audio_guidance_on_position_axis)
   if cfg.num_iterations < 1:
     raise ValueError(f'config.model.num_iterations={cfg.num_iterations} must be >= 1 (1 = JCA)')
-  return RJCAModel(fusion=fusion, frozen=tuple(cfg.frozen), dtype=DTYPES[_field(cfg, 'dtype', DTYPES)])
+  return RJCAModel(fusion_config=fusion, frozen=tuple(cfg.frozen), dtype=DTYPES[_field(cfg, 'dtype', DTYPES)],
+                   conv_impl=_field(cfg, 'conv_impl', CONV_IMPLS))
 
 
 def _build_sparse_e2e(cfg: ml_collections.ConfigDict) -> nn.Module:

@@ -26,19 +26,22 @@ def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   """Zeros shaped like a pipeline batch of `batch_size` windows (the model's input signature); from a
   feature cache (`config.data.features_dir`) its `<part>_features` instead of faces and audio, and with one
   joined to the frames (`config.data.side_features_dir`) its `<part>_features` too."""
-  view = config.data.get('view', 'frames')
+  d = config.data
+  view = d.get('view', 'frames')
+  t = d.num_clips if view == 'clips' else d.window
+
+  def features(directory: str) -> dict[str, np.ndarray]:
+    shapes = pipeline.open_records(directory, 'train').features
+    return {f'{part}_features': np.zeros((batch_size, t, *shape), np.float32) for part, shape in shapes.items()}
+
+  if d.get('features_dir'):
+    return dict(features(d.features_dir), mask=np.ones((batch_size, t), bool))
   if view == 'clips':
     return clips.example_batch(config, batch_size)
   if view == 'tokens':
     return tokens.example_batch(config, batch_size)
-  d = config.data
-  t, s = d.window, d.get('crop_size', 0) or d.image_size
-  if d.get('features_dir'):
-    widths = pipeline.open_records(d.features_dir, 'train').features
-    return dict({f'{part}_features': np.zeros((batch_size, t, w), np.float32) for part, w in widths.items()},
-                mask=np.ones((batch_size, t), bool))
-  side = pipeline.open_records(d.side_features_dir, 'train').features if d.get('side_features_dir') else {}
-  return dict({f'{part}_features': np.zeros((batch_size, t, w), np.float32) for part, w in side.items()},
+  s = d.get('crop_size', 0) or d.image_size
+  return dict(features(d.side_features_dir) if d.get('side_features_dir') else {},
               faces=np.zeros((batch_size, t, s, s, 3), np.uint8),
               audio=np.zeros((batch_size, pipeline.audio_segment_length(t, d.audio_window, d.min_fps)),
                              np.float32),

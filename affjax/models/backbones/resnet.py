@@ -7,9 +7,13 @@
   `mid = (cin * cout * 27) // (9 * cin + 3 * cout)` channels, BatchNorm, ReLU, then a kx1x1 temporal conv.
 
 BatchNorm: momentum 0.9 (PyTorch 0.1), eps 1e-5; `train=False` uses the running statistics.
+Convolutions: `conv_impl` 'xla' (XLA's convolution), 'taps' (one matmul over the kernel's taps, each a strided
+slice of the padded input) or 'auto' = 'taps' on CPU, where XLA's convolution of some small maps (2-row maps:
+the audio trunk's layer 4, 32 px clips) is very slow (experiments/rjca/conv_impl_cpu.md), else 'xla'.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -18,21 +22,55 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from affjax.models.layers import torch_kernel_init
+from affjax.models.layers import lookup, torch_kernel_init
 from affjax.models.torch_convert import StateDictReader
 
 Array = jax.Array
 STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))  # (channels, stride) of layer1..layer4, two blocks each
+CONV_IMPLS = ('auto', 'xla', 'taps')
 
 
 def _bn(train: bool, dtype, name: str) -> nn.BatchNorm:
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
 
 
-def _conv(features: int, kernel: tuple[int, ...], strides: tuple[int, ...], dtype, name: str) -> nn.Conv:
-  """Bias-free conv with PyTorch's symmetric `k // 2` padding per axis and default init."""
-  return nn.Conv(features, kernel, strides, padding=[(k // 2, k // 2) for k in kernel], use_bias=False,
-                 kernel_init=torch_kernel_init, dtype=dtype, name=name)
+def conv_taps(x: Array, kernel: Array, strides: tuple[int, ...], padding: list[tuple[int, int]]) -> Array:
+  """N-d convolution as one matmul: x `[N, *S, Cin]`, kernel `[*K, Cin, Cout]` -> `[N, *S_out, Cout]`, with the
+  inputs of each of the prod(K) taps a strided slice of the zero-padded x, concatenated over channels."""
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  taps_shape = kernel.shape[:-2]
+  out = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], taps_shape, strides)]
+  taps = [x[(slice(None),) + tuple(slice(o, o + (m - 1) * s + 1, s) for o, m, s in zip(offset, out, strides))]
+          for offset in itertools.product(*map(range, taps_shape))]
+  return jnp.concatenate(taps, axis=-1) @ kernel.reshape(-1, kernel.shape[-1])
+
+
+class Conv(nn.Module):
+  """Bias-free conv `[N, *S, Cin]` -> `[N, *S_out, features]` with PyTorch's symmetric `k // 2` padding per axis
+  and default init; parameter `kernel [*kernel_size, Cin, features]` (as `nn.Conv`)."""
+
+  features: int
+  kernel_size: tuple[int, ...]
+  strides: tuple[int, ...]
+  dtype: Any = jnp.float32
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param('kernel', torch_kernel_init, (*self.kernel_size, x.shape[-1], self.features), jnp.float32)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    padding = [(k // 2, k // 2) for k in self.kernel_size]
+    impl = lookup(CONV_IMPLS, self.impl, 'conv_impl')
+    if impl == 'taps' or (impl == 'auto' and jax.default_backend() == 'cpu'):
+      return conv_taps(x, kernel, self.strides, padding)
+    spatial = ''.join('DHW'[3 - len(self.kernel_size):])
+    return jax.lax.conv_general_dilated(x, kernel, self.strides, padding,
+                                        dimension_numbers=(f'N{spatial}C', f'{spatial}IO', f'N{spatial}C'))
+
+
+def _conv(features: int, kernel: tuple[int, ...], strides: tuple[int, ...], dtype, name: str,
+          impl: str = 'auto') -> Conv:
+  return Conv(features, kernel, strides, dtype, impl, name=name)
 
 
 def midplanes(cin: int, cout: int) -> int:
@@ -47,13 +85,14 @@ class Conv2Plus1D(nn.Module):
   mid: int
   stride: int = 1
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     s = self.stride
-    x = _conv(self.mid, (1, 3, 3), (1, s, s), self.dtype, 'spatial')(x)
+    x = _conv(self.mid, (1, 3, 3), (1, s, s), self.dtype, 'spatial', self.conv_impl)(x)
     x = nn.relu(_bn(train, self.dtype, 'bn')(x))
-    return _conv(self.features, (3, 1, 1), (s, 1, 1), self.dtype, 'temporal')(x)
+    return _conv(self.features, (3, 1, 1), (s, 1, 1), self.dtype, 'temporal', self.conv_impl)(x)
 
 
 class BasicBlock(nn.Module):
@@ -64,6 +103,7 @@ class BasicBlock(nn.Module):
   stride: int
   conv: Callable[..., nn.Module]
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -73,7 +113,8 @@ class BasicBlock(nn.Module):
     y = _bn(train, self.dtype, 'bn2')(y)
     if self.stride != 1 or x.shape[-1] != self.features:
       spatial = x.ndim - 2
-      x = _conv(self.features, (1,) * spatial, (self.stride,) * spatial, self.dtype, 'downsample_conv')(x)
+      x = _conv(self.features, (1,) * spatial, (self.stride,) * spatial, self.dtype, 'downsample_conv',
+                self.conv_impl)(x)
       x = _bn(train, self.dtype, 'downsample_bn')(x)
     return nn.relu(x + y)
 
@@ -84,27 +125,31 @@ class Conv3x3(nn.Module):
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     del train
-    return _conv(self.features, (3, 3), (self.stride, self.stride), self.dtype, 'conv')(x)
+    return _conv(self.features, (3, 3), (self.stride, self.stride), self.dtype, 'conv', self.conv_impl)(x)
 
 
 class ResNet18(nn.Module):
   """torchvision ResNet-18 trunk (no avgpool, no fc), `[N, H, W, C]` -> `[N, H/32, W/32, 512]`."""
 
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     x = x.astype(self.dtype)
-    x = nn.relu(_bn(train, self.dtype, 'bn1')(_conv(64, (7, 7), (2, 2), self.dtype, 'conv1')(x)))
+    x = _conv(64, (7, 7), (2, 2), self.dtype, 'conv1', self.conv_impl)(x)
+    x = nn.relu(_bn(train, self.dtype, 'bn1')(x))
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-    conv = lambda f, s, name: Conv3x3(f, s, self.dtype, name=name)
+    conv = lambda f, s, name: Conv3x3(f, s, self.dtype, self.conv_impl, name=name)
     for i, (features, stride) in enumerate(STAGES):
       for b in range(2):
-        x = BasicBlock(features, stride if b == 0 else 1, conv, self.dtype, name=f'layer{i + 1}_{b}')(x, train=train)
+        x = BasicBlock(features, stride if b == 0 else 1, conv, self.dtype, self.conv_impl,
+                       name=f'layer{i + 1}_{b}')(x, train=train)
     return x
 
 
@@ -112,17 +157,21 @@ class R2Plus1D18(nn.Module):
   """torchvision R(2+1)D-18 trunk (no avgpool, no fc), `[N, T, H, W, C]` -> `[N, T/8, H/16, W/16, 512]`."""
 
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     x = x.astype(self.dtype)
-    x = nn.relu(_bn(train, self.dtype, 'stem_bn1')(_conv(45, (1, 7, 7), (1, 2, 2), self.dtype, 'stem_spatial')(x)))
-    x = nn.relu(_bn(train, self.dtype, 'stem_bn2')(_conv(64, (3, 1, 1), (1, 1, 1), self.dtype, 'stem_temporal')(x)))
+    x = _conv(45, (1, 7, 7), (1, 2, 2), self.dtype, 'stem_spatial', self.conv_impl)(x)
+    x = nn.relu(_bn(train, self.dtype, 'stem_bn1')(x))
+    x = _conv(64, (3, 1, 1), (1, 1, 1), self.dtype, 'stem_temporal', self.conv_impl)(x)
+    x = nn.relu(_bn(train, self.dtype, 'stem_bn2')(x))
     for i, (features, stride) in enumerate(STAGES):
       for b in range(2):
         mid = midplanes(x.shape[-1], features)
-        conv = lambda f, s, name, mid=mid: Conv2Plus1D(f, mid, s, self.dtype, name=name)
-        x = BasicBlock(features, stride if b == 0 else 1, conv, self.dtype, name=f'layer{i + 1}_{b}')(x, train=train)
+        conv = lambda f, s, name, mid=mid: Conv2Plus1D(f, mid, s, self.dtype, self.conv_impl, name=name)
+        x = BasicBlock(features, stride if b == 0 else 1, conv, self.dtype, self.conv_impl,
+                       name=f'layer{i + 1}_{b}')(x, train=train)
     return x
 
 

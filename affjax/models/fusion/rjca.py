@@ -25,8 +25,9 @@ def xavier_dense(features: int, name: str, use_bias: bool = True) -> nn.Dense:
 
 
 def l2_normalize(x: Array, axis=-1, eps: float = 1e-12) -> Array:
-  """x / max(||x||_2, eps) over `axis` (PyTorch F.normalize)."""
-  return x / jnp.maximum(jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=True)), eps)
+  """x / max(||x||_2, eps) over `axis` (PyTorch F.normalize), written so that the gradient at x = 0 (a padding
+  clip's zero features) is finite: d sqrt(s) / ds is infinite at 0."""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
 
 
 def scrambled_spatial_view(visual: Array) -> Array:
