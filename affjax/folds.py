@@ -5,6 +5,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from affjax.train.metrics import ccc
+
 NUM_FOLDS = 6
 NUM_TRAIN_CHUNKS = NUM_FOLDS - 1
 
@@ -28,13 +30,6 @@ def fold_split(train_videos: Sequence[str], validation_videos: Sequence[str], fo
   order = np.roll(np.arange(NUM_FOLDS), fold)
   train = [v for c in order[:-1] for v in chunks[c]]
   return train, list(chunks[order[-1]])
-
-
-def ccc(x: np.ndarray, y: np.ndarray) -> float:
-  """Concordance correlation coefficient with population (1/N) moments, float64."""
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  cov = np.mean((x - x.mean()) * (y - y.mean()))
-  return float(2 * cov / (x.var() + y.var() + (x.mean() - y.mean()) ** 2))
 
 
 def ccc_centering(predictions: np.ndarray) -> np.ndarray:
