@@ -58,10 +58,11 @@ def main(argv):
       runs[k, seed] = (metrics, time.perf_counter() - start)
       print(k, seed, metrics, flush=True)
   config = run_config(1, 0)
+  config_name = 'configs/rjca.py' + (f':{_VARIANT.value}' if _VARIANT.value else '')
   source = f'feature cache `{_FEATURES_DIR.value}`' if _FEATURES_DIR.value else 'backbones inline'
   lines = [f'# RJCA: validation CCC vs K joint co-attention iterations ({jax.devices()[0].device_kind}, '
            f'{profiling.cpu_description()})', '',
-           f'configs/rjca.py:{_VARIANT.value}, {source}, {_NUM_STEPS.value} steps of batch {config.train.batch_size}'
+           f'{config_name}, {source}, {_NUM_STEPS.value} steps of batch {config.train.batch_size}'
            f' x {config.data.num_clips} clips per run, validation every {config.train.eval_every} steps, best '
            f'checkpoint scored; seeds {", ".join(_SEEDS.value)}.', '',
            '| K | CCC valence | CCC arousal | CCC mean | runs |', '|---|---|---|---|---|']
