@@ -2,8 +2,8 @@
 x backbones {low, high complexity} x {frozen, end-to-end}, fixed seeds; writes a table of validation CCC and
 training throughput for every cell.
 
-  python experiments/rnn_vs_attention/run_study.py --workdir=/tmp/affjax/study \
-      --table=experiments/rnn_vs_attention/results.md [--only=lstm/low/frozen,...] [--num_steps=200] [-- overrides]
+  python experiments/rnn_vs_attention/run_study.py --workdir=/tmp/affjax/study [--only=lstm/low/frozen,...] \
+      [--num_steps=200] [-- overrides]      # the table: /tmp/affjax/study/results.md
 
 As in the paper, both schemes start from pretrained backbones: frozen keeps them fixed, end to end trains them
 with the fusion. No released checkpoint applies to synthetic faces and voices, so each backbone set is first
@@ -30,7 +30,7 @@ from absl import app, flags
 from affjax import profiling
 
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/affjax/study', 'One subdirectory per cell.')
-_TABLE = flags.DEFINE_string('table', 'experiments/rnn_vs_attention/results.md', 'Where the table is written.')
+_TABLE = flags.DEFINE_string('table', '', 'Where the table is written (default: <workdir>/results.md).')
 _ONLY = flags.DEFINE_list('only', [], 'Cells to run, as fusion/backbones/scheme (default: the whole grid).')
 _NUM_STEPS = flags.DEFINE_integer('num_steps', 200, 'Training steps per cell (and per pretraining run).')
 _BACKBONE_INIT = flags.DEFINE_enum('backbone_init', 'pretrained', ['pretrained', 'random'],
@@ -108,7 +108,7 @@ def main(argv):
     lines.append(f'| {cell[0]} | {cell[1]} | {cell[2]} | {r["ccc_valence"]:.3f} | {r["ccc_arousal"]:.3f} | '
                  f'{r["ccc_mean"]:.3f} | {r["frames_per_s"]:.1f} |')
     print(lines[-1], flush=True)
-    pathlib.Path(_TABLE.value).write_text('\n'.join(lines) + '\n')  # after every cell: a partial grid survives
+    pathlib.Path(_TABLE.value or root / 'results.md').write_text('\n'.join(lines) + '\n')  # after every cell
 
 
 if __name__ == '__main__':
