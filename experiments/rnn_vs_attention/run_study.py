@@ -98,7 +98,8 @@ def main(argv):
   cells = [c for c in itertools.product(FUSIONS, BACKBONES, SCHEMES) if not _ONLY.value or '/'.join(c) in _ONLY.value]
   header = (f'Device: {profiling.cpu_description()} (CPU; on GPUs the cells run there). {_NUM_STEPS.value} steps per '
             f'cell, seed 0, synthetic tree (default size), {_BACKBONE_INIT.value} backbones; frozen cells train from a '
-            'feature cache, so their frames/s is the fusion alone. Rerun: python experiments/rnn_vs_attention/run_study.py '
+            'feature cache, so their frames/s is the fusion alone. Rerun: '
+            'python experiments/rnn_vs_attention/run_study.py '
             f'--workdir={root} --num_steps={_NUM_STEPS.value} --backbone_init={_BACKBONE_INIT.value}'
             + (' -- ' + ' '.join(extra) if extra else ''))
   lines = [header, '', '| fusion | backbones | scheme | CCC valence | CCC arousal | CCC mean | train frames/s |',
