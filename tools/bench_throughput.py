@@ -1,13 +1,14 @@
-"""Throughput of the train step and of the input pipeline (frames/s, or clips/s for the clip view), medians
-after warm-up.
+"""Throughput of the train step and of the input pipeline (frames/s, or clips/s for the clip view), after warm-up.
 
   python tools/bench_throughput.py --config=configs/cross_attn.py [--steps=10] [--config.train.batch_size=8]
   python tools/bench_throughput.py --config=configs/rjca.py --features_dir=DIR  # inline frozen vs DIR's cache
 
-The train step runs on fixed batches already on device (compute only); the pipeline is timed alone, batch
-by batch, with the config's worker processes. Prints one markdown table row per measurement; with
-`--features_dir` (a feature cache of the config's backbones, `tools/cache_features.py`) it measures the
-config as given, then the same config reading the cache, in the same process, and their ratios.
+The train step runs on fixed batches already on device (compute only), median of `--steps` after warm-up; the
+pipeline is timed alone, with the config's worker processes, as its steady rate: batches read as fast as they
+come, over the second half of `--pipeline_batches` (the first half drains what the workers had prefetched).
+Prints one markdown table row per measurement; with `--features_dir` (a feature cache of the config's
+backbones, `tools/cache_features.py`) it measures the config as given, then the same config reading the cache,
+in the same process, and their ratios.
 """
 import tempfile
 import time
@@ -18,6 +19,7 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps / batches (after warm-up).')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps / batches first.')
+_PIPELINE_BATCHES = flags.DEFINE_integer('pipeline_batches', 40, 'Batches the pipeline is timed over (after warm-up).')
 _FEATURES_DIR = flags.DEFINE_string('features_dir', '', 'Also measure the config reading this feature cache.')
 
 
@@ -50,11 +52,16 @@ def measure(config, label: str) -> tuple[float, float]:
     return float(np.median(times))
 
   it = iter(pipeline.train_dataset(records, config))
-  batches = []
-  seconds = timed(lambda: batches.append(next(it)))
+  for _ in range(_WARMUP.value):  # worker start-up
+    batch = next(it)
+  times = []
+  for _ in range(_PIPELINE_BATCHES.value):  # as fast as the workers deliver
+    batch = next(it)
+    times.append(time.perf_counter())
   if hasattr(it, 'close'):  # stops the grain worker processes
     it.close()
-  pipeline_rate = config.train.batch_size * per_window / seconds
+  half = len(times) // 2  # the first half drains what the workers had prefetched
+  pipeline_rate = config.train.batch_size * per_window * (len(times) - 1 - half) / (times[-1] - times[half])
   print(f'| input pipeline ({label}) | {device} | {config.data.num_workers} workers | {shape} | '
         f'{pipeline_rate:.1f} {unit}/s |', flush=True)
 
@@ -65,7 +72,7 @@ def measure(config, label: str) -> tuple[float, float]:
   with jax.set_mesh(mesh):
     acc = jax.device_put(step_lib.zero_accumulator(), parallel.replicated(mesh))
     train_step = step_lib.make_train_step(model, tx, config)
-    global_batch = parallel.to_global(batches[-1], mesh)
+    global_batch = parallel.to_global(batch, mesh)
     carry = [state, acc]
 
     def step():
