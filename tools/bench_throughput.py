@@ -89,6 +89,9 @@ def measure(config, label: str) -> tuple[float, float]:
 
 def main(argv):
   del argv
+  if _PIPELINE_BATCHES.value < 4:
+    raise app.UsageError(f'--pipeline_batches={_PIPELINE_BATCHES.value}: needs at least 4 (the rate is taken over '
+                         'the second half)')
   config = _CONFIG.value
   inline = measure(config, 'inline' if _FEATURES_DIR.value else 'as configured')
   if _FEATURES_DIR.value:
