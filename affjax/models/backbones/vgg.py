@@ -48,12 +48,11 @@ class SparseVggTrunk(nn.Module):
   sample_valid `[N]` -> embedding `[N, d_model]`.
 
   Per stage l (spec §5.2): α = scorer_l(f, query) over the active sites, active &= nucleus(α, top_p) (top_p
-  a call argument, so that it can follow a schedule); with
-  `impl='gather'` the active set is cut to the ⌈capacity·H_l·W_l⌉ sites of highest α (the masked-dense
-  stages make the same cut when the call passes `capacity`, e.g. annealed while a gather model warms up); the
-  features are
-  weighted by `sparse.attention_weights` (`scma_grad`), a VGG block runs on the active sites, then a 2x2
-  max-pool (the active mask is pooled too). `sparse=False` is the dense FE2E trunk (no scorers, all sites).
+  a call argument, so that it can follow a schedule); with `impl='gather'` the active set is cut to the
+  ⌈capacity·H_l·W_l⌉ sites of highest α (the masked-dense stages make the same cut when the call passes
+  `capacity`, e.g. annealed while a gather model warms up); the features are weighted by
+  `sparse.attention_weights` (`scma_grad`), a VGG block runs on the active sites, then a 2x2 max-pool (the
+  active mask is pooled too). `sparse=False` is the dense FE2E trunk (no scorers, all sites).
   Sows each stage's kept fraction of sites (over valid samples) as `intermediates/keep_fraction`.
   """
 
