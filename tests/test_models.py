@@ -19,6 +19,8 @@ from affjax.models.fusion.cross_attn import CrossModalFusion
 from affjax.models.layers import depthwise_conv2d, sinusoidal_pe
 from affjax.models.torch_convert import StateDictReader
 
+import torch_checkpoints
+
 # unsafe_rbg keys: parameter init and dropout compile several times faster than with threefry on CPU.
 KEY = jax.random.key(0, impl='unsafe_rbg')
 DROPOUT_KEY = jax.random.key(1, impl='unsafe_rbg')
@@ -153,49 +155,71 @@ def mobilefacenet(av_model):
 
 
 def _torch_mobilefacenet(torch):
-  """MobileFaceNet written directly from the spec layout (NCHW, PyTorch padding)."""
+  """The MobileFaceNet Karas et al. use (abaw3_rnn_attn `models/modules/mobilefacenet.py`, from UncertainEmotion),
+  written here with its module names and nesting: `Conv_block`s {conv, bn, prelu}, `Depth_Wise` {conv, conv_dw,
+  project}, `Residual`s holding their blocks in `model`, and the GDC `output_layer` {conv_6_dw, linear, bn} with
+  face-alignment's 136-way landmark head. `features` runs the network as the study does once the head is removed
+  (`remove_output_layer`: the output is conv_6_dw flattened), on inputs normalised as (x - 0.5) / 0.5."""
   tnn = torch.nn
 
-  class CB(tnn.Module):
-    def __init__(self, cin, cout, k=1, stride=1, pad=0, groups=1, act=True):
+  class ConvBlock(tnn.Module):
+    def __init__(self, cin, cout, k=1, stride=1, pad=0, groups=1, prelu=True):
       super().__init__()
       self.conv = tnn.Conv2d(cin, cout, k, stride, pad, groups=groups, bias=False)
       self.bn = tnn.BatchNorm2d(cout)
-      self.prelu = tnn.PReLU(cout) if act else None
+      if prelu:
+        self.prelu = tnn.PReLU(cout)
 
     def forward(self, x):
       x = self.bn(self.conv(x))
-      return self.prelu(x) if self.prelu is not None else x
+      return self.prelu(x) if hasattr(self, 'prelu') else x
 
-  class DW(tnn.Module):
-    def __init__(self, cin, cout, g, stride):
+  class DepthWise(tnn.Module):
+    def __init__(self, cin, cout, groups, stride, residual):
       super().__init__()
-      self.expand, self.dw = CB(cin, g), CB(g, g, 3, stride, 1, groups=g)
-      self.project, self.residual = CB(g, cout, act=False), stride == 1
+      self.conv, self.conv_dw = ConvBlock(cin, groups), ConvBlock(groups, groups, 3, stride, 1, groups=groups)
+      self.project, self.residual = ConvBlock(groups, cout, prelu=False), residual
 
     def forward(self, x):
-      y = self.project(self.dw(self.expand(x)))
+      y = self.project(self.conv_dw(self.conv(x)))
       return x + y if self.residual else y
 
-  class Net(tnn.Module):
-    def __init__(self):
+  class Residual(tnn.Module):
+    def __init__(self, c, num_block, groups):
       super().__init__()
-      self.conv1, self.conv2_dw = CB(3, 64, 3, 2, 1), CB(64, 64, 3, 1, 1, groups=64)
-      self.blocks = tnn.ModuleList(
-          [DW(64, 64, 128, 2)] + [DW(64, 64, 128, 1) for _ in range(4)] + [DW(64, 128, 256, 2)]
-          + [DW(128, 128, 256, 1) for _ in range(6)] + [DW(128, 128, 512, 2)] + [DW(128, 128, 256, 1) for _ in range(2)])
-      self.conv6_sep, self.conv6_dw = CB(128, 512), CB(512, 512, 7, groups=512, act=False)
+      self.model = tnn.Sequential(*[DepthWise(c, c, groups, 1, True) for _ in range(num_block)])
 
     def forward(self, x):
-      x = self.conv2_dw(self.conv1((x - 0.5) / 0.5))
-      for blk in self.blocks:
-        x = blk(x)
-      return self.conv6_dw(self.conv6_sep(x)).flatten(1)
+      return self.model(x)
 
-  net = Net()
+  class GDC(tnn.Module):
+    def __init__(self, embedding_size):
+      super().__init__()
+      self.conv_6_dw = ConvBlock(512, 512, 7, groups=512, prelu=False)
+      self.linear = tnn.Linear(512, embedding_size, bias=False)
+      self.bn = tnn.BatchNorm1d(embedding_size)
+
+  class MobileFaceNetUpstream(tnn.Module):
+    def __init__(self):
+      super().__init__()
+      self.conv1, self.conv2_dw = ConvBlock(3, 64, 3, 2, 1), ConvBlock(64, 64, 3, 1, 1, groups=64)
+      self.conv_23, self.conv_3 = DepthWise(64, 64, 128, 2, False), Residual(64, 4, 128)
+      self.conv_34, self.conv_4 = DepthWise(64, 128, 256, 2, False), Residual(128, 6, 256)
+      self.conv_45, self.conv_5 = DepthWise(128, 128, 512, 2, False), Residual(128, 2, 256)
+      self.conv_6_sep = ConvBlock(128, 512)
+      self.output_layer = GDC(136)
+
+    def features(self, x):
+      x = (x - 0.5) / 0.5
+      for m in (self.conv1, self.conv2_dw, self.conv_23, self.conv_3, self.conv_34, self.conv_4, self.conv_45,
+                self.conv_5, self.conv_6_sep, self.output_layer.conv_6_dw):
+        x = m(x)
+      return x.flatten(1)
+
+  net = MobileFaceNetUpstream()
   with torch.no_grad():
     for m in net.modules():
-      if isinstance(m, tnn.BatchNorm2d):
+      if isinstance(m, (tnn.BatchNorm1d, tnn.BatchNorm2d)):
         m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
         m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 1.5)
       if isinstance(m, tnn.PReLU):
@@ -203,18 +227,25 @@ def _torch_mobilefacenet(torch):
   return net.eval()
 
 
-def test_mobilefacenet_matches_torch(mobilefacenet):
+def test_mobilefacenet_matches_torch(mobilefacenet, tmp_path):
+  """A face-alignment checkpoint ({'state_dict': ...}, the landmark head included) through the CLI's path."""
   torch = pytest.importorskip('torch')
   _, variables, images, apply_eval = mobilefacenet
   net = _torch_mobilefacenet(torch)
-  converted = converters.convert('mobilefacenet', {k: v.numpy() for k, v in net.state_dict().items()})
+  conversion = torch_checkpoints.save_and_convert(
+      'mobilefacenet', {'epoch': 3, 'state_dict': net.state_dict()}, tmp_path / 'mobilefacenet_model_best.pth.tar')
+  converted = conversion.variables
+  assert conversion.prefix == '' and not conversion.outside_prefix
+  assert conversion.heads_left_out == ['output_layer.bn.bias', 'output_layer.bn.num_batches_tracked',
+                                       'output_layer.bn.running_mean', 'output_layer.bn.running_var',
+                                       'output_layer.bn.weight', 'output_layer.linear.weight']
   assert jax.tree.structure(converted) == jax.tree.structure(_np(variables))
   assert jax.tree.map(np.shape, converted) == jax.tree.map(np.shape, _np(variables))
   with torch.no_grad():
-    expected = net(torch.tensor(images.transpose(0, 3, 1, 2))).numpy()
+    expected = net.features(torch.tensor(images.transpose(0, 3, 1, 2))).numpy()
   out = np.asarray(apply_eval(converted, images))
   assert out.shape == (3, 512)
-  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+  assert np.abs(out - expected).max() / np.abs(expected).max() < 1e-5
 
 
 def test_mobilefacenet_eval_is_per_image_and_deterministic(mobilefacenet):
@@ -239,27 +270,63 @@ def test_audio_cnn_shapes(name, lengths):
       (3, n, blk.features) for n, blk in zip(lengths, table)]
 
 
-@pytest.mark.parametrize('name', ['zhao19', 'emo16'])
-def test_audio_cnn_matches_torch(name):
+def _torch_end2you_base(torch, table):
+  """End2You's `Base` (end2you/models/audio/base.py) written here with its nesting: `network` is a Sequential
+  of, per block, a Sequential(Conv1d, BatchNorm1d, ELU) and a MaxPool1d, so the tensors are
+  `network.<2i>.0.*` and `network.<2i>.1.*`; random BatchNorm statistics."""
+  tnn = torch.nn
+
+  class Base(tnn.Module):
+    def __init__(self):
+      super().__init__()
+      layers, cin = [], 1
+      for blk in table:
+        layers += [tnn.Sequential(tnn.Conv1d(cin, blk.features, blk.kernel_size, padding=blk.padding),
+                                  tnn.BatchNorm1d(blk.features), tnn.ELU()),
+                   tnn.MaxPool1d(blk.pool, blk.pool, blk.pool_padding)]
+        cin = blk.features
+      self.network = tnn.Sequential(*layers)
+
+    def forward(self, x):
+      return self.network(x)
+
+  net = Base()
+  with torch.no_grad():
+    for m in net.modules():
+      if isinstance(m, tnn.BatchNorm1d):
+        m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
+  return net.eval()
+
+
+@pytest.mark.parametrize('name, saved_as', [('zhao19', 'extractor'), ('emo16', 'end2you'), ('emo18', 'extractor')])
+def test_audio_cnn_matches_torch(name, saved_as, tmp_path):
+  """Checkpoints as saved upstream, converted through the CLI's path: 'extractor' is abaw3_rnn_attn's
+  `AudioConvEncoder` (the Base under `model.`) saved as a bare state dict, like its `zhao19_extractor.pth.tar`;
+  'end2you' is End2You's training checkpoint {'state_dict': AudioRNNModel, 'optim_dict': ...}, the Base
+  under `audio_model.model.` next to the LSTM and the linear head."""
   torch = pytest.importorskip('torch')
   tnn = torch.nn
   table = AUDIO_CNN_TABLES[name]
-  layers, cin = [], 1
-  for blk in table:
-    layers += [tnn.Conv1d(cin, blk.features, blk.kernel_size, padding=blk.padding), tnn.BatchNorm1d(blk.features),
-               tnn.ELU(), tnn.MaxPool1d(blk.pool, blk.pool, blk.pool_padding)]
-    cin = blk.features
-  net = tnn.Sequential(*layers).eval()
+  base = _torch_end2you_base(torch, table)
+  x = np.random.default_rng(5).uniform(-1, 1, (2, 10560)).astype(np.float32)
   with torch.no_grad():
-    for i in range(len(table)):
-      bn = net[4 * i + 1]
-      bn.running_mean.uniform_(-0.2, 0.2), bn.running_var.uniform_(0.5, 1.5), bn.bias.uniform_(-0.2, 0.2)
-    x = np.random.default_rng(5).uniform(-1, 1, (2, 10560)).astype(np.float32)
-    expected = net(torch.tensor(x)[:, None, :]).mean(-1).numpy()
-  state_dict = {f'audio_model.{k}': v.numpy() for k, v in net.state_dict().items()}
-  variables = converters.convert(name, state_dict, prefix='audio_model.')
-  out = jax.jit(functools.partial(AudioCNN1D(table).apply, train=False))(variables, x)
-  np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-4, atol=1e-5)
+    expected = base(torch.tensor(x)[:, None, :]).mean(-1).numpy()
+  if saved_as == 'extractor':
+    encoder = tnn.Module()
+    encoder.model = base
+    saved, prefix = encoder.state_dict(), 'model.'
+  else:
+    audio_model, rnn_model = tnn.Module(), tnn.Module()
+    audio_model.model = base
+    rnn_model.audio_model, rnn_model.rnn = audio_model, tnn.LSTM(table[-1].features, 8, batch_first=True)
+    rnn_model.linear = tnn.Linear(8, 2)
+    saved, prefix = {'state_dict': rnn_model.state_dict(), 'optim_dict': {'state': {}}, 'epoch': 4}, 'audio_model.model.'
+  conversion = torch_checkpoints.save_and_convert(name, saved, tmp_path / f'{name}.pth.tar')
+  assert conversion.prefix == prefix
+  assert conversion.outside_prefix == ([] if saved_as == 'extractor' else sorted(
+      [f'rnn.{k}' for k in rnn_model.rnn.state_dict()] + ['linear.weight', 'linear.bias']))
+  out = jax.jit(functools.partial(AudioCNN1D(table).apply, train=False))(conversion.variables, x)
+  assert np.abs(np.asarray(out) - expected).max() / np.abs(expected).max() < 1e-5
 
 
 def test_audio_cnn_kaiming_uniform_init():

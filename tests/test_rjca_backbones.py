@@ -53,18 +53,40 @@ def _param_count(model, shape):
   return sum(math.prod(p.shape) for p in jax.tree.leaves(shapes['params'])), shapes
 
 
-@pytest.mark.parametrize('conv_impl', ['xla', 'taps'])
-def test_resnet18_audio_matches_torchvision(torchvision, conv_impl):
+@pytest.fixture(scope='module')
+def tsav_checkpoint(torchvision, tmp_path_factory):
+  """A checkpoint as RJCA loads its backbones: TSAV's `TwoStreamAuralVisualModel` saved as {'state_dict': ...}
+  (`audio_model.resnet`: torchvision resnet18 with a 1-channel conv1; `video_model.r2plus1d`: r2plus1d_18 with
+  a 4-channel stem; their `fc` and the video `avgpool` replaced by parameter-free modules; the joint `fc` head
+  = Sequential(Dropout, Linear)). Returns (path, the audio ResNet, the video R(2+1)D)."""
   torch, tv = torchvision
-  net = tv.models.resnet18()
-  net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
-  net = _randomise_batch_norms(torch, net)
+  tsav, audio_model, video_model = torch.nn.Module(), torch.nn.Module(), torch.nn.Module()
+  audio_model.resnet = tv.models.resnet18()
+  audio_model.resnet.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+  video_model.r2plus1d = tv.models.video.r2plus1d_18()
+  video_model.r2plus1d.stem[0] = torch.nn.Conv3d(4, 45, (1, 7, 7), (1, 2, 2), (0, 3, 3), bias=False)
+  audio_model.resnet.fc = video_model.r2plus1d.fc = video_model.r2plus1d.avgpool = torch.nn.Identity()
+  tsav.audio_model, tsav.video_model = audio_model, video_model
+  tsav.fc = torch.nn.Sequential(torch.nn.Dropout(0.0), torch.nn.Linear(1024, 17))
+  _randomise_batch_norms(torch, tsav)
+  path = tmp_path_factory.mktemp('tsav') / 'TSAV_Sub4_544k.pth.tar'
+  torch.save({'state_dict': tsav.state_dict(), 'epoch': 9}, str(path))
+  return str(path), audio_model.resnet, video_model.r2plus1d
+
+
+@pytest.mark.parametrize('conv_impl', ['xla', 'taps'])
+def test_resnet18_audio_matches_torchvision(torchvision, tsav_checkpoint, conv_impl):
+  torch, _ = torchvision
+  path, net, _ = tsav_checkpoint
   x = np.random.default_rng(0).standard_normal((2, 64, 40, 1)).astype(np.float32)  # [N, mels, frames, 1]
   with torch.no_grad():
     t = torch.tensor(x.transpose(0, 3, 1, 2))
     t = net.maxpool(net.relu(net.bn1(net.conv1(t))))
     expected = net.layer4(net.layer3(net.layer2(net.layer1(t)))).numpy().transpose(0, 2, 3, 1)
-  variables = converters.convert('resnet18_audio', _state_dict(net), 'torchvision resnet18')
+  conversion = converters.convert_checkpoint('resnet18_audio', path)
+  assert conversion.prefix == 'audio_model.resnet.'
+  assert {k.split('.')[0] for k in conversion.outside_prefix} == {'video_model', 'fc'}
+  variables = conversion.variables
   model = resnet.ResNet18(conv_impl=conv_impl)
   count, abstract = _param_count(model, x.shape)
   assert jax.tree.map(np.shape, variables) == jax.tree.map(lambda a: a.shape, abstract)
@@ -75,16 +97,19 @@ def test_resnet18_audio_matches_torchvision(torchvision, conv_impl):
 
 
 @pytest.mark.parametrize('conv_impl', ['xla', 'taps'])
-def test_r2plus1d18_matches_torchvision(torchvision, conv_impl):
-  torch, tv = torchvision
-  net = _randomise_batch_norms(torch, tv.models.video.r2plus1d_18())
+def test_r2plus1d18_matches_torchvision(torchvision, tsav_checkpoint, conv_impl):
+  """The 4-channel TSAV stem is read as its first 3 input channels: the reference feeds the 4-channel network
+  a zero fourth channel."""
+  torch, _ = torchvision
+  path, _, net = tsav_checkpoint
   x = np.random.default_rng(1).standard_normal((1, 8, 32, 32, 3)).astype(np.float32)  # [N, T, H, W, C]
   with torch.no_grad():
-    t = torch.tensor(x.transpose(0, 4, 1, 2, 3))
+    t = torch.tensor(np.concatenate([x, np.zeros_like(x[..., :1])], -1).transpose(0, 4, 1, 2, 3))
     expected = net.layer4(net.layer3(net.layer2(net.layer1(net.stem(t))))).numpy().transpose(0, 2, 3, 4, 1)
-  variables = converters.convert('r2plus1d_18', _state_dict(net), 'torchvision r2plus1d_18')
+  conversion = converters.convert_checkpoint('r2plus1d_18', path)
+  assert conversion.prefix == 'video_model.r2plus1d.'
   model = resnet.R2Plus1D18(conv_impl=conv_impl)
-  out = np.asarray(jax.jit(functools.partial(model.apply, train=False))(variables, x))
+  out = np.asarray(jax.jit(functools.partial(model.apply, train=False))(conversion.variables, x))
   assert out.shape == expected.shape == (1, 1, 2, 2, 512)
   assert _relative_error(out, expected) < 1e-5
 
