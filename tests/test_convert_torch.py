@@ -11,6 +11,8 @@ import pytest
 from affjax.models import converters, torch_convert
 from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES
 
+import torch_checkpoints
+
 torch = pytest.importorskip('torch')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,15 +21,9 @@ def _end2you_training_checkpoint(table) -> dict:
   """End2You's trainer output for an `AudioRNNModel` trained under DataParallel: {'state_dict': ...,
   'optim_dict': ..., 'epoch': ...}, the `Base` under `module.audio_model.model.network.<2i>.{0,1}`."""
   tnn = torch.nn
-  layers, cin = [], 1
-  for blk in table:
-    layers += [tnn.Sequential(tnn.Conv1d(cin, blk.features, blk.kernel_size, padding=blk.padding),
-                              tnn.BatchNorm1d(blk.features), tnn.ELU()), tnn.MaxPool1d(blk.pool, blk.pool)]
-    cin = blk.features
-  base, audio_model, rnn_model = tnn.Module(), tnn.Module(), tnn.Module()
-  base.network = tnn.Sequential(*layers)
-  audio_model.model = base
-  rnn_model.audio_model, rnn_model.linear = audio_model, tnn.Linear(cin, 2)
+  audio_model, rnn_model = tnn.Module(), tnn.Module()
+  audio_model.model = torch_checkpoints.end2you_base(torch, table)
+  rnn_model.audio_model, rnn_model.linear = audio_model, tnn.Linear(table[-1].features, 2)
   model = tnn.DataParallel(rnn_model)
   return {'state_dict': model.state_dict(), 'optim_dict': {'state': {}, 'param_groups': []}, 'epoch': 7}
 

@@ -1,0 +1,76 @@
+"""A whole upstream PyTorch model as an affjax run directory (`tools/convert_torch.py --network=<system>
+--checkpoint=... --out_workdir=RUN`): `--mode=eval` restores it as if affjax had trained it, and writes the ABAW
+files and metrics.
+
+  RUN/converted/<part>.msgpack   the converted variables of each model part (backbones, fusion, heads)
+  RUN/config.py                  configs/<system>.py with the fields the checkpoint fixes, the compat flags its
+                                 layers need, and `model.pretrained` naming the converted parts
+  RUN/checkpoints/0/             the train state holding them (Orbax, no data-iterator state)
+
+`--mode=train` on RUN starts from the converted weights (step 0 has no data state to resume from).
+"""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+from affjax import checkpoint, models, parallel
+from affjax.models import system_converters, torch_convert
+from affjax.train import optim, state as state_lib
+
+_CONFIG_FILE = '''"""Written by tools/convert_torch.py --network={system} from {source}:
+configs/{base}.py holding the converted upstream model.
+
+  python -m affjax.main --config={workdir}/config.py --workdir={workdir} --mode=eval
+"""
+import ml_collections
+
+from configs import {base}
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  config = {base}.get_config(arg)
+  config.model.update({model!r})
+  config.compat.update({compat!r})
+  config.model.pretrained = ml_collections.ConfigDict({pretrained!r})
+  return config
+'''
+
+
+def load_config(path: pathlib.Path, arg: str = '') -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file (what `--config=PATH:arg` loads)."""
+  spec = importlib.util.spec_from_file_location(f'converted_config_{abs(hash(str(path)))}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def write_run(system: str, checkpoint_path: str, workdir: str) -> tuple[pathlib.Path, str]:
+  """Converts the upstream `system` checkpoint into the run directory `workdir`; returns (its config file, a
+  report of what was read and left out)."""
+  workdir = pathlib.Path(workdir).expanduser().absolute()
+  if (workdir / 'checkpoints').exists():
+    raise FileExistsError(f'{workdir} already holds checkpoints: give --out_workdir a new directory')
+  conversion = system_converters.convert_system(system, torch_convert.read_torch_checkpoint(checkpoint_path),
+                                                checkpoint_path)
+  (workdir / 'converted').mkdir(parents=True, exist_ok=True)
+  parts = {}
+  for part in conversion.variables['params']:
+    parts[part] = str(workdir / 'converted' / f'{part}.msgpack')
+    torch_convert.save_variables(parts[part], {c: tree[part] for c, tree in conversion.variables.items() if part in tree})
+  config_path = workdir / 'config.py'
+  config_path.write_text(_CONFIG_FILE.format(system=system, source=checkpoint_path, base=conversion.config,
+                                             workdir=workdir, model=conversion.model, compat=conversion.compat,
+                                             pretrained=parts))
+  config = load_config(config_path)
+  model = models.build_model(config.model)
+  tx = optim.make_optimizer(config, models.param_labels(config.model))
+  state = state_lib.initial_state(model, tx, config, parallel.make_mesh(), config.seed)  # checks every part
+  checkpoints = checkpoint.Checkpointer(workdir)
+  try:
+    checkpoints.save(0, state, None)
+  finally:
+    checkpoints.close()
+  return config_path, conversion.report
