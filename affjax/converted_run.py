@@ -47,14 +47,14 @@ def load_config(path: pathlib.Path, arg: str = '') -> ml_collections.ConfigDict:
   return module.get_config(arg)
 
 
-def write_run(system: str, checkpoint_path: str, workdir: str) -> tuple[pathlib.Path, str]:
-  """Converts the upstream `system` checkpoint into the run directory `workdir`; returns (its config file, a
-  report of what was read and left out)."""
+def write_run(system: str, checkpoint_path: str, workdir: str, num_heads: int = 4) -> tuple[pathlib.Path, str]:
+  """Converts the upstream `system` checkpoint (attention models: with `num_heads` heads) into the run directory
+  `workdir`; returns (its config file, a report of what was read and left out)."""
   workdir = pathlib.Path(workdir).expanduser().absolute()
   if (workdir / 'checkpoints').exists():
     raise FileExistsError(f'{workdir} already holds checkpoints: give --out_workdir a new directory')
   conversion = system_converters.convert_system(system, torch_convert.read_torch_checkpoint(checkpoint_path),
-                                                checkpoint_path)
+                                                checkpoint_path, num_heads)
   (workdir / 'converted').mkdir(parents=True, exist_ok=True)
   parts = {}
   for part in conversion.variables['params']:

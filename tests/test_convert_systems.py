@@ -26,21 +26,128 @@ def _time_distributed(module):
   return wrapper
 
 
-class _KarasLSTM(tnn.Module):
-  """abaw3_rnn_attn `AudioVisualRecurrentModel` (`rnn` / `birnn`): `audio_network` = TimeDistributed(
-  AudioConvEncoder(Base)), `visual_network` = TimeDistributed(VisualConvEncoder(MobileFaceNet without its
-  landmark head)), `seq2seq_model` = Sequential(ConcatFusion, Linear, GELU, RNNModel{rnn}), two linear heads."""
+class _PositionalEncoding(tnn.Module):
+  """abaw3_rnn_attn `PositionalEncoding`: the sinusoid table saved as the buffer `pe` [1, 5000, d]."""
 
-  def __init__(self, table, d: int, num_layers: int, bidirectional: bool):
+  def __init__(self, d: int):
+    super().__init__()
+    position, freq = torch.arange(5000.0)[:, None], torch.exp(torch.arange(0, d, 2.0) * (-np.log(10000.0) / d))
+    pe = torch.zeros(5000, d)
+    pe[:, 0::2], pe[:, 1::2] = torch.sin(position * freq), torch.cos(position * freq)
+    self.register_buffer('pe', pe[None])
+
+  def forward(self, x):
+    return x + self.pe[:, :x.shape[1]]
+
+
+def _ffn(d: int, d_ff: int):
+  """`PointWiseFeedForward`: `ffn` = Sequential(Linear, GELU, Dropout, Linear)."""
+  ffn = tnn.Module()
+  ffn.ffn = tnn.Sequential(tnn.Linear(d, d_ff), tnn.GELU(), tnn.Dropout(0.3), tnn.Linear(d_ff, d))
+  return ffn
+
+
+class _SelfattentionLayer(tnn.Module):
+  """abaw3_rnn_attn `SelfattentionLayer`, post-LN: {mha, ffn, layernorm_mha, layernorm_ffn}."""
+
+  def __init__(self, d: int, d_ff: int, heads: int):
+    super().__init__()
+    self.mha, self.ffn = tnn.MultiheadAttention(d, heads, batch_first=True), _ffn(d, d_ff)
+    self.layernorm_mha, self.layernorm_ffn = tnn.LayerNorm(d), tnn.LayerNorm(d)
+
+  def forward(self, x):
+    x = self.layernorm_mha(x + self.mha(x, x, x)[0])
+    return self.layernorm_ffn(x + self.ffn.ffn(x))
+
+
+class _CrossModalAttentionLayerV2(tnn.Module):
+  """abaw3_rnn_attn `CrossModalAttentionLayerV2` as it is (spec rnn_attn bug 2: `out_1 = Drop(a) + a`), with the
+  gated variant's `alpha`: {mha, ffn, layernorm_src, layernorm_tgt, layernorm_ffn[, alpha]}."""
+
+  def __init__(self, d: int, d_ff: int, heads: int, gated: bool):
+    super().__init__()
+    self.mha, self.ffn = tnn.MultiheadAttention(d, heads, batch_first=True), _ffn(d, d_ff)
+    self.layernorm_src, self.layernorm_tgt, self.layernorm_ffn = tnn.LayerNorm(d), tnn.LayerNorm(d), tnn.LayerNorm(d)
+    if gated:
+      self.alpha = tnn.Parameter(torch.tensor([0.3]))
+
+  def forward(self, source, target):
+    src, tgt = self.layernorm_src(source), self.layernorm_tgt(target)
+    a = self.mha(tgt, src, src)[0]
+    out_1 = self.alpha * a + (1 - self.alpha) * a if hasattr(self, 'alpha') else a + a
+    return out_1 + torch.nn.functional.gelu(self.ffn.ffn(self.layernorm_ffn(out_1)))
+
+
+class _MulTV2(tnn.Module):
+  """abaw3_rnn_attn `MulTV2` / `GatedMulTV2`: every cross layer reads the front-end outputs (bug 2)."""
+
+  def __init__(self, fa: int, fv: int, d: int, d_ff: int, heads: int, n_ca: int, n_cv: int, layers: int, gated: bool):
+    super().__init__()
+    self.conv_audio, self.conv_visual = tnn.Conv1d(fa, d // 2, 3, padding='same'), tnn.Conv1d(fv, d // 2, 3, padding='same')
+    self.pe_audio, self.pe_visual = _PositionalEncoding(d // 2), _PositionalEncoding(d // 2)
+    for name, n in (('cross_audio_visual', n_ca), ('cross_visual_audio', n_cv)):
+      stack = tnn.Module()
+      stack.layers = tnn.ModuleList([_CrossModalAttentionLayerV2(d // 2, d_ff, heads, gated) for _ in range(n)])
+      setattr(self, name, stack)
+    self.selfattn = tnn.Module()
+    self.selfattn.layers = tnn.ModuleList([_SelfattentionLayer(d, d_ff, heads) for _ in range(layers)])
+
+  def forward(self, audio, visual):
+    a = self.pe_audio(self.conv_audio(audio.permute(0, 2, 1)).permute(0, 2, 1))
+    v = self.pe_visual(self.conv_visual(visual.permute(0, 2, 1)).permute(0, 2, 1))
+    atov = [layer(a, v) for layer in self.cross_audio_visual.layers][-1]
+    vtoa = [layer(v, a) for layer in self.cross_visual_audio.layers][-1]
+    x = torch.cat([atov, vtoa], -1)
+    for layer in self.selfattn.layers:
+      x = layer(x)
+    return torch.nn.functional.gelu(x)
+
+
+class _SelfAttentionModel(tnn.Module):
+  """abaw3_rnn_attn `SelfAttentionModel`: {linear, pos_encoder, transformer_encoder (nn.TransformerEncoder of
+  post-LN nn.TransformerEncoderLayer, GELU)}."""
+
+  def __init__(self, n_inputs: int, d: int, d_ff: int, heads: int, layers: int):
+    super().__init__()
+    self.linear, self.pos_encoder = tnn.Linear(n_inputs, d), _PositionalEncoding(d)
+    layer = tnn.TransformerEncoderLayer(d, heads, d_ff, batch_first=True, activation='gelu')
+    self.transformer_encoder = tnn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+  def forward(self, x):
+    x = self.pos_encoder(torch.nn.functional.gelu(self.linear(x)))
+    return torch.nn.functional.gelu(self.transformer_encoder(x))
+
+
+class _RNNModel(tnn.Module):
+  def __init__(self, d: int, layers: int, bidirectional: bool):
+    super().__init__()
+    self.rnn = tnn.LSTM(d, d, layers, batch_first=True, bidirectional=bidirectional)
+
+  def forward(self, x):
+    return self.rnn(x)[0]
+
+
+class _KarasAV(tnn.Module):
+  """abaw3_rnn_attn's `AudioVisualNetwork` subclasses: `audio_network` = TimeDistributed(AudioConvEncoder(Base)),
+  `visual_network` = TimeDistributed(VisualConvEncoder(MobileFaceNet without its landmark head)), the
+  temporal model `seq2seq_model` (`temporal`: 'rnn' | 'selfattn' | 'multv2' | 'gatedmultv2'), and the heads
+  `linear_continuous`, `linear_categorical`."""
+
+  def __init__(self, table, temporal: str, d: int, layers: int, heads: int = 2, d_ff: int = 12):
     super().__init__()
     self.audio_network = _time_distributed(_time_distributed(torch_checkpoints.end2you_base(torch, table)))
     mobilefacenet = torch_checkpoints.upstream_mobilefacenet(torch)
     mobilefacenet.output_layer.linear = mobilefacenet.output_layer.bn = tnn.Identity()  # remove_output_layer()
     self.visual_network = _time_distributed(_time_distributed(mobilefacenet))
-    rnn_model = tnn.Module()
-    rnn_model.rnn = tnn.LSTM(d, d, num_layers, batch_first=True, bidirectional=bidirectional)
-    self.seq2seq_model = tnn.Sequential(tnn.Identity(), tnn.Linear(table[-1].features + 512, d), tnn.GELU(), rnn_model)
-    width = d * (2 if bidirectional else 1)
+    fa, width, self.temporal = table[-1].features, d, temporal
+    if temporal in ('rnn', 'birnn'):
+      self.seq2seq_model = tnn.Sequential(tnn.Identity(), tnn.Linear(fa + 512, d), tnn.GELU(),
+                                          _RNNModel(d, layers, temporal == 'birnn'))
+      width = d * (2 if temporal == 'birnn' else 1)
+    elif temporal == 'selfattn':
+      self.seq2seq_model = tnn.Sequential(tnn.Identity(), _SelfAttentionModel(fa + 512, d, d_ff, heads, layers))
+    else:
+      self.seq2seq_model = _MulTV2(fa, 512, d, d_ff, heads, 2, 1, layers, temporal == 'gatedmultv2')
     self.linear_continuous, self.linear_categorical = tnn.Linear(width, 2), tnn.Linear(width, 24)
 
   def forward(self, windows, faces):
@@ -48,8 +155,9 @@ class _KarasLSTM(tnn.Module):
     b, t = windows.shape[:2]
     audio = self.audio_network.model.model(windows.reshape(b * t, 1, -1)).mean(-1).reshape(b, t, -1)
     visual = self.visual_network.model.model.features(faces.reshape(b * t, *faces.shape[2:]).permute(0, 3, 1, 2))
-    x = self.seq2seq_model[2](self.seq2seq_model[1](torch.cat([audio, visual.reshape(b, t, -1)], -1)))
-    x, _ = self.seq2seq_model[3].rnn(x)
+    visual = visual.reshape(b, t, -1)
+    x = (self.seq2seq_model(audio, visual) if isinstance(self.seq2seq_model, _MulTV2)
+         else self.seq2seq_model[1:](torch.cat([audio, visual], -1)))
     return self.linear_continuous(x), self.linear_categorical(x)
 
 
@@ -79,17 +187,35 @@ def _restored_apply(config_path, arg: str = ''):
   return config, jax.jit(functools.partial(model.apply, variables, train=False))
 
 
-@pytest.mark.parametrize('audio, bidirectional', [('emo18', True)])
-def test_karas_lstm_converts_into_a_run_that_matches_the_upstream_model(tiny_tree, tmp_path, audio, bidirectional):
+def _randomise_layer_norms(net):
+  with torch.no_grad():
+    for m in net.modules():
+      if isinstance(m, tnn.LayerNorm):
+        m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
+  return net
+
+
+@pytest.mark.parametrize('system, temporal, model_fields', [
+    ('lstm', 'birnn', dict(d_embedding=8, num_layers=2, bidirectional=True)),
+    ('self_attn', 'selfattn', dict(d_embedding=8, num_layers=2, d_ff=12, num_heads=2)),
+    ('cross_attn', 'multv2', dict(d_embedding=16, num_layers=1, d_ff=12, num_heads=2, n_ca=2, n_cv=1, gated=False)),
+    ('cross_attn', 'gatedmultv2', dict(d_embedding=16, num_layers=1, d_ff=12, num_heads=2, n_ca=2, n_cv=1, gated=True)),
+])
+def test_karas_models_convert_into_runs_that_match_the_upstream_model(tiny_tree, tmp_path, system, temporal,
+                                                                      model_fields):
+  """Saved as abaw3_rnn_attn's trainer saves (`{'state_dict', 'optim_dict', ...}`), converted with
+  `--num_heads=2`; the `lstm` run is also evaluated with `--mode=eval`."""
   torch.manual_seed(0)
-  net = _KarasLSTM(AUDIO_CNN_TABLES[audio], d=8, num_layers=2, bidirectional=bidirectional).eval()
+  net = _randomise_layer_norms(_KarasAV(AUDIO_CNN_TABLES['emo18'], temporal, model_fields['d_embedding'],
+                                        model_fields['num_layers'])).eval()
   path = tmp_path / 'best.pth.tar'
   torch.save({'state_dict': net.state_dict(), 'optim_dict': {'state': {}, 'param_groups': []}, 'epoch': 5}, str(path))
-  config_path, report = converted_run.write_run('lstm', str(path), str(tmp_path / 'run'))
-  assert f"{audio} under 'audio_network.model.model.'" in report
+  config_path, report = converted_run.write_run(system, str(path), str(tmp_path / 'run'), num_heads=2)
+  assert "emo18 under 'audio_network.model.model.'" in report and "mobilefacenet under 'visual_network" in report
   config, apply = _restored_apply(config_path, 'smoke')
-  assert (config.model.audio_backbone, config.model.d_embedding, config.model.num_layers,
-          config.model.bidirectional, config.model.aux_classes) == (audio, 8, 2, bidirectional, 24)
+  assert {k: config.model[k] for k in model_fields} == model_fields
+  assert (config.model.audio_backbone, config.model.aux_classes) == ('emo18', 24)
+  assert config.compat.get('multv2_reference_layers', False) == (system == 'cross_attn')
   batch = _av_batch(config, 2, seed=1)
   out = apply(batch)
   windows = np.stack([[a[o:o + config.model.audio_window] for o in offs]
@@ -100,8 +226,8 @@ def test_karas_lstm_converts_into_a_run_that_matches_the_upstream_model(tiny_tre
     ours, theirs = np.asarray(ours), theirs.numpy()
     assert ours.shape == theirs.shape
     assert np.abs(ours - theirs).max() / np.abs(theirs).max() < 1e-5
-
-  _check_eval_writes_predictions(config_path, tiny_tree, tmp_path)
+  if system == 'lstm':
+    _check_eval_writes_predictions(config_path, tiny_tree, tmp_path)
 
 
 def _check_eval_writes_predictions(config_path, tiny_tree, tmp_path):
