@@ -4,7 +4,8 @@ files and metrics.
 
   RUN/converted/<part>.msgpack   the converted variables of each model part (backbones, fusion, heads)
   RUN/config.py                  configs/<system>.py with the fields the checkpoint fixes, the compat flags its
-                                 layers need, and `model.pretrained` naming the converted parts
+                                 layers need, and `model.pretrained` naming the converted parts (other entries,
+                                 e.g. LFAN's VGGish feature network, stay the system's: set them at evaluation)
   RUN/checkpoints/0/             the train state holding them (Orbax, no data-iterator state)
 
 `--mode=train` on RUN starts from the converted weights (step 0 has no data state to resume from).
@@ -14,9 +15,11 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
-from affjax import checkpoint, models, parallel
+from affjax import checkpoint, models
 from affjax.models import system_converters, torch_convert
 from affjax.train import optim, state as state_lib
 
@@ -33,8 +36,9 @@ from configs import {base}
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config = {base}.get_config(arg)
   config.model.update({model!r})
+  config.data.update({data!r})
   config.compat.update({compat!r})
-  config.model.pretrained = ml_collections.ConfigDict({pretrained!r})
+  config.model.pretrained.update({pretrained!r})
   return config
 '''
 
@@ -47,14 +51,15 @@ def load_config(path: pathlib.Path, arg: str = '') -> ml_collections.ConfigDict:
   return module.get_config(arg)
 
 
-def write_run(system: str, checkpoint_path: str, workdir: str, num_heads: int = 4) -> tuple[pathlib.Path, str]:
-  """Converts the upstream `system` checkpoint (attention models: with `num_heads` heads) into the run directory
+def write_run(system: str, checkpoint_path: str, workdir: str,
+              options: system_converters.Options = system_converters.Options()) -> tuple[pathlib.Path, str]:
+  """Converts the upstream `system` checkpoint (with what it does not tell in `options`) into the run directory
   `workdir`; returns (its config file, a report of what was read and left out)."""
   workdir = pathlib.Path(workdir).expanduser().absolute()
   if (workdir / 'checkpoints').exists():
     raise FileExistsError(f'{workdir} already holds checkpoints: give --out_workdir a new directory')
   conversion = system_converters.convert_system(system, torch_convert.read_torch_checkpoint(checkpoint_path),
-                                                checkpoint_path, num_heads)
+                                                checkpoint_path, options)
   (workdir / 'converted').mkdir(parents=True, exist_ok=True)
   parts = {}
   for part in conversion.variables['params']:
@@ -62,12 +67,17 @@ def write_run(system: str, checkpoint_path: str, workdir: str, num_heads: int = 
     torch_convert.save_variables(parts[part], {c: tree[part] for c, tree in conversion.variables.items() if part in tree})
   config_path = workdir / 'config.py'
   config_path.write_text(_CONFIG_FILE.format(system=system, source=checkpoint_path, base=conversion.config,
-                                             workdir=workdir, model=conversion.model, compat=conversion.compat,
+                                             workdir=workdir, model=conversion.model, data=conversion.data,
+                                             compat=conversion.compat,
                                              pretrained=parts))
   config = load_config(config_path)
-  model = models.build_model(config.model)
   tx = optim.make_optimizer(config, models.param_labels(config.model))
-  state = state_lib.initial_state(model, tx, config, parallel.make_mesh(), config.seed)  # checks every part
+  params = jax.tree.map(jnp.asarray, conversion.variables['params'])
+  state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                               batch_stats=jax.tree.map(jnp.asarray, conversion.variables['batch_stats']),
+                               opt_state=tx.init(params), rng=jax.random.key(config.seed))
+  # Every part's names and shapes are checked against the model when a run loads `model.pretrained`
+  # (`affjax.train.state.initial_state`); evaluation then restores this state.
   checkpoints = checkpoint.Checkpointer(workdir)
   try:
     checkpoints.save(0, state, None)

@@ -3,13 +3,16 @@ references written with the upstream models' names and nesting on random weights
 them, converted through the CLI's function; the restored run's outputs against the reference, and `--mode=eval`
 on the run."""
 import functools
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from affjax import checkpoint, converted_run, models, parallel
-from affjax.data import pipeline, prepare
+from affjax.data import audio_features, pipeline, prepare
+from affjax.models import system_converters
+from affjax.models.av_model import slice_audio_windows
 from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES
 from affjax.train import loop, optim, state as state_lib
 
@@ -210,7 +213,8 @@ def test_karas_models_convert_into_runs_that_match_the_upstream_model(tiny_tree,
                                         model_fields['num_layers'])).eval()
   path = tmp_path / 'best.pth.tar'
   torch.save({'state_dict': net.state_dict(), 'optim_dict': {'state': {}, 'param_groups': []}, 'epoch': 5}, str(path))
-  config_path, report = converted_run.write_run(system, str(path), str(tmp_path / 'run'), num_heads=2)
+  config_path, report = converted_run.write_run(system, str(path), str(tmp_path / 'run'),
+                                                system_converters.Options(num_heads=2))
   assert "emo18 under 'audio_network.model.model.'" in report and "mobilefacenet under 'visual_network" in report
   config, apply = _restored_apply(config_path, 'smoke')
   assert {k: config.model[k] for k in model_fields} == model_fields
@@ -240,3 +244,131 @@ def _check_eval_writes_predictions(config_path, tiny_tree, tmp_path):
   for video in records.videos:
     lines = (config_path.parent / 'predictions' / 'validation' / f'{video.name}.txt').read_text().splitlines()
     assert lines[0] == 'valence,arousal' and len(lines) - 1 == video.num_rows
+
+
+def _torch_lfan():
+  sys.path.insert(0, 'tools')
+  import torch_lfan  # pylint: disable=g-import-not-at-top
+  return torch_lfan
+
+
+class _Chomp1d(tnn.Module):
+  def __init__(self, chomp: int):
+    super().__init__()
+    self.chomp = chomp
+
+  def forward(self, x):
+    return x[:, :, :-self.chomp]
+
+
+class _TemporalBlock(tnn.Module):
+  """ABAW2 `TemporalBlock`: old-style `weight_norm` conv1 / conv2 (`weight_g`, `weight_v`), also held by the
+  Sequential `net` (so saved twice), LeakyReLU, Dropout2d, a 1x1 `downsample` where the width changes."""
+
+  def __init__(self, c_in: int, c_out: int, k: int, dilation: int):
+    super().__init__()
+    pad = (k - 1) * dilation
+    self.conv1 = tnn.utils.weight_norm(tnn.Conv1d(c_in, c_out, k, padding=pad, dilation=dilation))
+    self.chomp1, self.relu1, self.dropout1 = _Chomp1d(pad), tnn.LeakyReLU(), tnn.Dropout2d(0.1)
+    self.conv2 = tnn.utils.weight_norm(tnn.Conv1d(c_out, c_out, k, padding=pad, dilation=dilation))
+    self.chomp2, self.relu2, self.dropout2 = _Chomp1d(pad), tnn.LeakyReLU(), tnn.Dropout2d(0.1)
+    self.net = tnn.Sequential(self.conv1, self.chomp1, self.relu1, self.dropout1,
+                              self.conv2, self.chomp2, self.relu2, self.dropout2)
+    self.downsample = tnn.Conv1d(c_in, c_out, 1) if c_in != c_out else None
+    self.relu = tnn.LeakyReLU()
+
+  def forward(self, x):
+    return self.relu(self.net(x) + (x if self.downsample is None else self.downsample(x)))
+
+
+class _TemporalConvNet(tnn.Module):
+  def __init__(self, c_in: int, channels, k: int = 5):
+    super().__init__()
+    self.network = tnn.Sequential(*[_TemporalBlock(a, b, k, 2 ** i)
+                                    for i, (a, b) in enumerate(zip((c_in, *channels), channels))])
+
+  def forward(self, x):
+    return self.network(x)
+
+
+class _My2d1ddy(tnn.Module):
+  """ABAW2 `my_2d1ddy` (LFAN) with its names: `spatial` (the IR-50 `Backbone`: tools/torch_lfan.py's IR-50 holds
+  InsightFace's names; its `logits` removed, as `my_res50.backbone` has none), `temporal`, `temporal1`,
+  `temporal2`, `encoder{1,2,3}`, `encoderQ{1,2,3}`, `encoderV{1,2,3}`, the unused `gn1`, `gn2`, `ln`, `regressor`;
+  its forward as upstream, follower queries and values from the keys included (spec lfan bug 2)."""
+
+  def __init__(self, units, visual_channels, follower_channels, outputs: int):
+    super().__init__()
+    self.spatial = _torch_lfan().IR50(units, 40)
+    del self.spatial.logits
+    self.temporal = _TemporalConvNet(512, visual_channels)
+    self.temporal1, self.temporal2 = _TemporalConvNet(128, follower_channels), _TemporalConvNet(39, follower_channels)
+    v, f = visual_channels[-1], follower_channels[-1]
+    for suffix in ('', 'Q', 'V'):
+      setattr(self, f'encoder{suffix}1', tnn.Linear(v, 32))
+      setattr(self, f'encoder{suffix}2', tnn.Linear(f, 32))
+      setattr(self, f'encoder{suffix}3', tnn.Linear(32, 32))
+    self.gn1, self.gn2, self.ln = tnn.GroupNorm(8, 32), tnn.GroupNorm(8, 32), tnn.LayerNorm([3, 32])
+    self.regressor = tnn.Linear(v + 96, outputs)
+
+  def forward(self, faces, x1, x2):
+    """faces [B, T, 3, 40, 40] normalised, x1 VGGish [B, T, 128], x2 MFCC [B, T, 39] -> [B, T, outputs]."""
+    b, t = faces.shape[:2]
+    x = self.spatial(faces.reshape(b * t, *faces.shape[2:])).view(b, t, -1).transpose(1, 2)
+    x = self.temporal(x).transpose(1, 2).reshape(b * t, -1)
+    x1 = self.temporal1(x1.transpose(1, 2)).transpose(1, 2)
+    x2 = self.temporal2(x2.transpose(1, 2)).transpose(1, 2)
+    x0, x1, x2 = self.encoder1(x), self.encoder2(x1.reshape(b * t, -1)), self.encoder3(x2.reshape(b * t, -1))
+    xq = [self.encoderQ1(x), self.encoderQ2(x1), self.encoderQ3(x2)]
+    xv = [self.encoderV1(x), self.encoderV2(x1), self.encoderV3(x2)]
+    k, q, v = torch.stack([x0, x1, x2], -2), torch.stack(xq, -2), torch.stack(xv, -2)
+    out = self.ln(torch.softmax(k @ q.transpose(1, 2) / np.sqrt(32), -1) @ v + v).reshape(b * t, -1)
+    return self.regressor(torch.cat([x, out], -1)).view(b, t, -1)
+
+
+def _checkpoint_variables(run_dir):
+  """The params and batch stats of the run's step-0 checkpoint, restored without a target."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  with ocp.StandardCheckpointer() as checkpointer:
+    state = checkpointer.restore(run_dir / 'checkpoints' / '0' / 'state')
+  return {'params': state['params'], 'batch_stats': state['batch_stats']}
+
+
+@pytest.mark.parametrize('outputs, emotion', [(1, 'arousal'), (2, '')])
+def test_lfan_converts_into_a_run_that_matches_the_upstream_model(tmp_path, outputs, emotion):
+  """ABAW2's trainer saves `model.state_dict()` bare; a one-output model needs --emotion."""
+  torch.manual_seed(0)
+  net = _My2d1ddy((1, 1, 1, 1), (16, 12), (8, 32), outputs)  # followers end at 32: bug 2 feeds EQ/EV the 32-d keys
+  with torch.no_grad():
+    for m in net.modules():
+      if isinstance(m, (tnn.BatchNorm1d, tnn.BatchNorm2d)):
+        m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 1.5)
+  net = _randomise_layer_norms(net).eval()
+  path = tmp_path / 'model_state_dict.pth'
+  torch.save(net.state_dict(), str(path))
+  if outputs == 1:
+    with pytest.raises(ValueError, match='give --emotion=valence or --emotion=arousal'):
+      converted_run.write_run('lfan', str(path), str(tmp_path / 'nothing'))
+  config_path, report = converted_run.write_run('lfan', str(path), str(tmp_path / 'run'),
+                                                system_converters.Options(emotion=emotion))
+  assert "ir50 under 'spatial.'" in report and 'gn1, gn2' in report
+  config = converted_run.load_config(config_path, 'smoke')
+  assert (tuple(config.model.visual_channels), tuple(config.model.follower_channels), tuple(config.model.ir50_units),
+          config.model.emotion, config.data.crop_size) == ((16, 12), (8, 32), (1, 1, 1, 1), emotion or 'both', 40)
+  assert config.compat.follower_qv_from_key
+  config.model.feature_norm.update(vggish=(0.0, 1.0), mfcc=(0.0, 1.0))
+  config.train.batch_size = 2
+  batch = _torch_lfan().random_batch(config)
+  out = jax.jit(functools.partial(models.build_model(config.model).apply, train=False))(
+      _checkpoint_variables(config_path.parent), batch)['va']
+  mfcc = np.array(audio_features.frame_mfcc(slice_audio_windows(batch['audio'], batch['audio_offsets'],
+                                                                   audio_features.FRAME_MFCC_SAMPLES)))
+  faces = torch.from_numpy(batch['faces']).permute(0, 1, 4, 2, 3).float() / 255.0
+  with torch.no_grad():
+    ref = net((faces - 0.5) / 0.5, torch.from_numpy(batch['vggish_features']), torch.from_numpy(mfcc)).numpy()
+  ours = np.asarray(out)
+  if outputs == 1:
+    assert np.all(ours[..., 0] == 0)  # the valence column of an arousal model
+    ours = ours[..., 1:]
+  assert ours.shape == ref.shape
+  assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-5

@@ -30,6 +30,8 @@ _PREFIX = flags.DEFINE_string('prefix', None, 'Prefix of the backbone inside the
                               'found from the network\'s tensor names when not given.')
 _NUM_HEADS = flags.DEFINE_integer('num_heads', 4, 'Attention heads of a whole self_attn / cross_attn model (its tensors '
                                   'do not tell them; 4 is the upstream default).')
+_EMOTION = flags.DEFINE_enum('emotion', '', ['', 'valence', 'arousal'],
+                             'What a whole lfan model with one output predicts (the paper: one model per emotion).')
 flags.mark_flags_as_required(['network', 'checkpoint'])
 
 
@@ -39,8 +41,8 @@ def main(argv):
     if not _OUT_WORKDIR.value:
       raise app.UsageError(f'--network={_NETWORK.value} is a whole system: give --out_workdir')
     from affjax import converted_run  # pylint: disable=g-import-not-at-top  (loads the training stack)
-    config_path, report = converted_run.write_run(_NETWORK.value, _CHECKPOINT.value, _OUT_WORKDIR.value,
-                                                         _NUM_HEADS.value)
+    options = system_converters.Options(num_heads=_NUM_HEADS.value, emotion=_EMOTION.value)
+    config_path, report = converted_run.write_run(_NETWORK.value, _CHECKPOINT.value, _OUT_WORKDIR.value, options)
     print(report)
     print(f'evaluate with: python -m affjax.main --config={config_path} --workdir={config_path.parent} --mode=eval')
     return

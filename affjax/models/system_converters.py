@@ -10,13 +10,23 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from affjax.models import attention, converters, temporal, torch_convert
+from affjax.data import audio_features
+from affjax.models import attention, converters, tcn, temporal, torch_convert
+from affjax.models.backbones import ir50
 from affjax.models.av_model import AUDIO_BACKBONES, VISUAL_BACKBONES
+
+
+class Options(NamedTuple):
+  """What a whole-model checkpoint does not tell: attention heads (Karas et al.'s attention models), and which
+  emotion a one-output LFAN model predicts (the paper trains one model per emotion)."""
+  num_heads: int = 4
+  emotion: str = ''
 
 
 class SystemConversion(NamedTuple):
   config: str  # the configs/<config>.py the run builds on
   model: dict[str, Any]  # config.model fields the checkpoint fixes (backbones, widths, layers, heads)
+  data: dict[str, Any]  # config.data fields it fixes (input sizes)
   compat: dict[str, bool]  # config.compat flags the upstream layers need
   variables: dict  # {'params': {part: ...}, 'batch_stats': {part: ...}}
   report: str  # what was read where, and what was left out
@@ -72,7 +82,7 @@ def _karas(state_dict: torch_convert.StateDict, source: str, config: str,
   stats = dict(audio=audio.variables['batch_stats'], visual=visual.variables['batch_stats'])
   compat['vggface2_rgb01_norm'] = visual_name.startswith('vggface2')  # spec rnn_attn bug 7
   report = '\n'.join(_backbone_line(name, c) for name, c in ((audio_name, audio), (visual_name, visual)))
-  return SystemConversion(config, model, compat, {'params': params, 'batch_stats': stats}, report)
+  return SystemConversion(config, model, {}, compat, {'params': params, 'batch_stats': stats}, report)
 
 
 def _count(sd: torch_convert.StateDictReader, pattern: str) -> int:
@@ -106,11 +116,11 @@ def _cross_layer(sd: torch_convert.StateDictReader, prefix: str, num_heads: int)
   return params
 
 
-def karas_lstm(state_dict: torch_convert.StateDict, source: str, num_heads: int = 0) -> SystemConversion:
+def karas_lstm(state_dict: torch_convert.StateDict, source: str, options: Options) -> SystemConversion:
   """abaw3_rnn_attn `AudioVisualRecurrentModel` (`rnn` / `birnn`): `seq2seq_model` = Sequential(ConcatFusion,
   Linear(D -> d), activation, RNNModel{rnn: LSTM}). The activation is GELU: the upstream factory never forwards
   another (spec rnn_attn bug 3)."""
-  del num_heads
+  del options
 
   def fusion(sd):
     project, lstm = sd.dense('seq2seq_model.1'), temporal.from_torch(sd, 'seq2seq_model.3.rnn.')['params']
@@ -121,7 +131,7 @@ def karas_lstm(state_dict: torch_convert.StateDict, source: str, num_heads: int 
   return _karas(state_dict, source, 'lstm', fusion)
 
 
-def karas_self_attn(state_dict: torch_convert.StateDict, source: str, num_heads: int) -> SystemConversion:
+def karas_self_attn(state_dict: torch_convert.StateDict, source: str, options: Options) -> SystemConversion:
   """abaw3_rnn_attn `AudioVisualAttentionNetwork` (`selfattn`): `seq2seq_model` = Sequential(ConcatFusion,
   SelfAttentionModel{linear, pos_encoder.pe, transformer_encoder.layers.<i>: nn.TransformerEncoderLayer})."""
 
@@ -129,16 +139,16 @@ def karas_self_attn(state_dict: torch_convert.StateDict, source: str, num_heads:
     p = 'seq2seq_model.1.'
     n = _count(sd, p + 'transformer_encoder.layers.{}.linear1.weight')
     params = {'project': sd.dense(p + 'linear'),
-              **{f'self_{i}': _encoder_layer(sd, f'{p}transformer_encoder.layers.{i}.', num_heads, True)
+              **{f'self_{i}': _encoder_layer(sd, f'{p}transformer_encoder.layers.{i}.', options.num_heads, True)
                  for i in range(n)}}
     model = dict(d_embedding=params['project']['kernel'].shape[1], d_ff=params['self_0']['ffn_in']['kernel'].shape[1],
-                 num_heads=num_heads, num_layers=n)
+                 num_heads=options.num_heads, num_layers=n)
     return params, model, {}
 
   return _karas(state_dict, source, 'self_attn', fusion)
 
 
-def karas_cross_attn(state_dict: torch_convert.StateDict, source: str, num_heads: int) -> SystemConversion:
+def karas_cross_attn(state_dict: torch_convert.StateDict, source: str, options: Options) -> SystemConversion:
   """abaw3_rnn_attn `AudioVisualAttentionNetwork` (`multv2` / `gatedmultv2`): `seq2seq_model` = MulTV2 {conv_audio,
   conv_visual, pe_audio.pe, pe_visual.pe, cross_audio_visual.layers.<i> (A->V), cross_visual_audio.layers.<i>
   (V->A), selfattn.layers.<i>: SelfattentionLayer}. Its cross-modal layers are the reference's (spec rnn_attn bug
@@ -151,30 +161,69 @@ def karas_cross_attn(state_dict: torch_convert.StateDict, source: str, num_heads
     counts = {}
     for ours, theirs in (('a2v', 'cross_audio_visual'), ('v2a', 'cross_visual_audio')):
       counts[ours] = _count(sd, f'{p}{theirs}.layers.{{}}.mha.in_proj_weight')
-      params.update({f'{ours}_{i}': _cross_layer(sd, f'{p}{theirs}.layers.{i}.', num_heads) for i in range(counts[ours])})
+      params.update({f'{ours}_{i}': _cross_layer(sd, f'{p}{theirs}.layers.{i}.', options.num_heads) for i in range(counts[ours])})
     n = _count(sd, p + 'selfattn.layers.{}.mha.in_proj_weight')
-    params.update({f'self_{i}': _encoder_layer(sd, f'{p}selfattn.layers.{i}.', num_heads, False) for i in range(n)})
+    params.update({f'self_{i}': _encoder_layer(sd, f'{p}selfattn.layers.{i}.', options.num_heads, False) for i in range(n)})
     model = dict(d_embedding=2 * params['audio_in']['conv']['kernel'].shape[-1],
-                 d_ff=params['self_0']['ffn_in']['kernel'].shape[1], num_heads=num_heads, n_ca=counts['a2v'],
+                 d_ff=params['self_0']['ffn_in']['kernel'].shape[1], num_heads=options.num_heads, n_ca=counts['a2v'],
                  n_cv=counts['v2a'], num_layers=n, gated='alpha' in params['a2v_0'])
     return params, model, {'multv2_reference_layers': True}
 
   return _karas(state_dict, source, 'cross_attn', fusion)
 
 
+def lfan(state_dict: torch_convert.StateDict, source: str, options: Options) -> SystemConversion:
+  """ABAW2 `my_2d1ddy` (LFAN), saved by its trainer as a bare state dict (`model_state_dict.pth`): `spatial` (the
+  IR-50 `Backbone`), the TCNs `temporal` (visual), `temporal1` (VGGish), `temporal2` (MFCC), the fusion's
+  `encoder{1,2,3}`, `encoderQ{1,2,3}`, `encoderV{1,2,3}`, `ln`, and `regressor` (one output: the emotion given in
+  `options`; two: both). `gn1`, `gn2` are unused by its forward and left out. Its forward computes the followers'
+  queries and values from their keys (spec lfan bug 2): the run sets `compat.follower_qv_from_key`."""
+  visual = converters.convert_state_dict('ir50', state_dict, source, 'spatial.')
+  rest = torch_convert.StateDictReader(_without(state_dict, ('spatial.',)), source)
+  tcns = {name: tcn.from_torch(rest, f'{theirs}.')['params']
+          for name, theirs in (('visual_tcn', 'temporal'), ('vggish_tcn', 'temporal1'), ('mfcc_tcn', 'temporal2'))}
+  inputs = {name: tcns[name]['level0']['conv1']['v'].shape[1] for name in ('vggish_tcn', 'mfcc_tcn')}
+  if inputs != {'vggish_tcn': 128, 'mfcc_tcn': audio_features.MFCC_DIM}:
+    raise ValueError(f'{source}: temporal1 / temporal2 take {inputs["vggish_tcn"]} / {inputs["mfcc_tcn"]} features, '
+                     f'not VGGish (128) / MFCC ({audio_features.MFCC_DIM}): not the paper\'s followers')
+  fusion = {f'{ours}{m}': rest.dense(f'{theirs}{m + 1}') for m in range(3)
+            for ours, theirs in (('key', 'encoder'), ('query', 'encoderQ'), ('value', 'encoderV'))}
+  fusion['norm'] = _layer_norm(rest, 'ln')
+  regressor = rest.dense('regressor')
+  rest.check_all_used(ignore=('gn1.', 'gn2.'))
+  outputs = regressor['bias'].shape[0]
+  if outputs == 1 and options.emotion not in ('valence', 'arousal'):
+    raise ValueError(f'{source}: the regressor has one output (one model per emotion): give --emotion=valence or '
+                     '--emotion=arousal')
+  widths = lambda net: tuple(net[f'level{i}']['conv1']['bias'].shape[0] for i in range(len(net)))
+  units = [0] * len(ir50.WIDTHS)
+  for unit in (v for k, v in visual.variables['params'].items() if k.startswith('unit')):
+    units[ir50.WIDTHS.index(unit['conv2']['kernel'].shape[-1])] += 1
+  side = int(round((visual.variables['params']['head_dense']['kernel'].shape[0] // ir50.WIDTHS[-1]) ** 0.5))
+  model = dict(followers=('vggish', 'mfcc'), visual_channels=widths(tcns['visual_tcn']),
+               follower_channels=widths(tcns['vggish_tcn']), kernel_size=tcns['visual_tcn']['level0']['conv1']['v'].shape[0],
+               fusion_dim=fusion['key0']['kernel'].shape[1], ir50_units=tuple(units),
+               emotion='both' if outputs == 2 else options.emotion)
+  params = dict(visual=visual.variables['params'], **tcns, fusion=fusion, regressor=regressor)
+  report = _backbone_line('ir50', visual) + '\nleft out (unused by its forward): gn1, gn2'
+  return SystemConversion('lfan', model, dict(crop_size=8 * side, image_size=48 * side // 5),
+                          {'follower_qv_from_key': True},
+                          {'params': params, 'batch_stats': {'visual': visual.variables['batch_stats']}}, report)
+
+
 _KARAS_FILE = 'its trainer\'s {"state_dict": ..., "optim_dict": ...} or the search\'s {"model_state": ...}'
-SYSTEMS: dict[str, tuple[Callable[[torch_convert.StateDict, str, int], SystemConversion], str]] = {
+SYSTEMS: dict[str, tuple[Callable[[torch_convert.StateDict, str, Options], SystemConversion], str]] = {
     'lstm': (karas_lstm, f'abaw3_rnn_attn `AudioVisualRecurrentModel` (rnn / birnn), {_KARAS_FILE}'),
     'self_attn': (karas_self_attn, f'abaw3_rnn_attn `AudioVisualAttentionNetwork` (selfattn), {_KARAS_FILE}'),
     'cross_attn': (karas_cross_attn,
                    f'abaw3_rnn_attn `AudioVisualAttentionNetwork` (multv2 / gatedmultv2), {_KARAS_FILE}'),
+    'lfan': (lfan, 'ABAW2 `my_2d1ddy`, its trainer\'s bare state dict (one output: give --emotion)'),
 }
 
 
 def convert_system(system: str, state_dict: torch_convert.StateDict, source: str = 'checkpoint',
-                   num_heads: int = 4) -> SystemConversion:
-  """`system`'s conversion of an upstream whole-model state dict; `num_heads`: its attention heads (the tensors
-  do not tell them)."""
+                   options: Options = Options()) -> SystemConversion:
+  """`system`'s conversion of an upstream whole-model state dict."""
   if system not in SYSTEMS:
     raise ValueError(f'no whole-model converter for {system!r}; known: {sorted(SYSTEMS)}')
-  return SYSTEMS[system][0](state_dict, source, num_heads)
+  return SYSTEMS[system][0](state_dict, source, options)
