@@ -51,6 +51,18 @@ def load_config(path: pathlib.Path, arg: str = '') -> ml_collections.ConfigDict:
   return module.get_config(arg)
 
 
+def read_checkpoints(paths: str) -> torch_convert.StateDict:
+  """The tensors of one checkpoint, or of several given comma-separated (e.g. RJCA's backbones and fusion),
+  which must not share a name."""
+  merged, origin = {}, {}
+  for path in paths.split(','):
+    for name, tensor in torch_convert.read_torch_checkpoint(path).items():
+      if name in merged:
+        raise ValueError(f'{path} and {origin[name]} both hold a tensor {name!r}: give checkpoints of different parts')
+      merged[name], origin[name] = tensor, path
+  return merged
+
+
 def write_run(system: str, checkpoint_path: str, workdir: str,
               options: system_converters.Options = system_converters.Options()) -> tuple[pathlib.Path, str]:
   """Converts the upstream `system` checkpoint (with what it does not tell in `options`) into the run directory
@@ -58,8 +70,7 @@ def write_run(system: str, checkpoint_path: str, workdir: str,
   workdir = pathlib.Path(workdir).expanduser().absolute()
   if (workdir / 'checkpoints').exists():
     raise FileExistsError(f'{workdir} already holds checkpoints: give --out_workdir a new directory')
-  conversion = system_converters.convert_system(system, torch_convert.read_torch_checkpoint(checkpoint_path),
-                                                checkpoint_path, options)
+  conversion = system_converters.convert_system(system, read_checkpoints(checkpoint_path), checkpoint_path, options)
   (workdir / 'converted').mkdir(parents=True, exist_ok=True)
   parts = {}
   for part in conversion.variables['params']:

@@ -372,3 +372,100 @@ def test_lfan_converts_into_a_run_that_matches_the_upstream_model(tmp_path, outp
     ours = ours[..., 1:]
   assert ours.shape == ref.shape
   assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-5
+
+
+class _RJCABlock(tnn.Module):
+  """RJCA's `LSTM` block (`models/layer.py`): {rnn, init_hidden [h0 rows; c0 rows], linear}, output L2-normalised."""
+
+  def __init__(self, embed: int, dim: int):
+    super().__init__()
+    self.rnn = tnn.LSTM(embed, dim // 2, num_layers=2, bidirectional=True, batch_first=True)
+    self.linear = tnn.Linear(dim + embed, dim)
+    self.init_hidden = tnn.Parameter(tnn.init.xavier_uniform_(torch.empty(8, dim // 2)))
+
+  def forward(self, x):
+    state = self.init_hidden[:, None].expand(8, x.shape[0], self.init_hidden.shape[1]).contiguous()
+    return torch.nn.functional.normalize(self.linear(torch.cat([x, self.rnn(x, (state[:4], state[4:]))[0]], -1)), dim=-1)
+
+
+class _CAM(tnn.Module):
+  """RecurrentJointAttentionwithLSTMs `CAM` with its names: `audio_extract`, `video_extract`, `Joint`,
+  `video_attn.attn` (`PositionAttn`: affine_audio, affine_video, affine_v, affine_g, affine_h, affine_feat),
+  `coattn.dcn_layers.<r>` (`NormalSubLayer`: dense_coattn {query_linear, key1_linear, key2_linear, value1_linear,
+  value2_linear}, linears), `vregressor`, `aregressor`; its forward as upstream (the [49, 512] view of the
+  channel-major features, the audio term along the position axis)."""
+
+  def __init__(self, clips: int, iterations: int):
+    super().__init__()
+    self.audio_extract, self.video_extract, self.Joint = _RJCABlock(512, 512), _RJCABlock(512, 512), _RJCABlock(1024, 512)
+    attn, self.video_attn = tnn.Module(), tnn.Module()  # BottomUpExtract holding its PositionAttn as `attn`
+    attn.affine_audio, attn.affine_video, attn.affine_feat = (tnn.Linear(512, 512) for _ in range(3))
+    attn.affine_v, attn.affine_g = tnn.Linear(512, 49, bias=False), tnn.Linear(512, 49, bias=False)
+    attn.affine_h = tnn.Linear(49, 1, bias=False)
+    self.video_attn.attn = attn
+    layers = []
+    for _ in range(iterations):
+      layer, coattn = tnn.Module(), tnn.Module()
+      coattn.query_linear = tnn.Linear(1024, 1024)
+      coattn.key1_linear, coattn.key2_linear = tnn.Linear(clips, clips), tnn.Linear(clips, clips)
+      coattn.value1_linear, coattn.value2_linear = tnn.Linear(512, 512), tnn.Linear(512, 512)
+      layer.dense_coattn = coattn
+      layer.linears = tnn.ModuleList([tnn.Sequential(tnn.Linear(1024, 512), tnn.ReLU(), tnn.Dropout(0.6))
+                                      for _ in range(2)])
+      layers.append(layer)
+    self.coattn = tnn.Module()
+    self.coattn.dcn_layers = tnn.ModuleList(layers)
+    self.vregressor, self.aregressor = (tnn.Sequential(tnn.Linear(512, 128), tnn.ReLU(), tnn.Dropout(0.6),
+                                                       tnn.Linear(128, 1)) for _ in range(2))
+
+  def _position_attn(self, video, audio):
+    attn, (b, l) = self.video_attn.attn, video.shape[:2]
+    v = video.view(b * l, -1, 512)
+    g = torch.relu(attn.affine_audio(audio.reshape(b * l, -1)))
+    z = attn.affine_h(torch.tanh(attn.affine_v(torch.relu(attn.affine_video(v))) + attn.affine_g(g)[:, :, None]))
+    alpha = torch.softmax(z[..., 0], -1)[:, None]
+    return attn.affine_feat(torch.bmm(alpha, v).view(b, l, 512))
+
+  def forward(self, audio, video):
+    video, audio = torch.nn.functional.normalize(video, dim=-1), torch.nn.functional.normalize(audio, dim=-1)
+    audio = self.audio_extract(audio)
+    video = self.video_extract(self._position_attn(video, audio))
+    for layer in self.coattn.dcn_layers:
+      c = layer.dense_coattn
+      joint = c.query_linear(torch.cat([video, audio], -1))
+      weighted = []
+      for x, key, value in ((video, c.key1_linear, c.value1_linear), (audio, c.key2_linear, c.value2_linear)):
+        scores = torch.tanh(torch.bmm(key(x.transpose(1, 2)), joint) / np.sqrt(1024))
+        weighted.append(torch.relu(torch.tanh(torch.bmm(value(x), scores))))
+      video, audio = video + layer.linears[0](weighted[0]), audio + layer.linears[1](weighted[1])
+    h = self.Joint(torch.cat([video, audio], -1))
+    return torch.stack([self.vregressor(h)[..., 0], self.aregressor(h)[..., 0]], -1)
+
+
+def test_rjca_converts_tsav_and_cam_into_a_run_that_matches_the_upstream_model(tmp_path):
+  """The TSAV backbones ({'state_dict'}) and the fusion as `main.py` saves it ({'net', 'best_Val_accV', ...}), given
+  together; the fusion is compared on backbone features (TSAV's channel-major flatten for the reference)."""
+  tv = torch_checkpoints.import_torchvision()
+  torch.manual_seed(0)
+  tsav, cam = torch_checkpoints.tsav(torch, tv).eval(), _randomise_layer_norms(_CAM(clips=4, iterations=1)).eval()
+  torch.save({'state_dict': tsav.state_dict(), 'epoch': 9}, str(tmp_path / 'TSAV_Sub4_544k.pth.tar'))
+  torch.save({'net': cam.state_dict(), 'best_Val_accV': 0.4, 'best_Val_accA': 0.5, 'best_Val_acc_epoch': 3},
+             str(tmp_path / 'recursivejointattention.pt'))
+  config_path, report = converted_run.write_run(
+      'rjca', f'{tmp_path / "TSAV_Sub4_544k.pth.tar"},{tmp_path / "recursivejointattention.pt"}', str(tmp_path / 'run'))
+  assert "r2plus1d_18 under 'video_model.r2plus1d.'" in report and 'fc' in report
+  config = converted_run.load_config(config_path)
+  assert (config.model.num_iterations, config.data.num_clips, config.data.image_size) == (1, 4, 112)
+  assert config.compat.scrambled_spatial_view and config.compat.audio_guidance_on_position_axis
+  variables = _checkpoint_variables(config_path.parent)
+  rng = np.random.default_rng(2)
+  visual = rng.standard_normal((2, 4, 49, 512)).astype(np.float32)  # [B, L, positions, channels]
+  audio = rng.standard_normal((2, 4, 512)).astype(np.float32)
+  batch = dict(visual_features=visual, audio_features=audio, mask=np.ones((2, 4), bool))
+  out = np.asarray(jax.jit(functools.partial(models.build_model(config.model).apply, train=False))(variables, batch)['va'])
+  with torch.no_grad():
+    ref = cam(torch.from_numpy(audio), torch.from_numpy(np.ascontiguousarray(visual.swapaxes(-1, -2)).reshape(2, 4, -1)))
+  assert out.shape == ref.shape == (2, 4, 2)
+  assert np.abs(out - ref.numpy()).max() / np.abs(ref.numpy()).max() < 1e-5
+  stem = variables['params']['visual']['stem_spatial']['kernel']
+  np.testing.assert_array_equal(stem, tsav.video_model.r2plus1d.stem[0].weight.detach().numpy()[:, :3].transpose(2, 3, 4, 1, 0))

@@ -2,8 +2,6 @@
 import functools
 import logging
 import math
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -14,19 +12,15 @@ from affjax.models import converters
 from affjax.models.backbones import resnet
 from affjax.models.torch_convert import StateDictReader
 
+import torch_checkpoints
+
 KEY = jax.random.key(0, impl='unsafe_rbg')
 
 
 @pytest.fixture(scope='module')
 def torchvision():
   torch = pytest.importorskip('torch')
-  try:
-    import torchvision as tv  # pylint: disable=g-import-not-at-top
-  except RuntimeError:  # a CUDA build of torchvision's ops next to CPU-only torch: the models need no ops
-    for name in [m for m in sys.modules if m.startswith('torchvision')]:
-      del sys.modules[name]
-    sys.modules['torchvision._meta_registrations'] = types.ModuleType('torchvision._meta_registrations')
-    import torchvision as tv  # pylint: disable=g-import-not-at-top
+  tv = torch_checkpoints.import_torchvision()
   torch.manual_seed(0)
   return torch, tv
 
@@ -55,23 +49,13 @@ def _param_count(model, shape):
 
 @pytest.fixture(scope='module')
 def tsav_checkpoint(torchvision, tmp_path_factory):
-  """A checkpoint as RJCA loads its backbones: TSAV's `TwoStreamAuralVisualModel` saved as {'state_dict': ...}
-  (`audio_model.resnet`: torchvision resnet18 with a 1-channel conv1; `video_model.r2plus1d`: r2plus1d_18 with
-  a 4-channel stem; their `fc` and the video `avgpool` replaced by parameter-free modules; the joint `fc` head
-  = Sequential(Dropout, Linear)). Returns (path, the audio ResNet, the video R(2+1)D)."""
+  """A checkpoint as RJCA loads its backbones: TSAV saved as {'state_dict': ...} (`torch_checkpoints.tsav`).
+  Returns (path, the audio ResNet, the video R(2+1)D)."""
   torch, tv = torchvision
-  tsav, audio_model, video_model = torch.nn.Module(), torch.nn.Module(), torch.nn.Module()
-  audio_model.resnet = tv.models.resnet18()
-  audio_model.resnet.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
-  video_model.r2plus1d = tv.models.video.r2plus1d_18()
-  video_model.r2plus1d.stem[0] = torch.nn.Conv3d(4, 45, (1, 7, 7), (1, 2, 2), (0, 3, 3), bias=False)
-  audio_model.resnet.fc = video_model.r2plus1d.fc = video_model.r2plus1d.avgpool = torch.nn.Identity()
-  tsav.audio_model, tsav.video_model = audio_model, video_model
-  tsav.fc = torch.nn.Sequential(torch.nn.Dropout(0.0), torch.nn.Linear(1024, 17))
-  _randomise_batch_norms(torch, tsav)
+  tsav = _randomise_batch_norms(torch, torch_checkpoints.tsav(torch, tv))
   path = tmp_path_factory.mktemp('tsav') / 'TSAV_Sub4_544k.pth.tar'
   torch.save({'state_dict': tsav.state_dict(), 'epoch': 9}, str(path))
-  return str(path), audio_model.resnet, video_model.r2plus1d
+  return str(path), tsav.audio_model.resnet, tsav.video_model.r2plus1d
 
 
 @pytest.mark.parametrize('conv_impl', ['xla', 'taps'])

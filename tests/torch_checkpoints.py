@@ -3,6 +3,8 @@ PyTorch references written with the upstream modules' names and nesting, which t
 from __future__ import annotations
 
 import pathlib
+import sys
+import types
 
 from affjax.models import converters
 
@@ -114,3 +116,32 @@ def end2you_base(torch, table):
       if isinstance(m, tnn.BatchNorm1d):
         m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
   return net.eval()
+
+
+def import_torchvision():
+  """torchvision, also where a CUDA build of its ops sits next to CPU-only torch (the models need no ops)."""
+  try:
+    import torchvision  # pylint: disable=g-import-not-at-top
+  except RuntimeError:
+    for name in [m for m in sys.modules if m.startswith('torchvision')]:
+      del sys.modules[name]
+    sys.modules['torchvision._meta_registrations'] = types.ModuleType('torchvision._meta_registrations')
+    import torchvision  # pylint: disable=g-import-not-at-top
+  return torchvision
+
+
+def tsav(torch, tv):
+  """TSAV's `TwoStreamAuralVisualModel` (RecurrentJointAttentionwithLSTMs `models/tsav.py`) with its names:
+  `audio_model.resnet` (torchvision resnet18, 1-channel conv1), `video_model.r2plus1d` (r2plus1d_18 with a
+  4-channel stem), their `fc` and the video `avgpool` replaced by parameter-free modules, and the joint head
+  `fc` = Sequential(Dropout, Linear(1024, 17))."""
+  tnn = torch.nn
+  model, audio_model, video_model = tnn.Module(), tnn.Module(), tnn.Module()
+  audio_model.resnet = tv.models.resnet18()
+  audio_model.resnet.conv1 = tnn.Conv2d(1, 64, 7, 2, 3, bias=False)
+  video_model.r2plus1d = tv.models.video.r2plus1d_18()
+  video_model.r2plus1d.stem[0] = tnn.Conv3d(4, 45, (1, 7, 7), (1, 2, 2), (0, 3, 3), bias=False)
+  audio_model.resnet.fc = video_model.r2plus1d.fc = video_model.r2plus1d.avgpool = tnn.Identity()
+  model.audio_model, model.video_model = audio_model, video_model
+  model.fc = tnn.Sequential(tnn.Dropout(0.0), tnn.Linear(1024, 17))
+  return model

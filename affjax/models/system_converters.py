@@ -211,6 +211,54 @@ def lfan(state_dict: torch_convert.StateDict, source: str, options: Options) -> 
                           {'params': params, 'batch_stats': {'visual': visual.variables['batch_stats']}}, report)
 
 
+def _rjca_blstm(sd: torch_convert.StateDictReader, prefix: str) -> dict:
+  """RJCA's `LSTM` block (`models/layer.py`): {rnn (2-layer bidirectional nn.LSTM), init_hidden [h0 rows; c0 rows],
+  linear}; its `init_hidden` rows are affjax's `initial_state` rows (h0 then c0, row 2 layer + direction)."""
+  lstm = temporal.from_torch(sd, f'{prefix}.rnn.')['params']
+  lstm['initial_state'] = sd[f'{prefix}.init_hidden']
+  return {'lstm': lstm, 'linear': sd.dense(f'{prefix}.linear')}
+
+
+def rjca(state_dict: torch_convert.StateDict, source: str, options: Options) -> SystemConversion:
+  """RecurrentJointAttentionwithLSTMs: its fusion `CAM` (saved by `main.py` as {'net': ..., 'best_Val_acc...'}:
+  `audio_extract`, `video_attn.attn.affine_*`, `video_extract`, `coattn.dcn_layers.<r>` {dense_coattn: query_linear,
+  key{1,2}_linear, value{1,2}_linear; linears.{0,1}.0}, `Joint`, `vregressor`, `aregressor`) together with the TSAV
+  backbones it runs on ({'state_dict': ...}: `audio_model.resnet.`, `video_model.r2plus1d.`; the joint `fc` head is
+  left out): give both files (`--checkpoint=TSAV.pth.tar,cam.pt`). The released fusion saw TSAV's channel-major
+  [49, 512] view and the audio guidance on the position axis (spec B2, B3): the run sets both compat flags."""
+  del options
+  visual = converters.convert_state_dict('r2plus1d_18', state_dict, source, 'video_model.r2plus1d.')
+  audio = converters.convert_state_dict('resnet18_audio', state_dict, source, 'audio_model.resnet.')
+  rest = torch_convert.StateDictReader(_without(state_dict, ('video_model.r2plus1d.', 'audio_model.resnet.')), source)
+  without_bias = ('affine_v', 'affine_g', 'affine_h')
+  attention = {name: rest.dense(f'video_attn.attn.{name}', bias=name not in without_bias)
+               for name in ('affine_video', 'affine_audio', *without_bias, 'affine_feat')}
+  coattention = {}
+  for r in range(_count(rest, 'coattn.dcn_layers.{}.dense_coattn.query_linear.weight')):
+    layer = f'coattn.dcn_layers.{r}'
+    coattention[f'iteration{r}'] = {
+        'query': rest.dense(f'{layer}.dense_coattn.query_linear'),
+        **{f'{kind}_{name}': rest.dense(f'{layer}.dense_coattn.{kind}{m}_linear') for kind in ('key', 'value')
+           for m, name in ((1, 'visual'), (2, 'audio'))},  # coattn(video, audio): data1 is the video
+        'out_visual': rest.dense(f'{layer}.linears.0.0'), 'out_audio': rest.dense(f'{layer}.linears.1.0')}
+  fusion = {'audio_blstm': _rjca_blstm(rest, 'audio_extract'), 'spatial_attention': attention,
+            'visual_blstm': _rjca_blstm(rest, 'video_extract'), 'coattention': coattention,
+            'joint_blstm': _rjca_blstm(rest, 'Joint')}
+  for name, theirs in (('valence', 'vregressor'), ('arousal', 'aregressor')):
+    fusion[f'{name}_hidden'], fusion[f'{name}_out'] = rest.dense(f'{theirs}.0'), rest.dense(f'{theirs}.3')
+  rest.check_all_used(ignore=('fc.',))
+  clips_per_window = coattention['iteration0']['key_visual']['kernel'].shape[0]
+  model = dict(num_iterations=len(coattention), share_iteration_weights=False,
+               features=fusion['audio_blstm']['linear']['kernel'].shape[1])
+  report = '\n'.join([_backbone_line('r2plus1d_18', visual), _backbone_line('resnet18_audio', audio),
+                      'left out: fc (TSAV\'s joint head)'])
+  return SystemConversion(
+      'rjca', model, dict(num_clips=clips_per_window, image_size=112),
+      {'scrambled_spatial_view': True, 'audio_guidance_on_position_axis': True},
+      {'params': dict(visual=visual.variables['params'], audio=audio.variables['params'], fusion=fusion),
+       'batch_stats': dict(visual=visual.variables['batch_stats'], audio=audio.variables['batch_stats'])}, report)
+
+
 _KARAS_FILE = 'its trainer\'s {"state_dict": ..., "optim_dict": ...} or the search\'s {"model_state": ...}'
 SYSTEMS: dict[str, tuple[Callable[[torch_convert.StateDict, str, Options], SystemConversion], str]] = {
     'lstm': (karas_lstm, f'abaw3_rnn_attn `AudioVisualRecurrentModel` (rnn / birnn), {_KARAS_FILE}'),
@@ -218,6 +266,8 @@ SYSTEMS: dict[str, tuple[Callable[[torch_convert.StateDict, str, Options], Syste
     'cross_attn': (karas_cross_attn,
                    f'abaw3_rnn_attn `AudioVisualAttentionNetwork` (multv2 / gatedmultv2), {_KARAS_FILE}'),
     'lfan': (lfan, 'ABAW2 `my_2d1ddy`, its trainer\'s bare state dict (one output: give --emotion)'),
+    'rjca': (rjca, 'RecurrentJointAttentionwithLSTMs `CAM` ({"net": ...}) with the TSAV backbones '
+                   '({"state_dict": ...}): --checkpoint=TSAV.pth.tar,cam.pt'),
 }
 
 
