@@ -75,7 +75,8 @@ def write_run(system: str, checkpoint_path: str, workdir: str,
   parts = {}
   for part in conversion.variables['params']:
     parts[part] = str(workdir / 'converted' / f'{part}.msgpack')
-    torch_convert.save_variables(parts[part], {c: tree[part] for c, tree in conversion.variables.items() if part in tree})
+    variables = {collection: tree[part] for collection, tree in conversion.variables.items() if part in tree}
+    torch_convert.save_variables(parts[part], variables)
   config_path = workdir / 'config.py'
   config_path.write_text(_CONFIG_FILE.format(system=system, source=checkpoint_path, base=conversion.config,
                                              workdir=workdir, model=conversion.model, data=conversion.data,

@@ -86,7 +86,8 @@ class _MulTV2(tnn.Module):
 
   def __init__(self, fa: int, fv: int, d: int, d_ff: int, heads: int, n_ca: int, n_cv: int, layers: int, gated: bool):
     super().__init__()
-    self.conv_audio, self.conv_visual = tnn.Conv1d(fa, d // 2, 3, padding='same'), tnn.Conv1d(fv, d // 2, 3, padding='same')
+    self.conv_audio = tnn.Conv1d(fa, d // 2, 3, padding='same')
+    self.conv_visual = tnn.Conv1d(fv, d // 2, 3, padding='same')
     self.pe_audio, self.pe_visual = _PositionalEncoding(d // 2), _PositionalEncoding(d // 2)
     for name, n in (('cross_audio_visual', n_ca), ('cross_visual_audio', n_cv)):
       stack = tnn.Module()
@@ -385,7 +386,8 @@ class _RJCABlock(tnn.Module):
 
   def forward(self, x):
     state = self.init_hidden[:, None].expand(8, x.shape[0], self.init_hidden.shape[1]).contiguous()
-    return torch.nn.functional.normalize(self.linear(torch.cat([x, self.rnn(x, (state[:4], state[4:]))[0]], -1)), dim=-1)
+    h = self.rnn(x, (state[:4], state[4:]))[0]
+    return torch.nn.functional.normalize(self.linear(torch.cat([x, h], -1)), dim=-1)
 
 
 class _CAM(tnn.Module):
@@ -397,7 +399,8 @@ class _CAM(tnn.Module):
 
   def __init__(self, clips: int, iterations: int):
     super().__init__()
-    self.audio_extract, self.video_extract, self.Joint = _RJCABlock(512, 512), _RJCABlock(512, 512), _RJCABlock(1024, 512)
+    self.audio_extract, self.video_extract = _RJCABlock(512, 512), _RJCABlock(512, 512)
+    self.Joint = _RJCABlock(1024, 512)
     attn, self.video_attn = tnn.Module(), tnn.Module()  # BottomUpExtract holding its PositionAttn as `attn`
     attn.affine_audio, attn.affine_video, attn.affine_feat = (tnn.Linear(512, 512) for _ in range(3))
     attn.affine_v, attn.affine_g = tnn.Linear(512, 49, bias=False), tnn.Linear(512, 49, bias=False)
@@ -462,10 +465,13 @@ def test_rjca_converts_tsav_and_cam_into_a_run_that_matches_the_upstream_model(t
   visual = rng.standard_normal((2, 4, 49, 512)).astype(np.float32)  # [B, L, positions, channels]
   audio = rng.standard_normal((2, 4, 512)).astype(np.float32)
   batch = dict(visual_features=visual, audio_features=audio, mask=np.ones((2, 4), bool))
-  out = np.asarray(jax.jit(functools.partial(models.build_model(config.model).apply, train=False))(variables, batch)['va'])
+  apply = jax.jit(functools.partial(models.build_model(config.model).apply, train=False))
+  out = np.asarray(apply(variables, batch)['va'])
+  channel_major = np.ascontiguousarray(visual.swapaxes(-1, -2)).reshape(2, 4, -1)  # TSAV's flatten of [512, 1, 7, 7]
   with torch.no_grad():
-    ref = cam(torch.from_numpy(audio), torch.from_numpy(np.ascontiguousarray(visual.swapaxes(-1, -2)).reshape(2, 4, -1)))
+    ref = cam(torch.from_numpy(audio), torch.from_numpy(channel_major))
   assert out.shape == ref.shape == (2, 4, 2)
   assert np.abs(out - ref.numpy()).max() / np.abs(ref.numpy()).max() < 1e-5
   stem = variables['params']['visual']['stem_spatial']['kernel']
-  np.testing.assert_array_equal(stem, tsav.video_model.r2plus1d.stem[0].weight.detach().numpy()[:, :3].transpose(2, 3, 4, 1, 0))
+  expected_stem = tsav.video_model.r2plus1d.stem[0].weight.detach().numpy()[:, :3].transpose(2, 3, 4, 1, 0)
+  np.testing.assert_array_equal(stem, expected_stem)  # the mask channel of TSAV's 4-channel stem dropped

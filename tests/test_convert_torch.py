@@ -58,7 +58,8 @@ def test_cli_converts_an_end2you_checkpoint_and_reports_what_it_left(tmp_path):
 def test_read_torch_checkpoint_unwraps_upstream_formats(tmp_path):
   """RJCA's fusion checkpoints are {'net': ..., 'best_Val_accV': ...}; DataParallel adds `module.`."""
   linear = torch.nn.Linear(3, 2)
-  for name, saved in [('bare.pth', linear.state_dict()), ('rjca.pt', {'net': linear.state_dict(), 'best_Val_accV': 0.4}),
+  for name, saved in [('bare.pth', linear.state_dict()),
+                      ('rjca.pt', {'net': linear.state_dict(), 'best_Val_accV': 0.4}),
                       ('dp.pth.tar', {'state_dict': torch.nn.DataParallel(linear).state_dict(), 'epoch': 1})]:
     torch.save(saved, str(tmp_path / name))
     read = torch_convert.read_torch_checkpoint(str(tmp_path / name))

@@ -219,7 +219,8 @@ def test_audio_cnn_matches_torch(name, saved_as, tmp_path):
     audio_model.model = base
     rnn_model.audio_model, rnn_model.rnn = audio_model, tnn.LSTM(table[-1].features, 8, batch_first=True)
     rnn_model.linear = tnn.Linear(8, 2)
-    saved, prefix = {'state_dict': rnn_model.state_dict(), 'optim_dict': {'state': {}}, 'epoch': 4}, 'audio_model.model.'
+    saved = {'state_dict': rnn_model.state_dict(), 'optim_dict': {'state': {}}, 'epoch': 4}
+    prefix = 'audio_model.model.'
   conversion = torch_checkpoints.save_and_convert(name, saved, tmp_path / f'{name}.pth.tar')
   assert conversion.prefix == prefix
   assert conversion.outside_prefix == ([] if saved_as == 'extractor' else sorted(

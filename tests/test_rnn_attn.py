@@ -272,7 +272,7 @@ def test_converter_names_missing_and_unused_tensors():
     converters.convert('emo18', sd, 'ckpt.pth')
   sd = _end2you_state_dict(table, 3)
   sd['model.network.6.0.weight'] = np.zeros(3, np.float32)  # a fourth block: zhao19's, not emo18's
-  with pytest.raises(ValueError, match=r"1 tensors under 'model.' were not converted to emo18: model.network.6.0.weight;"):
+  with pytest.raises(ValueError, match=r"1 tensors under 'model.' were not converted to emo18: model.network.6.0.weight"):
     converters.convert('emo18', sd, 'ckpt.pth')
   del sd['model.network.6.0.weight']
   assert converters.convert_state_dict('emo18', sd, 'ckpt.pth').prefix == 'model.'
@@ -280,7 +280,7 @@ def test_converter_names_missing_and_unused_tensors():
                                        r"Pnetwork.6.1.running_var; its top-level names are model"):
     converters.convert('zhao19', sd, 'ckpt.pth')
   both = {**sd, **{k.replace('model.', 'teacher.', 1): v for k, v in sd.items()}}
-  with pytest.raises(ValueError, match=r"holds 2 emo18 networks, under \['model.', 'teacher.'\]: choose one with --prefix"):
+  with pytest.raises(ValueError, match=r"holds 2 emo18 networks, under \['model.', 'teacher.'\]: choose one with"):
     converters.convert('emo18', both, 'ckpt.pth')
   assert converters.convert_state_dict('emo18', both, 'ckpt.pth', prefix='teacher.').outside_prefix == sorted(sd)
 

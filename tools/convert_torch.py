@@ -28,8 +28,9 @@ _OUT = flags.DEFINE_string('out', None, 'Where to write the Flax variables of a 
 _OUT_WORKDIR = flags.DEFINE_string('out_workdir', None, 'The run directory to write a whole system into.')
 _PREFIX = flags.DEFINE_string('prefix', None, 'Prefix of the backbone inside the checkpoint, e.g. "audio_model."; '
                               'found from the network\'s tensor names when not given.')
-_NUM_HEADS = flags.DEFINE_integer('num_heads', 4, 'Attention heads of a whole self_attn / cross_attn model (its tensors '
-                                  'do not tell them; 4 is the upstream default).')
+_NUM_HEADS = flags.DEFINE_integer(
+    'num_heads', 4, 'Attention heads of a whole self_attn / cross_attn model (its tensors do not tell them; 4 is the '
+    'upstream default).')
 _EMOTION = flags.DEFINE_enum('emotion', '', ['', 'valence', 'arousal'],
                              'What a whole lfan model with one output predicts (the paper: one model per emotion).')
 flags.mark_flags_as_required(['network', 'checkpoint'])

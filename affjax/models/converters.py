@@ -111,7 +111,8 @@ def convert_state_dict(network: str, state_dict: torch_convert.StateDict, source
   if unread:
     where = f' under {prefix!r}' if prefix else ''
     raise ValueError(f'{source}: {len(unread)} tensors{where} were not converted to {network}: '
-                     f'{torch_convert.name_list([prefix + k for k in unread])}; the checkpoint does not match this network')
+                     f'{torch_convert.name_list([prefix + k for k in unread])}; '
+                     'the checkpoint does not match this network')
   return Conversion(variables, prefix, sorted(prefix + k for k in set(reader.unused()) - set(unread)),
                     sorted(k for k in state_dict if not k.startswith(prefix)))
 

@@ -41,10 +41,11 @@ def _backbone(state_dict: torch_convert.StateDict, names: Iterable[str], prefix:
       fits[name] = converters.convert_state_dict(name, state_dict, source, prefix)
     except ValueError as e:
       errors[name] = str(e)
-  if len(fits) != 1:
+  if not fits:
     why = '; '.join(f'{name}: {error}' for name, error in errors.items())
-    raise ValueError(f'{source}: the tensors under {prefix!r} fit {len(fits)} of the backbones {sorted(names)} '
-                     f'{sorted(fits) if fits else ""}(need exactly one). {why}')
+    raise ValueError(f'{source}: the tensors under {prefix!r} are none of the backbones {sorted(names)}. {why}')
+  if len(fits) > 1:
+    raise ValueError(f'{source}: the tensors under {prefix!r} fit several backbones: {sorted(fits)}')
   return next(iter(fits.items()))
 
 
@@ -99,8 +100,9 @@ def _layer_norm(sd: torch_convert.StateDictReader, prefix: str) -> dict:
 def _encoder_layer(sd: torch_convert.StateDictReader, prefix: str, num_heads: int, torch_layer: bool) -> dict:
   """A post-LN self-attention layer: `nn.TransformerEncoderLayer` (`torch_layer`) or abaw3_rnn_attn's
   `SelfattentionLayer` {mha, ffn.ffn.{0,3}, layernorm_mha, layernorm_ffn}."""
-  attn, ffn_in, ffn_out, norm_attn, norm_ffn = (('self_attn.', 'linear1', 'linear2', 'norm1', 'norm2') if torch_layer
-                                                else ('mha.', 'ffn.ffn.0', 'ffn.ffn.3', 'layernorm_mha', 'layernorm_ffn'))
+  names = (('self_attn.', 'linear1', 'linear2', 'norm1', 'norm2') if torch_layer else
+           ('mha.', 'ffn.ffn.0', 'ffn.ffn.3', 'layernorm_mha', 'layernorm_ffn'))
+  attn, ffn_in, ffn_out, norm_attn, norm_ffn = names
   return {'attn': attention.from_torch(sd, num_heads, prefix + attn), 'norm_attn': _layer_norm(sd, prefix + norm_attn),
           'ffn_in': sd.dense(prefix + ffn_in), 'ffn_out': sd.dense(prefix + ffn_out),
           'norm_ffn': _layer_norm(sd, prefix + norm_ffn)}
@@ -161,9 +163,11 @@ def karas_cross_attn(state_dict: torch_convert.StateDict, source: str, options: 
     counts = {}
     for ours, theirs in (('a2v', 'cross_audio_visual'), ('v2a', 'cross_visual_audio')):
       counts[ours] = _count(sd, f'{p}{theirs}.layers.{{}}.mha.in_proj_weight')
-      params.update({f'{ours}_{i}': _cross_layer(sd, f'{p}{theirs}.layers.{i}.', options.num_heads) for i in range(counts[ours])})
+      for i in range(counts[ours]):
+        params[f'{ours}_{i}'] = _cross_layer(sd, f'{p}{theirs}.layers.{i}.', options.num_heads)
     n = _count(sd, p + 'selfattn.layers.{}.mha.in_proj_weight')
-    params.update({f'self_{i}': _encoder_layer(sd, f'{p}selfattn.layers.{i}.', options.num_heads, False) for i in range(n)})
+    for i in range(n):
+      params[f'self_{i}'] = _encoder_layer(sd, f'{p}selfattn.layers.{i}.', options.num_heads, False)
     model = dict(d_embedding=2 * params['audio_in']['conv']['kernel'].shape[-1],
                  d_ff=params['self_0']['ffn_in']['kernel'].shape[1], num_heads=options.num_heads, n_ca=counts['a2v'],
                  n_cv=counts['v2a'], num_layers=n, gated='alpha' in params['a2v_0'])
@@ -201,7 +205,8 @@ def lfan(state_dict: torch_convert.StateDict, source: str, options: Options) -> 
     units[ir50.WIDTHS.index(unit['conv2']['kernel'].shape[-1])] += 1
   side = int(round((visual.variables['params']['head_dense']['kernel'].shape[0] // ir50.WIDTHS[-1]) ** 0.5))
   model = dict(followers=('vggish', 'mfcc'), visual_channels=widths(tcns['visual_tcn']),
-               follower_channels=widths(tcns['vggish_tcn']), kernel_size=tcns['visual_tcn']['level0']['conv1']['v'].shape[0],
+               follower_channels=widths(tcns['vggish_tcn']),
+               kernel_size=tcns['visual_tcn']['level0']['conv1']['v'].shape[0],
                fusion_dim=fusion['key0']['kernel'].shape[1], ir50_units=tuple(units),
                emotion='both' if outputs == 2 else options.emotion)
   params = dict(visual=visual.variables['params'], **tcns, fusion=fusion, regressor=regressor)
@@ -231,8 +236,8 @@ def rjca(state_dict: torch_convert.StateDict, source: str, options: Options) -> 
   audio = converters.convert_state_dict('resnet18_audio', state_dict, source, 'audio_model.resnet.')
   rest = torch_convert.StateDictReader(_without(state_dict, ('video_model.r2plus1d.', 'audio_model.resnet.')), source)
   without_bias = ('affine_v', 'affine_g', 'affine_h')
-  attention = {name: rest.dense(f'video_attn.attn.{name}', bias=name not in without_bias)
-               for name in ('affine_video', 'affine_audio', *without_bias, 'affine_feat')}
+  spatial = {name: rest.dense(f'video_attn.attn.{name}', bias=name not in without_bias)
+             for name in ('affine_video', 'affine_audio', *without_bias, 'affine_feat')}
   coattention = {}
   for r in range(_count(rest, 'coattn.dcn_layers.{}.dense_coattn.query_linear.weight')):
     layer = f'coattn.dcn_layers.{r}'
@@ -241,7 +246,7 @@ def rjca(state_dict: torch_convert.StateDict, source: str, options: Options) -> 
         **{f'{kind}_{name}': rest.dense(f'{layer}.dense_coattn.{kind}{m}_linear') for kind in ('key', 'value')
            for m, name in ((1, 'visual'), (2, 'audio'))},  # coattn(video, audio): data1 is the video
         'out_visual': rest.dense(f'{layer}.linears.0.0'), 'out_audio': rest.dense(f'{layer}.linears.1.0')}
-  fusion = {'audio_blstm': _rjca_blstm(rest, 'audio_extract'), 'spatial_attention': attention,
+  fusion = {'audio_blstm': _rjca_blstm(rest, 'audio_extract'), 'spatial_attention': spatial,
             'visual_blstm': _rjca_blstm(rest, 'video_extract'), 'coattention': coattention,
             'joint_blstm': _rjca_blstm(rest, 'Joint')}
   for name, theirs in (('valence', 'vregressor'), ('arousal', 'aregressor')):

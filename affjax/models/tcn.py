@@ -125,7 +125,8 @@ def from_torch(sd: StateDictReader, prefix: str = '') -> dict[str, dict]:
         if any(not np.array_equal(again[k], level[f'conv{j}'][k]) for k in again):
           raise ValueError(f'{sd.source}: {block}.net.{alias} differs from {block}.conv{j}, which it must alias')
     if f'{block}.downsample.weight' in sd:
-      level['downsample'] = {'kernel': sd[f'{block}.downsample.weight'][:, :, 0].T, 'bias': sd[f'{block}.downsample.bias']}
+      level['downsample'] = {'kernel': sd[f'{block}.downsample.weight'][:, :, 0].T,
+                             'bias': sd[f'{block}.downsample.bias']}
     params[f'level{i}'] = level
     i += 1
   if not i:
