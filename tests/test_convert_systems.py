@@ -233,6 +233,9 @@ def test_karas_models_convert_into_runs_that_match_the_upstream_model(tiny_tree,
     assert np.abs(ours - theirs).max() / np.abs(theirs).max() < 1e-5
   if system == 'lstm':
     _check_eval_writes_predictions(config_path, tiny_tree, tmp_path)
+    with pytest.raises(ValueError, match=r"not a checkpoint of abaw3_rnn_attn `AudioVisualAttentionNetwork` \(selfattn\).*"
+                                         r"has no tensor 'seq2seq_model.1.linear.weight'"):
+      converted_run.write_run('self_attn', str(path), str(tmp_path / 'other'))
 
 
 def _check_eval_writes_predictions(config_path, tiny_tree, tmp_path):

@@ -278,7 +278,12 @@ SYSTEMS: dict[str, tuple[Callable[[torch_convert.StateDict, str, Options], Syste
 
 def convert_system(system: str, state_dict: torch_convert.StateDict, source: str = 'checkpoint',
                    options: Options = Options()) -> SystemConversion:
-  """`system`'s conversion of an upstream whole-model state dict."""
+  """`system`'s conversion of an upstream whole-model state dict; raises ValueError naming the first missing
+  tensor, or those left unread, when the checkpoint is not of that model."""
   if system not in SYSTEMS:
     raise ValueError(f'no whole-model converter for {system!r}; known: {sorted(SYSTEMS)}')
-  return SYSTEMS[system][0](state_dict, source, options)
+  convert, upstream = SYSTEMS[system]
+  try:
+    return convert(state_dict, source, options)
+  except torch_convert.MissingTensor as e:
+    raise ValueError(f'not a checkpoint of {upstream}: {e}') from None
