@@ -66,7 +66,7 @@ def read_torch_checkpoint(path: str) -> StateDict:
     if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
       obj = obj[wrapper]
   if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-    what = (f'a dict with {sorted(obj)[:8]}' if isinstance(obj, Mapping) else type(obj).__name__)
+    what = f'a dict with {sorted(obj)[:8]}' if isinstance(obj, Mapping) else type(obj).__name__
     raise ValueError(f'{path}: expected a PyTorch state dict (name -> tensor), got {what}; '
                      'save the model with torch.save(model.state_dict(), path)')
   return {k.removeprefix('module.'): v.detach().cpu().float().numpy() if v.is_floating_point()
@@ -141,6 +141,7 @@ class StateDictReader:
 
 
 def name_list(keys: list[str], limit: int = 12) -> str:
+  """The first `limit` names, comma-separated, and how many more there are (for error messages)."""
   return ', '.join(keys[:limit]) + (f' and {len(keys) - limit} more' if len(keys) > limit else '')
 
 
