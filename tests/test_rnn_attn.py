@@ -279,6 +279,10 @@ def test_converter_names_missing_and_unused_tensors():
   with pytest.raises(ValueError, match=r"ckpt.pth has no zhao19 .*: no prefix P with tensors Pnetwork.0.0.weight and "
                                        r"Pnetwork.6.1.running_var; its top-level names are model"):
     converters.convert('zhao19', sd, 'ckpt.pth')
+  wider = dict(sd, **{'model.network.0.0.weight': np.zeros((64, 1, 8), np.float32)})  # End2You's own emo18
+  with pytest.raises(ValueError, match=r'network.0.0.weight is \(64, 1, 8\) \(out, in, kernel\), this network\'s '
+                                       r'block 0 needs \(16, 1, 8\)'):
+    converters.convert('emo18', wider, 'ckpt.pth')
   both = {**sd, **{k.replace('model.', 'teacher.', 1): v for k, v in sd.items()}}
   with pytest.raises(ValueError, match=r"holds 2 emo18 networks, under \['model.', 'teacher.'\]: choose one with"):
     converters.convert('emo18', both, 'ckpt.pth')
