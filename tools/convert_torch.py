@@ -23,7 +23,9 @@ _NETWORK = flags.DEFINE_enum(
     'Which backbone (--out) or whole system (--out_workdir) the checkpoint holds: '
     + '; '.join(f'{name}: {net.upstream}' for name, net in sorted(converters.NETWORKS.items())) + '; '
     + '; '.join(f'{name}: {upstream}' for name, (_, upstream) in sorted(system_converters.SYSTEMS.items())))
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'PyTorch checkpoint (a state dict, or {"state_dict": ...}).')
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', None, 'PyTorch checkpoint as upstream code saved it (a state dict, or a dict wrapping one); several, '
+    'comma-separated, for a system whose parts were saved apart (rjca: TSAV,CAM).')
 _OUT = flags.DEFINE_string('out', None, 'Where to write the Flax variables of a backbone (.msgpack).')
 _OUT_WORKDIR = flags.DEFINE_string('out_workdir', None, 'The run directory to write a whole system into.')
 _PREFIX = flags.DEFINE_string('prefix', None, 'Prefix of the backbone inside the checkpoint, e.g. "audio_model."; '
