@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from affjax.models import build_model, converters
+from affjax.models import build_model
 from affjax.models.attention import MultiHeadAttention, dot_product_attention
 from affjax.models.attention import from_torch as attention_from_torch
 from affjax.models.av_model import AudioVisualModel, slice_audio_windows
