@@ -33,9 +33,11 @@ class Checkpointer:
     return self._manager.best_step() if with_metrics else None
 
   def save(self, step: int, state, data_iterator, metrics: dict[str, float] | None = None):
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)),
-        metrics=metrics)
+    """`data_iterator` None: the state alone (a converted model: no data has been read)."""
+    args = dict(state=ocp.args.StandardSave(state))
+    if data_iterator is not None:
+      args['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+    self._manager.save(step, args=ocp.args.Composite(**args), metrics=metrics)
 
   def restore(self, step: int, abstract_state, data_iterator=None):
     """Restores the state at `step` (shaped and sharded like `abstract_state`) and, if given, the iterator."""

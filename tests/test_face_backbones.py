@@ -6,6 +6,7 @@ import functools
 import math
 import os
 import pickle
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,8 @@ from affjax.models import converters, torch_convert
 from affjax.models.backbones import vggface2_resnet
 from affjax.models.backbones.inception_resnet_v1 import InceptionResnetV1, l2_normalize
 from affjax.models.backbones.vggface2_resnet import VGGFace2ResNet50
+
+import torch_checkpoints
 
 torch = pytest.importorskip('torch')
 tnn = torch.nn
@@ -156,15 +159,18 @@ def _torch_inception_resnet_v1():
 
 
 @pytest.fixture(scope='module')
-def inception_resnet_v1():
-  """(torch net in float64, converted variables, images [2, 112, 112, 3])."""
+def inception_resnet_v1(tmp_path_factory):
+  """(torch net in float64, converted variables, images [2, 112, 112, 3]): the net saved as facenet-pytorch's
+  released weights are (a bare state dict, `logits` included), converted through the CLI's path."""
   rng = np.random.default_rng(0)
   torch.manual_seed(0)
   images = rng.uniform(size=(2, 112, 112, 3)).astype(np.float32)
   net = _randomize_batch_norms(_torch_inception_resnet_v1(), rng.uniform(size=(4, 112, 112, 3)).astype(np.float32),
                                seed=1)
-  variables = converters.convert('inceptionresnetv1', _state_dict(net))
-  return net.double(), variables, images
+  conversion = torch_checkpoints.save_and_convert('inceptionresnetv1', net.state_dict(),
+                                                  tmp_path_factory.mktemp('facenet') / '20180402-114759-vggface2.pt')
+  assert conversion.heads_left_out == ['logits.bias', 'logits.weight']
+  return net.double(), conversion.variables, images
 
 
 def test_inception_resnet_v1_params_and_sizes():
@@ -263,16 +269,28 @@ def _np_vggface2_input(images: np.ndarray) -> np.ndarray:
   return images[..., ::-1].astype(np.float64) * 255.0 - np.array([91.4953, 103.8827, 131.0912])
 
 
+def _save_oxford_pickle(net, path: str) -> None:
+  """Oxford's `*_weight.pkl` format: a Python 2 pickle (protocol 2) of name -> float numpy array with the
+  module's names, no BatchNorm counters (converted from Caffe)."""
+  with open(path, 'wb') as f:
+    pickle.dump({k: v for k, v in _state_dict(net).items() if not k.endswith('num_batches_tracked')}, f, protocol=2)
+
+
 @functools.lru_cache
 def _vggface2_case(se: bool):
-  """(torch net in float64, converted variables, images [1, 200, 200, 3])."""
+  """(torch net in float64, converted variables, images [1, 200, 200, 3]): the net saved in Oxford's pickle
+  format, converted through the CLI's path."""
   rng = np.random.default_rng(2)
   torch.manual_seed(2)
   images = rng.uniform(size=(1, 200, 200, 3)).astype(np.float32)
   calib = _np_vggface2_input(rng.uniform(size=(2, 200, 200, 3))).astype(np.float32)
   net = _randomize_batch_norms(_torch_vggface2_resnet50(se), calib, seed=3)
   name = 'vggface2_senet50' if se else 'vggface2_resnet50'
-  return net.double(), converters.convert(name, _state_dict(net)), images
+  path = os.path.join(tempfile.mkdtemp(), f'{"senet50" if se else "resnet50"}_ft_weight.pkl')
+  _save_oxford_pickle(net, path)
+  conversion = converters.convert_checkpoint(name, path)
+  assert conversion.heads_left_out == ['fc.bias', 'fc.weight']
+  return net.double(), conversion.variables, images
 
 
 @pytest.mark.parametrize('se', [False, True])
@@ -325,9 +343,9 @@ def test_max_pool_ceil_matches_torch(size):
 
 
 def test_vggface2_converter_rejects_other_network():
-  with pytest.raises(ValueError, match='conv4'):  # a SE-ResNet-50 checkpoint has its SE convs left over
-    converters.convert('vggface2_resnet50', _state_dict(_torch_vggface2_resnet50(se=True)))
-  with pytest.raises(KeyError, match='conv4'):
+  with pytest.raises(ValueError, match=r'64 tensors were not converted to vggface2_resnet50: layer1.0.conv4.bias'):
+    converters.convert('vggface2_resnet50', _state_dict(_torch_vggface2_resnet50(se=True)))  # its SE convs left over
+  with pytest.raises(ValueError, match=r'has no vggface2_senet50 .* Player4.2.conv5.weight'):
     converters.convert('vggface2_senet50', _state_dict(_torch_vggface2_resnet50(se=False)))
 
 

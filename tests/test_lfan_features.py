@@ -63,14 +63,23 @@ def test_vggish_log_mel_examples_match_librosa():
   np.testing.assert_allclose(ours, np.log(mel.T + 0.01), rtol=1e-4, atol=1e-4)
 
 
-def test_vggish_matches_pytorch_with_converted_weights():
+def test_vggish_matches_pytorch_with_converted_weights(tmp_path):
+  """torchvggish's `VGGish` layout, saved whole as a bare state dict (its PCA postprocessor `pproc` included),
+  converted through the CLI's path. torchvggish ends its `embeddings` with a ReLU; the TF original, which LFAN
+  ran, does not (`vggish_slim` fc2 `activation_fn=None`): the reference is the raw fc2 output, as affjax's."""
   torch = pytest.importorskip('torch')
-  from affjax.models import converters  # pylint: disable=g-import-not-at-top
   from affjax.models.backbones import vggish  # pylint: disable=g-import-not-at-top
+  import torch_checkpoints  # pylint: disable=g-import-not-at-top
   nn = torch.nn
 
+  class Postprocessor(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.pca_eigen_vectors = nn.Parameter(torch.randn(128, 128), requires_grad=False)
+      self.pca_means = nn.Parameter(torch.randn(128, 1), requires_grad=False)
+
   class TorchVGGish(nn.Module):
-    """torchvggish's layout (features / embeddings Sequentials), fc2 linear as in the TF checkpoint."""
+    """torchvggish's names: `features` (conv, ReLU, pools) and `embeddings` Sequentials, `pproc`."""
 
     def __init__(self):
       super().__init__()
@@ -83,19 +92,21 @@ def test_vggish_matches_pytorch_with_converted_weights():
           c_in = width
       self.features = nn.Sequential(*layers)
       self.embeddings = nn.Sequential(nn.Linear(512 * 4 * 6, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
-                                      nn.Linear(4096, 128))
+                                      nn.Linear(4096, 128), nn.ReLU())
+      self.pproc = Postprocessor()
 
-    def forward(self, x):  # x [N, 1, 96, 64]
+    def fc2(self, x):  # x [N, 1, 96, 64]
       x = self.features(x).permute(0, 2, 3, 1)  # flatten in (H, W, C) order, as TF
-      return self.embeddings(x.reshape(x.shape[0], -1))
+      return self.embeddings[:5](x.reshape(x.shape[0], -1))
 
   torch.manual_seed(0)
   net = TorchVGGish().eval()
   examples = np.random.default_rng(3).standard_normal((2, 96, 64)).astype(np.float32)
   with torch.no_grad():
-    ref = net(torch.from_numpy(examples)[:, None]).numpy()
-  variables = converters.convert('vggish', {k: v.numpy() for k, v in net.state_dict().items()})
-  out = np.asarray(jax.jit(vggish.VGGish().apply)(variables, examples))
+    ref = net.fc2(torch.from_numpy(examples)[:, None]).numpy()
+  conversion = torch_checkpoints.save_and_convert('vggish', net.state_dict(), tmp_path / 'vggish-10086976.pth')
+  assert conversion.heads_left_out == ['pproc.pca_eigen_vectors', 'pproc.pca_means']
+  out = np.asarray(jax.jit(vggish.VGGish().apply)(conversion.variables, examples))
   assert out.shape == (2, 128)
   assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5
 

@@ -7,8 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from affjax.models import converters
 from affjax.models.backbones import ir50
+
+import torch_checkpoints
 
 KEY = jax.random.key(0, impl='unsafe_rbg')
 
@@ -32,15 +33,22 @@ def _torch_ir50(torch):
   return net.eval()
 
 
-def test_ir50_matches_pytorch_with_converted_weights():
+def test_ir50_matches_pytorch_with_converted_weights(tmp_path):
+  """Saved as ABAW2's backbone checkpoints are: a bare state dict of `my_res50`, i.e. the IR-50 `Backbone`
+  {input_layer, body, output_layer} under `backbone.` next to the `logits` classifier; converted through the
+  CLI's path."""
   torch = pytest.importorskip('torch')
   net = _torch_ir50(torch)
   faces = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 3)).astype(np.float32)
   with torch.no_grad():
     x = (torch.from_numpy(faces).permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.5
     ref = net(x).numpy()
-  sd = {k: v.detach().numpy() for k, v in net.state_dict().items()}
-  variables = converters.convert('ir50', sd)
+  my_res50, backbone = torch.nn.Module(), torch.nn.Module()
+  backbone.input_layer, backbone.body, backbone.output_layer = net.input_layer, net.body, net.output_layer
+  my_res50.backbone, my_res50.logits = backbone, net.logits
+  conversion = torch_checkpoints.save_and_convert('ir50', my_res50.state_dict(), tmp_path / 'res50_ir_0.887.pth')
+  assert conversion.prefix == 'backbone.' and conversion.outside_prefix == ['logits.bias', 'logits.weight']
+  variables = conversion.variables
   model = ir50.IR50()
   abstract = jax.eval_shape(functools.partial(model.init, train=False), KEY, faces)
   assert jax.tree.map(np.shape, abstract) == jax.tree.map(np.shape, variables)

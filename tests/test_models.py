@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from affjax.models import build_model, converters
+from affjax.models import build_model
 from affjax.models.attention import MultiHeadAttention, dot_product_attention
 from affjax.models.attention import from_torch as attention_from_torch
 from affjax.models.av_model import AudioVisualModel, slice_audio_windows
@@ -18,6 +18,8 @@ from affjax.models.backbones.mobilefacenet import MobileFaceNet
 from affjax.models.fusion.cross_attn import CrossModalFusion
 from affjax.models.layers import depthwise_conv2d, sinusoidal_pe
 from affjax.models.torch_convert import StateDictReader
+
+import torch_checkpoints
 
 # unsafe_rbg keys: parameter init and dropout compile several times faster than with threefry on CPU.
 KEY = jax.random.key(0, impl='unsafe_rbg')
@@ -152,69 +154,25 @@ def mobilefacenet(av_model):
   return model, {c: variables[c]['visual'] for c in variables}, images, jax.jit(functools.partial(model.apply, train=False))
 
 
-def _torch_mobilefacenet(torch):
-  """MobileFaceNet written directly from the spec layout (NCHW, PyTorch padding)."""
-  tnn = torch.nn
-
-  class CB(tnn.Module):
-    def __init__(self, cin, cout, k=1, stride=1, pad=0, groups=1, act=True):
-      super().__init__()
-      self.conv = tnn.Conv2d(cin, cout, k, stride, pad, groups=groups, bias=False)
-      self.bn = tnn.BatchNorm2d(cout)
-      self.prelu = tnn.PReLU(cout) if act else None
-
-    def forward(self, x):
-      x = self.bn(self.conv(x))
-      return self.prelu(x) if self.prelu is not None else x
-
-  class DW(tnn.Module):
-    def __init__(self, cin, cout, g, stride):
-      super().__init__()
-      self.expand, self.dw = CB(cin, g), CB(g, g, 3, stride, 1, groups=g)
-      self.project, self.residual = CB(g, cout, act=False), stride == 1
-
-    def forward(self, x):
-      y = self.project(self.dw(self.expand(x)))
-      return x + y if self.residual else y
-
-  class Net(tnn.Module):
-    def __init__(self):
-      super().__init__()
-      self.conv1, self.conv2_dw = CB(3, 64, 3, 2, 1), CB(64, 64, 3, 1, 1, groups=64)
-      self.blocks = tnn.ModuleList(
-          [DW(64, 64, 128, 2)] + [DW(64, 64, 128, 1) for _ in range(4)] + [DW(64, 128, 256, 2)]
-          + [DW(128, 128, 256, 1) for _ in range(6)] + [DW(128, 128, 512, 2)] + [DW(128, 128, 256, 1) for _ in range(2)])
-      self.conv6_sep, self.conv6_dw = CB(128, 512), CB(512, 512, 7, groups=512, act=False)
-
-    def forward(self, x):
-      x = self.conv2_dw(self.conv1((x - 0.5) / 0.5))
-      for blk in self.blocks:
-        x = blk(x)
-      return self.conv6_dw(self.conv6_sep(x)).flatten(1)
-
-  net = Net()
-  with torch.no_grad():
-    for m in net.modules():
-      if isinstance(m, tnn.BatchNorm2d):
-        m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
-        m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 1.5)
-      if isinstance(m, tnn.PReLU):
-        m.weight.uniform_(0.0, 0.5)
-  return net.eval()
-
-
-def test_mobilefacenet_matches_torch(mobilefacenet):
+def test_mobilefacenet_matches_torch(mobilefacenet, tmp_path):
+  """A face-alignment checkpoint ({'state_dict': ...}, the landmark head included) through the CLI's path."""
   torch = pytest.importorskip('torch')
   _, variables, images, apply_eval = mobilefacenet
-  net = _torch_mobilefacenet(torch)
-  converted = converters.convert('mobilefacenet', {k: v.numpy() for k, v in net.state_dict().items()})
+  net = torch_checkpoints.upstream_mobilefacenet(torch)
+  conversion = torch_checkpoints.save_and_convert(
+      'mobilefacenet', {'epoch': 3, 'state_dict': net.state_dict()}, tmp_path / 'mobilefacenet_model_best.pth.tar')
+  converted = conversion.variables
+  assert conversion.prefix == '' and not conversion.outside_prefix
+  assert conversion.heads_left_out == ['output_layer.bn.bias', 'output_layer.bn.num_batches_tracked',
+                                       'output_layer.bn.running_mean', 'output_layer.bn.running_var',
+                                       'output_layer.bn.weight', 'output_layer.linear.weight']
   assert jax.tree.structure(converted) == jax.tree.structure(_np(variables))
   assert jax.tree.map(np.shape, converted) == jax.tree.map(np.shape, _np(variables))
   with torch.no_grad():
-    expected = net(torch.tensor(images.transpose(0, 3, 1, 2))).numpy()
+    expected = net.features(torch.tensor(images.transpose(0, 3, 1, 2))).numpy()
   out = np.asarray(apply_eval(converted, images))
   assert out.shape == (3, 512)
-  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+  assert np.abs(out - expected).max() / np.abs(expected).max() < 1e-5
 
 
 def test_mobilefacenet_eval_is_per_image_and_deterministic(mobilefacenet):
@@ -239,27 +197,36 @@ def test_audio_cnn_shapes(name, lengths):
       (3, n, blk.features) for n, blk in zip(lengths, table)]
 
 
-@pytest.mark.parametrize('name', ['zhao19', 'emo16'])
-def test_audio_cnn_matches_torch(name):
+@pytest.mark.parametrize('name, saved_as', [('zhao19', 'extractor'), ('emo16', 'end2you'), ('emo18', 'extractor')])
+def test_audio_cnn_matches_torch(name, saved_as, tmp_path):
+  """Checkpoints as saved upstream, converted through the CLI's path: 'extractor' is abaw3_rnn_attn's
+  `AudioConvEncoder` (the Base under `model.`) saved as a bare state dict, like its `zhao19_extractor.pth.tar`;
+  'end2you' is End2You's training checkpoint {'state_dict': AudioRNNModel, 'optim_dict': ...}, the Base
+  under `audio_model.model.` next to the LSTM and the linear head."""
   torch = pytest.importorskip('torch')
   tnn = torch.nn
   table = AUDIO_CNN_TABLES[name]
-  layers, cin = [], 1
-  for blk in table:
-    layers += [tnn.Conv1d(cin, blk.features, blk.kernel_size, padding=blk.padding), tnn.BatchNorm1d(blk.features),
-               tnn.ELU(), tnn.MaxPool1d(blk.pool, blk.pool, blk.pool_padding)]
-    cin = blk.features
-  net = tnn.Sequential(*layers).eval()
+  base = torch_checkpoints.end2you_base(torch, table)
+  x = np.random.default_rng(5).uniform(-1, 1, (2, 10560)).astype(np.float32)
   with torch.no_grad():
-    for i in range(len(table)):
-      bn = net[4 * i + 1]
-      bn.running_mean.uniform_(-0.2, 0.2), bn.running_var.uniform_(0.5, 1.5), bn.bias.uniform_(-0.2, 0.2)
-    x = np.random.default_rng(5).uniform(-1, 1, (2, 10560)).astype(np.float32)
-    expected = net(torch.tensor(x)[:, None, :]).mean(-1).numpy()
-  state_dict = {f'audio_model.{k}': v.numpy() for k, v in net.state_dict().items()}
-  variables = converters.convert(name, state_dict, prefix='audio_model.')
-  out = jax.jit(functools.partial(AudioCNN1D(table).apply, train=False))(variables, x)
-  np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-4, atol=1e-5)
+    expected = base(torch.tensor(x)[:, None, :]).mean(-1).numpy()
+  if saved_as == 'extractor':
+    encoder = tnn.Module()
+    encoder.model = base
+    saved, prefix = encoder.state_dict(), 'model.'
+  else:
+    audio_model, rnn_model = tnn.Module(), tnn.Module()
+    audio_model.model = base
+    rnn_model.audio_model, rnn_model.rnn = audio_model, tnn.LSTM(table[-1].features, 8, batch_first=True)
+    rnn_model.linear = tnn.Linear(8, 2)
+    saved = {'state_dict': rnn_model.state_dict(), 'optim_dict': {'state': {}}, 'epoch': 4}
+    prefix = 'audio_model.model.'
+  conversion = torch_checkpoints.save_and_convert(name, saved, tmp_path / f'{name}.pth.tar')
+  assert conversion.prefix == prefix
+  assert conversion.outside_prefix == ([] if saved_as == 'extractor' else sorted(
+      [f'rnn.{k}' for k in rnn_model.rnn.state_dict()] + ['linear.weight', 'linear.bias']))
+  out = jax.jit(functools.partial(AudioCNN1D(table).apply, train=False))(conversion.variables, x)
+  assert np.abs(np.asarray(out) - expected).max() / np.abs(expected).max() < 1e-5
 
 
 def test_audio_cnn_kaiming_uniform_init():

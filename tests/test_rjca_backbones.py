@@ -2,8 +2,6 @@
 import functools
 import logging
 import math
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -14,19 +12,15 @@ from affjax.models import converters
 from affjax.models.backbones import resnet
 from affjax.models.torch_convert import StateDictReader
 
+import torch_checkpoints
+
 KEY = jax.random.key(0, impl='unsafe_rbg')
 
 
 @pytest.fixture(scope='module')
 def torchvision():
   torch = pytest.importorskip('torch')
-  try:
-    import torchvision as tv  # pylint: disable=g-import-not-at-top
-  except RuntimeError:  # a CUDA build of torchvision's ops next to CPU-only torch: the models need no ops
-    for name in [m for m in sys.modules if m.startswith('torchvision')]:
-      del sys.modules[name]
-    sys.modules['torchvision._meta_registrations'] = types.ModuleType('torchvision._meta_registrations')
-    import torchvision as tv  # pylint: disable=g-import-not-at-top
+  tv = torch_checkpoints.import_torchvision()
   torch.manual_seed(0)
   return torch, tv
 
@@ -53,18 +47,30 @@ def _param_count(model, shape):
   return sum(math.prod(p.shape) for p in jax.tree.leaves(shapes['params'])), shapes
 
 
-@pytest.mark.parametrize('conv_impl', ['xla', 'taps'])
-def test_resnet18_audio_matches_torchvision(torchvision, conv_impl):
+@pytest.fixture(scope='module')
+def tsav_checkpoint(torchvision, tmp_path_factory):
+  """A checkpoint as RJCA loads its backbones: TSAV saved as {'state_dict': ...} (`torch_checkpoints.tsav`).
+  Returns (path, the audio ResNet, the video R(2+1)D)."""
   torch, tv = torchvision
-  net = tv.models.resnet18()
-  net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
-  net = _randomise_batch_norms(torch, net)
+  tsav = _randomise_batch_norms(torch, torch_checkpoints.tsav(torch, tv))
+  path = tmp_path_factory.mktemp('tsav') / 'TSAV_Sub4_544k.pth.tar'
+  torch.save({'state_dict': tsav.state_dict(), 'epoch': 9}, str(path))
+  return str(path), tsav.audio_model.resnet, tsav.video_model.r2plus1d
+
+
+@pytest.mark.parametrize('conv_impl', ['xla', 'taps'])
+def test_resnet18_audio_matches_torchvision(torchvision, tsav_checkpoint, conv_impl):
+  torch, _ = torchvision
+  path, net, _ = tsav_checkpoint
   x = np.random.default_rng(0).standard_normal((2, 64, 40, 1)).astype(np.float32)  # [N, mels, frames, 1]
   with torch.no_grad():
     t = torch.tensor(x.transpose(0, 3, 1, 2))
     t = net.maxpool(net.relu(net.bn1(net.conv1(t))))
     expected = net.layer4(net.layer3(net.layer2(net.layer1(t)))).numpy().transpose(0, 2, 3, 1)
-  variables = converters.convert('resnet18_audio', _state_dict(net), 'torchvision resnet18')
+  conversion = converters.convert_checkpoint('resnet18_audio', path)
+  assert conversion.prefix == 'audio_model.resnet.'
+  assert {k.split('.')[0] for k in conversion.outside_prefix} == {'video_model', 'fc'}
+  variables = conversion.variables
   model = resnet.ResNet18(conv_impl=conv_impl)
   count, abstract = _param_count(model, x.shape)
   assert jax.tree.map(np.shape, variables) == jax.tree.map(lambda a: a.shape, abstract)
@@ -75,16 +81,19 @@ def test_resnet18_audio_matches_torchvision(torchvision, conv_impl):
 
 
 @pytest.mark.parametrize('conv_impl', ['xla', 'taps'])
-def test_r2plus1d18_matches_torchvision(torchvision, conv_impl):
-  torch, tv = torchvision
-  net = _randomise_batch_norms(torch, tv.models.video.r2plus1d_18())
+def test_r2plus1d18_matches_torchvision(torchvision, tsav_checkpoint, conv_impl):
+  """The 4-channel TSAV stem is read as its first 3 input channels: the reference feeds the 4-channel network
+  a zero fourth channel."""
+  torch, _ = torchvision
+  path, _, net = tsav_checkpoint
   x = np.random.default_rng(1).standard_normal((1, 8, 32, 32, 3)).astype(np.float32)  # [N, T, H, W, C]
   with torch.no_grad():
-    t = torch.tensor(x.transpose(0, 4, 1, 2, 3))
+    t = torch.tensor(np.concatenate([x, np.zeros_like(x[..., :1])], -1).transpose(0, 4, 1, 2, 3))
     expected = net.layer4(net.layer3(net.layer2(net.layer1(net.stem(t))))).numpy().transpose(0, 2, 3, 4, 1)
-  variables = converters.convert('r2plus1d_18', _state_dict(net), 'torchvision r2plus1d_18')
+  conversion = converters.convert_checkpoint('r2plus1d_18', path)
+  assert conversion.prefix == 'video_model.r2plus1d.'
   model = resnet.R2Plus1D18(conv_impl=conv_impl)
-  out = np.asarray(jax.jit(functools.partial(model.apply, train=False))(variables, x))
+  out = np.asarray(jax.jit(functools.partial(model.apply, train=False))(conversion.variables, x))
   assert out.shape == expected.shape == (1, 1, 2, 2, 512)
   assert _relative_error(out, expected) < 1e-5
 

@@ -249,19 +249,44 @@ def test_pretrained_checkpoint_round_trip_into_the_state(tmp_path):
     torch_convert.load_pretrained({'audio': path}, abstract)
 
 
-def test_converter_rejects_a_checkpoint_of_another_network():
-  sd = {'0.weight': np.zeros((16, 1, 8)), '0.bias': np.zeros(16), 'extra.weight': np.zeros(3)}
-  for name in ('running_mean', 'running_var', 'weight', 'bias'):
-    sd[f'1.{name}'] = np.zeros(16)
-  with pytest.raises(KeyError, match="no tensor '4.weight'"):
-    converters.convert('emo18', sd, 'ckpt.pth')
+def _end2you_state_dict(table, blocks: int, prefix: str = 'model.') -> dict[str, np.ndarray]:
+  """Zero tensors with End2You `Base`'s names (`network.<2i>.0` conv, `network.<2i>.1` BatchNorm) for the first
+  `blocks` blocks of `table`, plus the last block's BatchNorm (the tensor the converter locates the network by)."""
+  sd, cin = {}, 1
+  for i, blk in enumerate(table[:blocks]):
+    sd[f'{prefix}network.{2 * i}.0.weight'] = np.zeros((blk.features, cin, blk.kernel_size), np.float32)
+    sd[f'{prefix}network.{2 * i}.0.bias'] = np.zeros(blk.features, np.float32)
+    cin = blk.features
+  last = len(table) - 1
+  for i in sorted({*range(blocks), last}):
+    for name in ('weight', 'bias', 'running_mean', 'running_var'):
+      sd[f'{prefix}network.{2 * i}.1.{name}'] = np.zeros(table[i].features, np.float32)
+  return sd
+
+
+def test_converter_names_missing_and_unused_tensors():
   table = AUDIO_CNN_TABLES['emo18']
-  for i in range(1, len(table)):
-    sd[f'{4 * i}.weight'], sd[f'{4 * i}.bias'] = np.zeros((table[i].features, 1, 1)), np.zeros(table[i].features)
-    for name in ('running_mean', 'running_var', 'weight', 'bias'):
-      sd[f'{4 * i + 1}.{name}'] = np.zeros(table[i].features)
-  with pytest.raises(ValueError, match=r"1 tensors were not converted, e.g. \['extra.weight'\]"):
+  sd = _end2you_state_dict(table, 1)  # block 1's tensors are missing
+  with pytest.raises(ValueError, match=r"ckpt.pth: emo18 .* needs tensor 'model.network.2.0.weight', which is missing; "
+                                       r"unread tensors: model.network.4.1.bias, model.network.4.1.running_mean"):
     converters.convert('emo18', sd, 'ckpt.pth')
+  sd = _end2you_state_dict(table, 3)
+  sd['model.network.6.0.weight'] = np.zeros(3, np.float32)  # a fourth block: zhao19's, not emo18's
+  with pytest.raises(ValueError, match=r"1 tensors under 'model.' were not converted to emo18: model.network.6.0.weight"):
+    converters.convert('emo18', sd, 'ckpt.pth')
+  del sd['model.network.6.0.weight']
+  assert converters.convert_state_dict('emo18', sd, 'ckpt.pth').prefix == 'model.'
+  with pytest.raises(ValueError, match=r"ckpt.pth has no zhao19 .*: no prefix P with tensors Pnetwork.0.0.weight and "
+                                       r"Pnetwork.6.1.running_var; its top-level names are model"):
+    converters.convert('zhao19', sd, 'ckpt.pth')
+  wider = dict(sd, **{'model.network.0.0.weight': np.zeros((64, 1, 8), np.float32)})  # End2You's own emo18
+  with pytest.raises(ValueError, match=r'network.0.0.weight is \(64, 1, 8\) \(out, in, kernel\), this network\'s '
+                                       r'block 0 needs \(16, 1, 8\)'):
+    converters.convert('emo18', wider, 'ckpt.pth')
+  both = {**sd, **{k.replace('model.', 'teacher.', 1): v for k, v in sd.items()}}
+  with pytest.raises(ValueError, match=r"holds 2 emo18 networks, under \['model.', 'teacher.'\]: choose one with"):
+    converters.convert('emo18', both, 'ckpt.pth')
+  assert converters.convert_state_dict('emo18', both, 'ckpt.pth', prefix='teacher.').outside_prefix == sorted(sd)
 
 
 def test_lstm_config_builds_a_bidirectional_model():

@@ -92,6 +92,9 @@ def from_torch(sd: StateDictReader, num_heads: int, prefix: str = '') -> dict[st
   [3E, E] and `in_proj_bias`, then `out_proj`), tensors under `prefix`."""
   w, b = sd[f'{prefix}in_proj_weight'], sd[f'{prefix}in_proj_bias']
   e = w.shape[1]
+  if e % num_heads:
+    raise ValueError(f'{sd.source}: {prefix}in_proj_weight has width {e}, which {num_heads} heads do not divide: '
+                     'give the number of heads the model was trained with')
   params = {name: {'kernel': w[i * e:(i + 1) * e].T.reshape(e, num_heads, e // num_heads),
                    'bias': b[i * e:(i + 1) * e].reshape(num_heads, e // num_heads)}
             for i, name in enumerate(['query', 'key', 'value'])}

@@ -13,8 +13,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from affjax.models.layers import torch_bias_init, torch_kernel_init
+from affjax.models.torch_convert import StateDictReader, conv_kernel
 
 Array = jax.Array
 
@@ -100,3 +102,33 @@ class TemporalConvNet(nn.Module):
       x = TemporalBlock(features, self.kernel_size, 2 ** i, self.dropout, self.dtype, name=f'level{i}')(
           x, train=train)
     return x
+
+
+def _weight_norm_conv(sd: StateDictReader, prefix: str) -> dict:
+  """A `weight_norm(Conv1d)`: old-style `weight_g` / `weight_v` or `parametrizations.weight.original{0,1}`."""
+  g, v = ((f'{prefix}.weight_g', f'{prefix}.weight_v') if f'{prefix}.weight_g' in sd else
+          (f'{prefix}.parametrizations.weight.original0', f'{prefix}.parametrizations.weight.original1'))
+  return {'v': conv_kernel(sd[v]), 'g': sd[g].reshape(-1), 'bias': sd[f'{prefix}.bias']}
+
+
+def from_torch(sd: StateDictReader, prefix: str = '') -> dict[str, dict]:
+  """Params of `TemporalConvNet` from the TCN of ABAW2 (`model/temporal_convolutional_model.py`): blocks
+  `<prefix>network.<i>` with weight-normalised `conv1`, `conv2` (also saved again as `net.0`, `net.4`: the same
+  modules in the block's Sequential, checked equal) and a 1x1 `downsample` where the width changes."""
+  params, i = {}, 0
+  while f'{prefix}network.{i}.conv1.bias' in sd:
+    block = f'{prefix}network.{i}'
+    level = {f'conv{j}': _weight_norm_conv(sd, f'{block}.conv{j}') for j in (1, 2)}
+    for j, alias in ((1, 0), (2, 4)):
+      if f'{block}.net.{alias}.bias' in sd:
+        again = _weight_norm_conv(sd, f'{block}.net.{alias}')
+        if any(not np.array_equal(again[k], level[f'conv{j}'][k]) for k in again):
+          raise ValueError(f'{sd.source}: {block}.net.{alias} differs from {block}.conv{j}, which it must alias')
+    if f'{block}.downsample.weight' in sd:
+      level['downsample'] = {'kernel': sd[f'{block}.downsample.weight'][:, :, 0].T,
+                             'bias': sd[f'{block}.downsample.bias']}
+    params[f'level{i}'] = level
+    i += 1
+  if not i:
+    raise KeyError(f'{sd.source} has no tensor {prefix}network.0.conv1.bias: not a TemporalConvNet state dict')
+  return {'params': params}

@@ -52,19 +52,22 @@ def read_numpy_pickle(path: str) -> StateDict:
 def read_torch_checkpoint(path: str) -> StateDict:
   """The tensors of a PyTorch checkpoint as float32 numpy arrays.
 
-  Accepts a bare state dict or one wrapped as {'state_dict': ...} / {'model': ...}; strips the
-  'module.' prefix DataParallel adds. A `.pkl` file is read as a pickled dict of numpy arrays
-  (`read_numpy_pickle`).
+  Accepts a bare state dict or one wrapped as the upstream training code saves it: {'state_dict': ...}
+  (End2You, face-alignment, TSAV, abaw3_rnn_attn's trainer), {'net': ...} (RJCA's fusion), {'model_state': ...}
+  (abaw3_rnn_attn's hyperparameter search) or {'model': ...}, next to other entries
+  (optimizer, epoch, scores); strips the 'module.' prefix DataParallel adds. A `.pkl` file is read as a
+  pickled dict of numpy arrays (`read_numpy_pickle`).
   """
   if path.endswith('.pkl'):
     return read_numpy_pickle(path)
   import torch  # pylint: disable=g-import-not-at-top  (only the converter needs PyTorch)
   obj = torch.load(path, map_location='cpu', weights_only=True)
-  for wrapper in ('state_dict', 'model'):
+  for wrapper in ('state_dict', 'net', 'model', 'model_state'):
     if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
       obj = obj[wrapper]
-  if not isinstance(obj, Mapping):
-    raise ValueError(f'{path}: expected a PyTorch state dict (name -> tensor), got {type(obj).__name__}; '
+  if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    what = f'a dict with {sorted(obj)[:8]}' if isinstance(obj, Mapping) else type(obj).__name__
+    raise ValueError(f'{path}: expected a PyTorch state dict (name -> tensor), got {what}; '
                      'save the model with torch.save(model.state_dict(), path)')
   return {k.removeprefix('module.'): v.detach().cpu().float().numpy() if v.is_floating_point()
           else v.detach().cpu().numpy() for k, v in obj.items()}
@@ -73,6 +76,17 @@ def read_torch_checkpoint(path: str) -> StateDict:
 def conv_kernel(w: np.ndarray) -> np.ndarray:
   """PyTorch Conv{1,2,3}d weight `[O, I, *spatial]` -> Flax kernel `[*spatial, I, O]`."""
   return np.transpose(w, (*range(2, w.ndim), 1, 0))
+
+
+class MissingTensor(KeyError):
+  """A tensor a converter needs is not in the state dict (`key`: its name)."""
+
+  def __init__(self, message: str, key: str):
+    super().__init__(message)
+    self.key = key
+
+  def __str__(self) -> str:
+    return self.args[0]
 
 
 class StateDictReader:
@@ -86,8 +100,8 @@ class StateDictReader:
   def __getitem__(self, key: str) -> np.ndarray:
     if key not in self._sd:
       near = sorted(k for k in self._sd if k.rsplit('.', 1)[0] == key.rsplit('.', 1)[0])
-      raise KeyError(f'{self.source} has no tensor {key!r}' + (f' (same module: {near})' if near else '')
-                     + '; is it a checkpoint of this network?')
+      raise MissingTensor(f'{self.source} has no tensor {key!r}' + (f' (same module: {near})' if near else '')
+                          + '; is it a checkpoint of this network?', key)
     self._used.add(key)
     return np.asarray(self._sd[key])
 
@@ -113,13 +127,22 @@ class StateDictReader:
     return ({'scale': self[f'{prefix}.weight'], 'bias': self[f'{prefix}.bias']},
             {'mean': self[f'{prefix}.running_mean'], 'var': self[f'{prefix}.running_var']})
 
-  def check_all_used(self, ignore: Iterable[str] = ()) -> None:
-    """Raises if tensors other than the `ignore` prefixes (e.g. a classifier head) were never read."""
+  def unused(self, ignore: Iterable[str] = ()) -> list[str]:
+    """The names never read, other than those under the `ignore` prefixes (e.g. a classifier head)."""
     ignore = tuple(ignore)
-    left = sorted(k for k in self._sd if k not in self._used and not (ignore and k.startswith(ignore)))
+    return sorted(k for k in self._sd if k not in self._used and not (ignore and k.startswith(ignore)))
+
+  def check_all_used(self, ignore: Iterable[str] = ()) -> None:
+    """Raises, naming them, if tensors other than the `ignore` prefixes were never read."""
+    left = self.unused(ignore)
     if left:
-      raise ValueError(f'{self.source}: {len(left)} tensors were not converted, e.g. {left[:5]}; '
+      raise ValueError(f'{self.source}: {len(left)} tensors were not converted: {name_list(left)}; '
                        'the checkpoint does not match this network')
+
+
+def name_list(keys: list[str], limit: int = 12) -> str:
+  """The first `limit` names, comma-separated, and how many more there are (for error messages)."""
+  return ', '.join(keys[:limit]) + (f' and {len(keys) - limit} more' if len(keys) > limit else '')
 
 
 def save_variables(path: str, variables: Variables) -> None:

@@ -62,11 +62,17 @@ class AudioCNN1D(nn.Module):
     return jnp.mean(x, axis=1)
 
 
-def from_torch(blocks: tuple[Block1D, ...], sd: StateDictReader, prefix: str = '') -> dict[str, dict]:
-  """Variables from a PyTorch `nn.Sequential` of [Conv1d, BatchNorm1d, ELU, MaxPool1d] per block
-  (End2You's `Base` layout: tensors `<prefix><4i>.weight`, `<prefix><4i+1>.running_mean`, ...)."""
-  params, stats = {}, {}
-  for i in range(len(blocks)):
-    params[f'conv{i}'] = sd.conv(f'{prefix}{4 * i}', bias=True)
-    params[f'bn{i}'], stats[f'bn{i}'] = sd.batch_norm(f'{prefix}{4 * i + 1}')
+def from_torch(blocks: tuple[Block1D, ...], sd: StateDictReader) -> dict[str, dict]:
+  """Variables from an End2You `Base` state dict (`network` = a Sequential of per-block
+  [Sequential(Conv1d, BatchNorm1d, activation), MaxPool1d]: tensors `network.<2i>.0.{weight,bias}` and
+  `network.<2i>.1.{weight,bias,running_mean,running_var}`)."""
+  params, stats, c_in = {}, {}, 1
+  for i, blk in enumerate(blocks):
+    params[f'conv{i}'] = sd.conv(f'network.{2 * i}.0', bias=True)
+    shape, want = params[f'conv{i}']['kernel'].shape, (blk.kernel_size, c_in, blk.features)
+    if shape != want:  # e.g. End2You's own emo18 (64/128/256 channels), not the study's (16/32/64)
+      raise ValueError(f'{sd.source}: network.{2 * i}.0.weight is {shape[::-1]} (out, in, kernel), this network\'s '
+                       f'block {i} needs {want[::-1]}')
+    params[f'bn{i}'], stats[f'bn{i}'] = sd.batch_norm(f'network.{2 * i}.1')
+    c_in = blk.features
   return {'params': params, 'batch_stats': stats}

@@ -130,10 +130,17 @@ class MobileFaceNet(nn.Module):
                         name='bn_out')(x, mask=None if mask is None else mask[:, None])
 
 
+# The upstream module of each DW stage (abaw3_rnn_attn / UncertainEmotion `MobileFaceNet`): a single
+# `Depth_Wise`, or a `Residual` whose blocks are `<name>.model.<j>`.
+UPSTREAM_STAGES = ('conv_23', 'conv_3', 'conv_34', 'conv_4', 'conv_45', 'conv_5')
+
+
 def from_torch(sd: StateDictReader) -> dict[str, dict]:
-  """Variables from a PyTorch MobileFaceNet state dict with the module names
-  `conv1`, `conv2_dw`, `blocks.<i>.{expand,dw,project}`, `conv6_sep`, `conv6_dw` (each `.conv`, `.bn`,
-  `.prelu`); the output layer of a face-alignment checkpoint, if any, is left out."""
+  """Variables from the state dict of the MobileFaceNet Karas et al. use (abaw3_rnn_attn
+  `models/modules/mobilefacenet.py`, face-alignment's checkpoint): `conv1`, `conv2_dw`, the DW stages
+  `conv_23`, `conv_3.model.<j>`, `conv_34`, `conv_4.model.<j>`, `conv_45`, `conv_5.model.<j>` (each
+  `.conv`, `.conv_dw`, `.project`), `conv_6_sep`, then `output_layer.conv_6_dw` (conv + BN). The landmark
+  head `output_layer.linear` / `output_layer.bn` is the caller's to leave out."""
 
   def conv_block(prefix: str, act: bool = True):
     bn, stats = sd.batch_norm(f'{prefix}.bn')
@@ -143,15 +150,18 @@ def from_torch(sd: StateDictReader) -> dict[str, dict]:
     return params, {'bn': stats}
 
   params, stats = {}, {}
-  for name in ('conv1', 'conv2_dw', 'conv6_sep'):
+  for name in ('conv1', 'conv2_dw'):
     params[name], stats[name] = conv_block(name)
   i = 0
-  for _, _, _, repeats in STAGES:
-    for _ in range(repeats):
-      parts = {p: conv_block(f'blocks.{i}.{p}', act=p != 'project') for p in ('expand', 'dw', 'project')}
+  for stage, (_, _, _, repeats) in zip(UPSTREAM_STAGES, STAGES):
+    for j in range(repeats):
+      block = stage if repeats == 1 else f'{stage}.model.{j}'
+      parts = {ours: conv_block(f'{block}.{theirs}', act=ours != 'project')
+               for ours, theirs in (('expand', 'conv'), ('dw', 'conv_dw'), ('project', 'project'))}
       params[f'dw{i}'] = {p: v for p, (v, _) in parts.items()}
       stats[f'dw{i}'] = {p: s for p, (_, s) in parts.items()}
       i += 1
-  params['conv6_dw'] = sd.conv('conv6_dw.conv')
-  params['bn_out'], stats['bn_out'] = sd.batch_norm('conv6_dw.bn')
+  params['conv6_sep'], stats['conv6_sep'] = conv_block('conv_6_sep')
+  params['conv6_dw'] = sd.conv('output_layer.conv_6_dw.conv')
+  params['bn_out'], stats['bn_out'] = sd.batch_norm('output_layer.conv_6_dw.bn')
   return {'params': params, 'batch_stats': stats}
