@@ -1,4 +1,6 @@
 """Entry point: python -m affjax.main --config=configs/cross_attn.py --workdir=DIR [--mode=train|eval]."""
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -8,6 +10,27 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
                           'train (resumes from the latest checkpoint, then evaluates the best) or eval.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, except that an override of a config field that does not exist stops in one line naming
+  it and the closest known fields."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError, TypeError):
+    from affjax import config_validation  # pylint: disable=g-import-not-at-top
+
+    files = [a.split('=', 1)[1] if '=' in a else b for a, b in zip(argv[1:], argv[2:] + [''])
+             if a.split('=', 1)[0] == '--config']
+    if not files:
+      raise
+    config = flags.FLAGS['config'].parser.parse(files[-1])  # the config file's fields, before any override
+    for arg in argv[1:]:
+      if arg.startswith('--config.'):
+        message = config_validation.unknown_field_message(config, arg[len('--config.'):].split('=', 1)[0])
+        if message:
+          sys.exit(f'{arg}: {message}')
+    raise
 
 
 def main(argv):
@@ -21,4 +44,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

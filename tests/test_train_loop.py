@@ -194,7 +194,8 @@ def test_best_checkpoint_follows_the_selection_weights(tmp_path, weights, best):
   ckpt = checkpoint.Checkpointer(tmp_path / str(weights), selection_weights=weights)
   data = iter(grain.MapDataset.source([0, 1, 2]).to_iter_dataset())
   for step, (v, a) in scores.items():
-    ckpt.save(step, {'w': np.full(2, step, np.float32)}, data, metrics=dict(ccc_valence=v, ccc_arousal=a))
+    ckpt.save(step, {'w': np.full(2, step, np.float32)}, data)
+    ckpt.record_metrics(step, dict(ccc_valence=v, ccc_arousal=a))  # evaluation runs after the save
   ckpt.wait()
   assert ckpt.best_step() == best
   restored = ckpt.restore(best, {'w': np.zeros(2, np.float32)})
