@@ -19,6 +19,8 @@ import uuid
 import jax
 import numpy as np
 
+from affjax import processes
+
 LOCK_FILE = 'job.lock'
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 120.0
@@ -32,28 +34,13 @@ class WorkdirNotSharedError(RuntimeError):
   pass
 
 
-def _process_start(pid: int) -> str | None:
-  """The kernel's start time of process `pid` (clock ticks since boot), which tells a reused pid apart."""
-  try:
-    return pathlib.Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]
-  except (OSError, IndexError):
-    return None
-
-
 def _holder_is_gone(holder: dict, lock: pathlib.Path) -> bool:
   if holder.get('host') != socket.gethostname():
     try:
       return time.time() - lock.stat().st_mtime > STALE_AFTER_S
     except FileNotFoundError:
       return True
-  try:
-    os.kill(holder['pid'], 0)
-  except ProcessLookupError:
-    return True
-  except PermissionError:
-    return False
-  start = _process_start(holder['pid'])
-  return start is not None and holder.get('process_start') not in (None, start)
+  return not processes.is_running(holder['pid'], holder.get('process_start'))
 
 
 def _read(lock: pathlib.Path) -> dict | None:
@@ -74,7 +61,7 @@ def _acquire(workdir: pathlib.Path) -> str:
   """Creates the lock (or takes over a stale one); returns its token. Raises WorkdirBusyError if it is held."""
   lock = workdir / LOCK_FILE
   token = uuid.uuid4().hex
-  mine = dict(host=socket.gethostname(), pid=os.getpid(), process_start=_process_start(os.getpid()),
+  mine = dict(host=socket.gethostname(), pid=os.getpid(), process_start=processes.start_time(os.getpid()),
               started=datetime.datetime.now().astimezone().isoformat(timespec='seconds'), token=token)
   tmp = workdir / f'.{LOCK_FILE}.{token}'
   tmp.write_text(json.dumps(mine))
