@@ -36,11 +36,15 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   del argv
   # nothing heavy at import: grain workers re-import this module
+  from affjax import workdir_lock  # pylint: disable=g-import-not-at-top
   from affjax.train import loop  # pylint: disable=g-import-not-at-top
 
   loop.start_process(_CONFIG.value)
   run = loop.train_and_evaluate if _MODE.value == 'train' else loop.evaluate_only
-  run(_CONFIG.value, _WORKDIR.value)
+  try:
+    run(_CONFIG.value, _WORKDIR.value)
+  except (workdir_lock.WorkdirBusyError, workdir_lock.WorkdirNotSharedError) as e:
+    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':
