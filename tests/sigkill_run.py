@@ -2,6 +2,7 @@
 
 `python tests/sigkill_run.py checkpoint:STEP <affjax.main flags>`: killed while the asynchronous checkpoint of STEP
 is being written (its files are written, the atomic rename that commits them has not happened).
+`python tests/sigkill_run.py committed:STEP <flags>`: killed right after the checkpoint of STEP is committed.
 `python tests/sigkill_run.py evaluation <flags>`: killed when the first evaluation starts predicting.
 """
 import os
@@ -17,15 +18,18 @@ def kill():
 
 def main():
   point = sys.argv.pop(1)
-  if point.startswith('checkpoint:'):
+  if point.split(':')[0] in ('checkpoint', 'committed'):
     from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
 
-    real, step = atomicity.AtomicRenameTemporaryPath.finalize, point.split(':')[1]
+    real, (when, step) = atomicity.AtomicRenameTemporaryPath.finalize, point.split(':')
 
     async def finalize(self, *args, **kwargs):
+      if self.get_final().name == step and when == 'checkpoint':
+        kill()
+      result = await real(self, *args, **kwargs)
       if self.get_final().name == step:
         kill()
-      return await real(self, *args, **kwargs)
+      return result
 
     atomicity.AtomicRenameTemporaryPath.finalize = finalize
   elif point == 'evaluation':
