@@ -13,6 +13,7 @@ from affjax import checkpoint
 from affjax.train import epochs
 from configs import lfan
 from test_multihost import ROOT, command
+from test_nonfinite import saved_steps
 from test_train_loop import final_checkpoint, smoke_config
 
 
@@ -27,14 +28,6 @@ def run(config, workdir, kill_at=None) -> subprocess.CompletedProcess:
   return run_args(command(config, workdir)[3:], kill_at)
 
 
-def steps_of(workdir) -> list[int]:
-  saved = checkpoint.Checkpointer(workdir)
-  try:
-    return saved.all_steps()
-  finally:
-    saved.close()
-
-
 def test_sigkill_while_checkpointing_and_while_evaluating_then_resume_equals_uninterrupted(tiny_tree, tmp_path):
   config = smoke_config(tiny_tree, tmp_path)
   config.train.update(num_steps=6, checkpoint_every=2, eval_every=4, log_every=1)
@@ -44,7 +37,7 @@ def test_sigkill_while_checkpointing_and_while_evaluating_then_resume_equals_uni
 
   first = run(config, killed, kill_at='checkpoint:4')
   assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
-  assert steps_of(killed) == [2]  # the write of step 4 never committed
+  assert saved_steps(killed) == [2]  # the write of step 4 never committed
   assert list((killed / 'checkpoints').glob('4.orbax-checkpoint-tmp*'))  # it was under way
 
   second = run(config, killed, kill_at='evaluation')  # resumes from 2; killed evaluating step 4
@@ -80,7 +73,7 @@ def test_epoch_recipe_killed_right_after_an_epochs_checkpoint_resumes_equal_to_u
       (tmp_path / 'straight' / 'checkpoints' / checkpoint.RECORD_FILE).read_text())['metrics'])
   killed = run_args(args(tmp_path / 'killed'), kill_at=f'committed:{first_epoch}')
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-  assert steps_of(tmp_path / 'killed') == [first_epoch]
+  assert saved_steps(tmp_path / 'killed') == [first_epoch]
   resumed = run_args(args(tmp_path / 'killed'))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'resumed after epoch 1' in resumed.stderr
