@@ -49,9 +49,10 @@ def launch(config, workdirs, devices_per_process: int) -> list[subprocess.Comple
 def test_two_processes_train_like_one(tiny_tree, tmp_path):
   """Same global batches (rows of process p = rows [pL, (p+1)L) of the single-process batch), the same
   augmentation and dropout (drawn per global example index and step): the runs differ only by the rounding of
-  the cross-process reductions (~1e-7 relative per step). Adam with eps=1 keeps the update linear in the gradient:
-  with the default eps, Adam's first steps map gradients near zero to +-lr by their sign and would turn that
-  rounding into lr-sized differences."""
+  the cross-process reductions: measured at most 6e-8 on any parameter after 3 steps, and 5e-9 on the validation
+  CCC, against 8e-6 and 1e-3 when the processes drew their own rows and randomness. Adam with eps=1 keeps the
+  update linear in the gradient: with the default eps, Adam's first steps map gradients near zero to +-lr by their
+  sign and would turn that rounding into lr-sized differences."""
   config = smoke_config(tiny_tree, tmp_path)
   config.train.update(num_steps=3, eval_every=3, checkpoint_every=3, log_every=1)  # smoke: 2 warm-up steps
   config.optim.eps = 1.0
@@ -61,13 +62,13 @@ def test_two_processes_train_like_one(tiny_tree, tmp_path):
   assert all(p.returncode == 0 for p in pair), pair[0].stdout[-3000:] + pair[1].stdout[-3000:]
   (step_1, state_1), (step_2, state_2) = (final_checkpoint(config, tmp_path / w) for w in ('one', 'two'))
   assert step_1 == step_2 == 3
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), state_1.params, state_2.params)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-7), state_1.params, state_2.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-7),
                state_1.batch_stats, state_2.batch_stats)
   ccc_1, ccc_2 = (json.loads((tmp_path / w / 'eval' / 'summary.json').read_text())['validation']
                   for w in ('one', 'two'))
   assert ccc_1['num_frames'] == ccc_2['num_frames']
-  assert ccc_1['ccc_mean'] == pytest.approx(ccc_2['ccc_mean'], abs=1e-5)
+  assert ccc_1['ccc_mean'] == pytest.approx(ccc_2['ccc_mean'], abs=1e-6)
 
 
 def test_workdir_not_shared_stops_every_process(tiny_tree, tmp_path):

@@ -73,12 +73,14 @@ def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
     if steps_per_epoch == 0:
       raise ValueError(f'{len(table)} training windows make no batch of config.train.batch_size='
                        f'{config.train.batch_size}; lower it')
-    epoch, stopped, best = (saved['epoch'], saved['stopped'], None) if saved else (0, False, None)
+    epoch, stopped = (saved['epoch'], saved['stopped']) if saved else (0, False)
+    best = None
     if saved:
       restored = exp.checkpoints.restore_items(
           exp.checkpoints.latest_step(), exp.state, train_iter,
           tree_items={BEST_ITEM: {'params': exp.state.params, 'batch_stats': exp.state.batch_stats}})
       exp.state, best = restored['state'], jax.device_get(restored[BEST_ITEM])
+      writer.drop_rows(lambda row: row['step'] > epoch)  # rows of epochs the kill did not save: trained again
       logging.info('resumed after epoch %d (%d groups released)', epoch, ctl.released)
     with jax.set_mesh(exp.mesh):
       exp.state = exp.state.replace(opt_state=optim.set_learning_rate(exp.state.opt_state, ctl.learning_rate))
@@ -110,10 +112,10 @@ def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
               {'params': best['params'], 'batch_stats': best['batch_stats']}, parallel.replicated(exp.mesh)))
         exp.state = exp.state.replace(opt_state=optim.set_learning_rate(exp.state.opt_state, ctl.learning_rate))
         stopped = decision.stop
-        exp.checkpoints.save(int(exp.state.step), exp.state, train_iter,
+        exp.checkpoints.save(step, exp.state, train_iter,
                              json_items={RECIPE_ITEM: dict(epoch=epoch, stopped=stopped, controller=ctl.state_dict())},
                              tree_items={BEST_ITEM: best})
-        exp.checkpoints.record_metrics(int(exp.state.step), metrics)
+        exp.checkpoints.record_metrics(step, metrics)
       return _evaluate_best(exp, config, best)
   finally:
     writer.close()
