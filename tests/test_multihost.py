@@ -50,7 +50,7 @@ def test_two_processes_train_like_one(tiny_tree, tmp_path):
   """Same global batches (rows of process p = rows [pL, (p+1)L) of the single-process batch), the same
   augmentation and dropout (drawn per global example index and step): the runs differ only by the rounding of
   the cross-process reductions: measured at most 6e-8 on any parameter after 3 steps, and 5e-9 on the validation
-  CCC, against 8e-6 and 1e-3 when the processes drew their own rows and randomness. Adam with eps=1 keeps the
+  CCC, against 8e-6 on the parameters when each process drew its own rows and randomness. Adam with eps=1 keeps the
   update linear in the gradient: with the default eps, Adam's first steps map gradients near zero to +-lr by their
   sign and would turn that rounding into lr-sized differences."""
   config = smoke_config(tiny_tree, tmp_path)
