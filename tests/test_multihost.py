@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -34,16 +35,24 @@ def command(config, workdir) -> list[str]:
 
 def launch(config, workdirs, devices_per_process: int) -> list[subprocess.CompletedProcess]:
   """The README's launch: the same command on every process with JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
-  JAX_PROCESS_ID set (one process: none of them)."""
+  JAX_PROCESS_ID set (one process: none of them). Output goes to files: a full pipe would block a process and,
+  through the collectives, the others."""
   port, n = free_port(), len(workdirs)
   procs = []
   for i, workdir in enumerate(workdirs):
     env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
     if n > 1:
       env.update(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES=str(n), JAX_PROCESS_ID=str(i))
-    procs.append(subprocess.Popen(command(config, workdir), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True))
-  return [subprocess.CompletedProcess(p.args, p.wait(timeout=600), p.stdout.read()) for p in procs]
+    log = tempfile.TemporaryFile('w+')
+    procs.append((subprocess.Popen(command(config, workdir), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   text=True), log))
+  results = []
+  for proc, log in procs:
+    proc.wait(timeout=600)
+    log.seek(0)
+    results.append(subprocess.CompletedProcess(proc.args, proc.returncode, log.read()))
+    log.close()
+  return results
 
 
 def test_two_processes_train_like_one(tiny_tree, tmp_path):
