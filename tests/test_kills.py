@@ -51,7 +51,8 @@ def test_sigkill_while_checkpointing_and_while_evaluating_then_resume_equals_uni
   (step_a, a), (step_b, b) = final_checkpoint(config, tmp_path / 'straight'), final_checkpoint(config, killed)
   assert step_a == step_b == 6
   jax.tree.map(np.testing.assert_array_equal, a, b)  # every parameter, optimizer slot, statistic and the RNG
-  records = [json.loads((w / 'checkpoints' / checkpoint.RECORD_FILE).read_text()) for w in (tmp_path / 'straight', killed)]
+  records = [json.loads((w / 'checkpoints' / checkpoint.RECORD_FILE).read_text())
+             for w in (tmp_path / 'straight', killed)]
   assert records[0]['metrics'] == records[1]['metrics'] and set(records[0]['metrics']) == {'4', '6'}
   rows = [json.loads(line) for line in (killed / 'scalars.jsonl').read_text().splitlines()]
   assert [r['step'] for r in rows if 'train/loss' in r] == [1, 2, 3, 4, 5, 6]  # one row per step
@@ -65,8 +66,9 @@ def test_epoch_recipe_killed_right_after_an_epochs_checkpoint_resumes_equal_to_u
   config = lfan.get_config('smoke,visual')
   config.data.manual_dir, config.data.records_dir = str(tiny_tree), str(tmp_path / 'records')
   config.train.num_epochs = 2
-  args = lambda workdir: ['--config=configs/lfan.py:smoke,visual', f'--workdir={workdir}', '--config.train.num_epochs=2',
-                          f'--config.data.manual_dir={tiny_tree}', f'--config.data.records_dir={tmp_path / "records"}']
+  args = lambda workdir: ['--config=configs/lfan.py:smoke,visual', f'--workdir={workdir}',
+                          '--config.train.num_epochs=2', f'--config.data.manual_dir={tiny_tree}',
+                          f'--config.data.records_dir={tmp_path / "records"}']
   straight = run_args(args(tmp_path / 'straight'))
   assert straight.returncode == 0, straight.stderr[-3000:]
   first_epoch = min(int(s) for s in json.loads(

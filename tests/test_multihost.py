@@ -30,7 +30,8 @@ def command(config, workdir) -> list[str]:
                checkpoint_every=config.train.checkpoint_every, log_every=config.train.log_every)
   return ([sys.executable, '-m', 'affjax.main', '--config=configs/cross_attn.py:smoke,audio', f'--workdir={workdir}',
            f'--config.optim.eps={config.optim.eps}']
-          + [f'--config.data.{k}={v}' for k, v in overrides.items()] + [f'--config.train.{k}={v}' for k, v in train.items()])
+          + [f'--config.data.{k}={v}' for k, v in overrides.items()]
+          + [f'--config.train.{k}={v}' for k, v in train.items()])
 
 
 def launch(config, workdirs, devices_per_process: int) -> list[subprocess.CompletedProcess]:
