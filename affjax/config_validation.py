@@ -1,10 +1,14 @@
 """Checks a config before anything is built or compiled; every error names the field and what to do."""
 from __future__ import annotations
 
+import difflib
+import math
 import pathlib
 
 import jax
 from absl import logging
+
+from affjax.train import optim as optim_lib
 
 _DTYPES = ('float32', 'bfloat16')
 _MODALITIES = ('audio', 'visual')
@@ -19,10 +23,20 @@ def _require(ok: bool, field: str, value, expected: str) -> None:
     raise ConfigError(f'config.{field}={value!r} is invalid: {expected}')
 
 
+def _number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive(config, *fields: str) -> None:
   for field in fields:
     value = _get(config, field)
-    _require(isinstance(value, (int, float)) and value > 0, field, value, 'must be a number > 0')
+    _require(_number(value) and value > 0, field, value, 'must be a finite number > 0')
+
+
+def _in_range(config, field: str, low: float, high: float, *, high_open: bool = False) -> None:
+  value = _get(config, field)
+  ok = _number(value) and low <= value and (value < high if high_open else value <= high)
+  _require(ok, field, value, f'must be a number in [{low}, {high}{")" if high_open else "]"}')
 
 
 def _get(config, field: str):
@@ -30,6 +44,34 @@ def _get(config, field: str):
   for part in field.split('.'):
     value = value[part]
   return value
+
+
+def field_paths(config, prefix: str = '') -> list[str]:
+  """Every field of `config` as a dotted path ('train.batch_size', ...), sections included."""
+  paths = []
+  for key, value in config.items():
+    paths.append(prefix + key)
+    if hasattr(value, 'items'):
+      paths += field_paths(value, f'{prefix}{key}.')
+  return paths
+
+
+def unknown_field_message(config, path: str) -> str | None:
+  """None if `path` ('train.batch_size') names a field of `config`; else one line saying which part is unknown
+  and the closest known fields (of the same section, or anywhere for an unknown section)."""
+  value, parts = config, path.split('.')
+  for depth, part in enumerate(parts):
+    if not hasattr(value, 'items') or part not in value:
+      parent = '.'.join(parts[:depth])
+      if not hasattr(value, 'items'):
+        return f'no such field: config.{parent} is a value, not a section'
+      siblings = [f'{parent}.{k}' if parent else k for k in value.keys()]
+      candidates = siblings if parent else field_paths(config)
+      closest = difflib.get_close_matches(path, candidates, n=3, cutoff=0.6)
+      hint = f'closest: {", ".join(closest)}' if closest else f'known: {", ".join(sorted(siblings))}'
+      return f"no such field: {f'config.{parent}' if parent else 'the config'} has no {part!r} ({hint})"
+    value = value[part]
+  return None
 
 
 def validate(config) -> None:
@@ -61,9 +103,13 @@ def validate(config) -> None:
   _require(len(weights) == 2 and min(weights) >= 0 and sum(weights) > 0, 'eval.selection_weights', weights,
            'must be two non-negative weights (valence, arousal), not both 0')
   _require(config.loss.mse_weight >= 0, 'loss.mse_weight', config.loss.mse_weight, 'must be >= 0')
-  _require(0 <= config.optim.warmup_steps < train.num_steps, 'optim.warmup_steps', config.optim.warmup_steps,
-           f'must be in [0, config.train.num_steps={train.num_steps})')
-  _require(config.optim.restart_period >= 0, 'optim.restart_period', config.optim.restart_period, 'must be >= 0')
+  _validate_optimizer(config)
+  _require(train.on_nonfinite in ('stop', 'rollback'), 'train.on_nonfinite', train.on_nonfinite,
+           "must be 'stop' or 'rollback'")
+  _require(isinstance(train.max_rollbacks, int) and train.max_rollbacks >= 0, 'train.max_rollbacks',
+           train.max_rollbacks, 'must be an integer >= 0')
+  _require(train.on_nonfinite == 'stop' or train.get('recipe', 'steps') == 'steps', 'train.on_nonfinite',
+           train.on_nonfinite, "'rollback' is for the steps recipe; the epochs recipe stops ('stop')")
   if 'modalities' in model:
     modalities = tuple(model.modalities)
     _require(len(modalities) > 0 and set(modalities) <= set(_MODALITIES) and len(set(modalities)) == len(modalities),
@@ -88,6 +134,27 @@ def validate(config) -> None:
   for split in config.eval.splits:
     _require(split in ('train', 'validation', 'test'), 'eval.splits', tuple(config.eval.splits),
              "every split must be one of 'train', 'validation', 'test'")
+
+
+def _validate_optimizer(config) -> None:
+  """Every field that `affjax.train.optim.make_optimizer` reads."""
+  optim, num_steps = config.optim, config.train.num_steps
+  _positive(config, 'optim.learning_rate', 'optim.finetune_learning_rate', 'optim.eps')
+  _in_range(config, 'optim.weight_decay', 0, math.inf, high_open=True)
+  _in_range(config, 'optim.grad_clip_norm', 0, math.inf, high_open=True)  # 0 = no clipping
+  _in_range(config, 'optim.b1', 0, 1, high_open=True)
+  _in_range(config, 'optim.b2', 0, 1, high_open=True)
+  _require(isinstance(optim.warmup_steps, int) and 0 <= optim.warmup_steps < num_steps, 'optim.warmup_steps',
+           optim.warmup_steps, f'must be an integer in [0, config.train.num_steps={num_steps})')
+  _require(isinstance(optim.restart_period, int) and optim.restart_period >= 0, 'optim.restart_period',
+           optim.restart_period, 'must be an integer >= 0 (0 = one cosine decay over the run)')
+  for flag in ('coupled_weight_decay', 'host_learning_rate'):
+    _require(isinstance(optim.get(flag, False), bool), f'optim.{flag}', optim.get(flag), 'must be True or False')
+  schedule = optim.get('schedule', 'cosine')
+  _require(schedule in optim_lib.SCHEDULES, 'optim.schedule', schedule, f'must be one of {optim_lib.SCHEDULES}')
+  if schedule == 'epoch_step':
+    _positive(config, 'optim.steps_per_epoch', 'optim.decay_every_epochs', 'optim.decay_factor')
+    _in_range(config, 'optim.decay_after_epochs', 0, math.inf, high_open=True)
 
 
 def _validate_training_scheme(config) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import jax
@@ -14,10 +15,23 @@ class MetricWriter:
 
   def __init__(self, logdir):
     self._writer = self._jsonl = None
+    self._jsonl_path = pathlib.Path(logdir) / 'scalars.jsonl'
     if jax.process_index() == 0:
       import tensorboardX  # pylint: disable=g-import-not-at-top
       self._writer = tensorboardX.SummaryWriter(str(logdir))
-      self._jsonl = open(pathlib.Path(logdir) / 'scalars.jsonl', 'a', encoding='utf-8')
+      self._jsonl = open(self._jsonl_path, 'a', encoding='utf-8')
+
+  def drop_rows(self, drop) -> None:
+    """Removes the rows of `scalars.jsonl` for which `drop(row)` is true (a resumed or rolled-back run drops the
+    rows of the steps it trains again, so that each is logged once)."""
+    if self._jsonl is None:
+      return
+    self._jsonl.close()
+    rows = [line for line in self._jsonl_path.read_text(encoding='utf-8').splitlines() if _kept(line, drop)]
+    tmp = self._jsonl_path.with_name(self._jsonl_path.name + '.tmp')
+    tmp.write_text(''.join(row + '\n' for row in rows), encoding='utf-8')
+    os.replace(tmp, self._jsonl_path)
+    self._jsonl = open(self._jsonl_path, 'a', encoding='utf-8')
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     if self._writer is not None:
@@ -36,6 +50,13 @@ class MetricWriter:
     if self._writer is not None:
       self._writer.close()
       self._jsonl.close()
+
+
+def _kept(line: str, drop) -> bool:
+  try:
+    return not drop(json.loads(line))
+  except ValueError:  # the torn last row of a killed run
+    return False
 
 
 _CHATTY_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/grain/', '/jax/_src/')

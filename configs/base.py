@@ -56,7 +56,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   train.eval_every = 250
   train.checkpoint_every = 250
   train.unfreeze_step = 0  # > 0: model.frozen parts train from this step on (two-stage fine-tuning)
-  train.keep_checkpoints = 1  # latest N kept, plus the best by validation mean CCC
+  train.keep_checkpoints = 1  # latest N kept, plus the best by validation mean CCC and the newest good one
+  train.on_nonfinite = 'stop'  # a non-finite loss or state: 'stop', or 'rollback' to the newest good checkpoint
+  train.max_rollbacks = 3  # with on_nonfinite='rollback': at most this many rollbacks per run, then stop
   train.dtype = 'float32'  # compute dtype of the backbones: float32 | bfloat16
   train.profile_steps = 0  # > 0: capture a jax.profiler trace of this many steps after `first_profile`
   train.first_profile = 10

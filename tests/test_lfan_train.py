@@ -101,12 +101,12 @@ def test_epoch_recipe_releases_after_plateau_and_resumes(tiny_tree, tmp_path, mo
   config.data.manual_dir = str(tiny_tree)
   config.data.records_dir = str(tmp_path / 'records')
   results = loop.train_and_evaluate(config, tmp_path / 'run')
-  recipe = json.loads((tmp_path / 'run' / epochs.RECIPE_FILE).read_text())
+  recipe = epochs.saved_recipe(tmp_path / 'run')
   assert recipe['epoch'] == 2 and recipe['controller']['released'] == 2
   assert recipe['controller']['scheduler']['lr'] == config.optim.learning_rate
   assert results['validation'] == flat
   config.train.num_epochs = 3
   loop.train_and_evaluate(config, tmp_path / 'run')
-  recipe = json.loads((tmp_path / 'run' / epochs.RECIPE_FILE).read_text())
+  recipe = epochs.saved_recipe(tmp_path / 'run')
   assert recipe['epoch'] == 3 and recipe['controller']['released'] == 2
   assert recipe['controller']['scheduler']['best'] == 0.1 and recipe['controller']['cuts'] == 0

@@ -2,9 +2,13 @@
 
 import io
 import json
+import os
 import pathlib
 import runpy
+import signal
+import subprocess
 import sys
+import time
 
 import av
 import numpy as np
@@ -12,6 +16,8 @@ import pytest
 from PIL import Image
 
 from affjax.data import affwild2, synthetic
+
+ROOT = pathlib.Path(__file__).parents[1]
 
 TINY = dict(num_train=3, num_validation=2, num_test=1, min_frames=48, max_frames=64)
 SMALLEST = dict(num_train=3, num_validation=2, num_test=0, min_frames=30, max_frames=32)
@@ -140,6 +146,22 @@ def test_ensure_reuses_and_replaces(tmp_path):
   assert (root / 'va_test_set.txt').read_text() == ''
   assert [p.name for p in tmp_path.iterdir()] == ['tree']   # no temporary folder left behind
   assert {v.num_frames for v in map(affwild2.load_video, affwild2.list_videos(root))} == {31}
+
+
+def test_a_killed_generations_folder_is_removed_at_the_next_start(tmp_path):
+  root = tmp_path / 'tree'
+  code = f'from affjax.data import synthetic; synthetic.ensure({str(root)!r}, **{dict(SMALLEST, num_train=6)!r})'
+  generating = subprocess.Popen([sys.executable, '-c', code], env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  try:
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob('.tree.*/tree/videos/*')) and time.monotonic() < deadline:  # midway
+      time.sleep(0.05)
+  finally:
+    generating.send_signal(signal.SIGKILL)
+    generating.wait()
+  assert list(tmp_path.glob('.tree.*')), 'the generation ended before it could be killed'
+  synthetic.ensure(root, **SMALLEST)
+  assert [p.name for p in tmp_path.iterdir()] == ['tree']
 
 
 def test_refuses_foreign_folders_and_bad_sizes(tmp_path):

@@ -1,5 +1,8 @@
 """The training loop: sharded step = single device, crash + resume = uninterrupted, NaN stop, config errors."""
 import json
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -118,6 +121,8 @@ def test_crash_then_rerun_equals_uninterrupted_run(tiny_tree, tmp_path, monkeypa
   (step_a, a), (step_b, b) = final_checkpoint(config, tmp_path / 'straight'), final_checkpoint(config, tmp_path / 'crashed')
   assert step_a == step_b == 6
   jax.tree.map(np.testing.assert_array_equal, a, b)
+  rows = [json.loads(line) for line in (tmp_path / 'crashed' / 'scalars.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in rows if 'train/loss' in r] == [1, 2, 3, 4, 5, 6]  # step 3, logged before the crash, once
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_tree, tmp_path, monkeypatch):
@@ -173,6 +178,15 @@ def test_smoke_run_writes_metrics_abaw_files_events_and_profile(tiny_tree, tmp_p
     ('data.manual_dir', '/nonexistent/affwild2', 'config.data.manual_dir'),
     ('train.dtype', 'float16', 'config.train.dtype'),
     ('model.modalities', ('audio', 'video'), 'config.model.modalities'),
+    ('optim.weight_decay', float('inf'), 'config.optim.weight_decay=inf is invalid'),
+    ('optim.weight_decay', -0.1, 'config.optim.weight_decay=-0.1 is invalid'),
+    ('optim.b1', 1.0, 'config.optim.b1=1.0 is invalid'),
+    ('optim.b2', float('nan'), 'config.optim.b2=nan is invalid'),
+    ('optim.eps', 0.0, 'config.optim.eps=0.0 is invalid'),
+    ('optim.grad_clip_norm', -1.0, 'config.optim.grad_clip_norm=-1.0 is invalid'),
+    ('optim.learning_rate', float('inf'), 'config.optim.learning_rate=inf is invalid'),
+    ('optim.finetune_learning_rate', 0.0, 'config.optim.finetune_learning_rate=0.0 is invalid'),
+    ('train.on_nonfinite', 'skip', "config.train.on_nonfinite='skip' is invalid"),
 ])
 def test_bad_config_value_names_the_field(field, value, message):
   config = cross_attn.get_config('smoke')
@@ -180,6 +194,16 @@ def test_bad_config_value_names_the_field(field, value, message):
   config[section][name] = value
   with pytest.raises(config_validation.ConfigError, match=message.replace('(', r'\(').replace(')', r'\)')):
     config_validation.validate(config)
+
+
+def test_unknown_field_is_one_line_naming_the_closest_fields(tmp_path):
+  run = subprocess.run([sys.executable, '-m', 'affjax.main', '--config=configs/cross_attn.py:smoke',
+                        '--config.optim.weightdecay=0.1', f'--workdir={tmp_path}'], capture_output=True, text=True,
+                       cwd=pathlib.Path(__file__).parents[1], timeout=120)
+  assert run.returncode != 0
+  assert run.stderr.strip().splitlines() == [
+      "--config.optim.weightdecay=0.1: no such field: config.optim has no 'weightdecay' "
+      '(closest: optim.weight_decay)']
 
 
 def test_unknown_variant_is_named():
@@ -194,7 +218,8 @@ def test_best_checkpoint_follows_the_selection_weights(tmp_path, weights, best):
   ckpt = checkpoint.Checkpointer(tmp_path / str(weights), selection_weights=weights)
   data = iter(grain.MapDataset.source([0, 1, 2]).to_iter_dataset())
   for step, (v, a) in scores.items():
-    ckpt.save(step, {'w': np.full(2, step, np.float32)}, data, metrics=dict(ccc_valence=v, ccc_arousal=a))
+    ckpt.save(step, {'w': np.full(2, step, np.float32)}, data)
+    ckpt.record_metrics(step, dict(ccc_valence=v, ccc_arousal=a))  # evaluation runs after the save
   ckpt.wait()
   assert ckpt.best_step() == best
   restored = ckpt.restore(best, {'w': np.zeros(2, np.float32)})

@@ -313,15 +313,40 @@ def per_process_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
+class ProcessRows(grain.MapDataset):
+  """This process's rows of every global batch of `parent`: with P processes and L rows each, rows
+  [p L, (p + 1) L) of each run of P L elements. The global batch (every process's rows, in process order, as
+  `parallel.to_global` places them) is then the same run of elements on any number of processes."""
+
+  def __init__(self, parent: grain.MapDataset, rows_per_process: int):
+    super().__init__(parent)
+    self._rows, self._process, self._processes = rows_per_process, jax.process_index(), jax.process_count()
+
+  def __len__(self) -> int:
+    return len(self._parent) // (self._rows * self._processes) * self._rows
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, row = divmod(index, self._rows)
+    return self._parent[(batch * self._processes + self._process) * self._rows + row]
+
+  def __str__(self) -> str:
+    return f'ProcessRows(rows_per_process={self._rows}, process={self._process} of {self._processes})'
+
+
 def train_dataset(records: Records, config) -> grain.IterDataset:
-  """Endless, globally shuffled (reshuffled every epoch) training batches of this process's share."""
+  """Endless, globally shuffled (reshuffled every epoch) training batches of this process's share.
+
+  Augmentation is drawn per element from its index in the global stream (step x global batch + row), so a
+  window gets the same crop, jitter and flip on any number of processes."""
   table, loader = _view(records, config, train=True)
   if len(table) == 0:
     raise ValueError(f'the {records.split} split of {records.directory} holds no video')
   ds = grain.MapDataset.source(table).shuffle(seed=config.seed).repeat()
-  ds = ds[jax.process_index()::jax.process_count()]
   ds = ds.random_map(loader, seed=config.seed)
-  ds = ds.batch(per_process_batch_size(config.train.batch_size), drop_remainder=True)
+  local_batch = per_process_batch_size(config.train.batch_size)
+  ds = ProcessRows(ds, local_batch).batch(local_batch, drop_remainder=True)
   return _iterate(ds, config)
 
 
@@ -338,8 +363,7 @@ def eval_dataset(records: Records, config) -> tuple[grain.IterDataset, int]:
   padded = -(-num_windows // global_batch) * global_batch
   rows = np.concatenate([np.arange(num_windows), np.full(padded - num_windows, num_windows - 1)])
   valid = np.arange(padded) < num_windows
+  local_batch = per_process_batch_size(global_batch)
   ds = grain.MapDataset.source(np.concatenate([table[rows], valid[:, None]], axis=1))
-  ds = ds[jax.process_index()::jax.process_count()]
-  ds = ds.map(EvalWindow(loader))
-  ds = ds.batch(per_process_batch_size(global_batch), drop_remainder=False)
+  ds = ProcessRows(ds, local_batch).map(EvalWindow(loader)).batch(local_batch, drop_remainder=False)
   return _iterate(ds, config), num_windows

@@ -38,6 +38,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import fractions
+import glob
 import inspect
 import json
 import os
@@ -48,6 +49,8 @@ import tempfile
 import av
 import numpy as np
 from PIL import Image, ImageDraw
+
+from affjax import processes
 
 FRAME_RATES = (fractions.Fraction(25), fractions.Fraction(30), fractions.Fraction(30000, 1001))
 AUDIO_FORMATS = ((44100, 'stereo'), (48000, 'mono'))   # by video index parity
@@ -353,7 +356,9 @@ def ensure(root, **kwargs) -> pathlib.Path:
     raise FileExistsError(f'{root} is not empty and holds no synthetic tree (no .complete); '
                           'delete it or choose another folder')
   root.parent.mkdir(parents=True, exist_ok=True)
-  work = pathlib.Path(tempfile.mkdtemp(prefix=f'.{root.name}.', dir=root.parent))
+  _remove_abandoned_work(root)
+  work = pathlib.Path(tempfile.mkdtemp(prefix=f'.{root.name}.{os.getpid()}-{processes.start_time(os.getpid())}.',
+                                       dir=root.parent))
   try:
     generate(work / 'tree', **arguments)
     (work / 'tree' / '.complete').write_text(json.dumps(config, sort_keys=True))
@@ -364,6 +369,16 @@ def ensure(root, **kwargs) -> pathlib.Path:
   finally:
     shutil.rmtree(work, ignore_errors=True)
   return root
+
+
+def _remove_abandoned_work(root: pathlib.Path) -> None:
+  """Deletes the work folders `ensure` left next to root when killed (their process is gone); those of running
+  generations stay."""
+  for work in root.parent.glob(f'.{glob.escape(root.name)}.*'):
+    owner = work.name[len(root.name) + 2:].split('.', 1)[0]
+    pid, _, started = owner.partition('-')
+    if pid.isdigit() and not processes.is_running(int(pid), None if started in ('', 'None') else started):
+      shutil.rmtree(work, ignore_errors=True)
 
 
 def _completed_with(root: pathlib.Path) -> dict | None:

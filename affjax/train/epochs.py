@@ -2,28 +2,36 @@
 validation CCC after each, reduce-on-plateau, revert to the best weights, gradual release of backbone layer groups
 and early stopping (`affjax.train.release.EpochController`), then the best weights scored on `config.eval.splits`.
 
-Resumable epoch by epoch: the controller's state is in `<workdir>/recipe.json`, the best weights in
-`<workdir>/best_variables.msgpack`, and the train state with the data iterator in the checkpoints.
+Resumable epoch by epoch: each epoch's checkpoint holds, in one atomic commit, the train state, the data
+iterator, the recipe's state (item `recipe`: epochs done, stopped, the controller) and the best weights so far
+(item `best`).
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import pathlib
 
 import jax
 import tqdm
 
-from affjax import evaluate, models, parallel
+from affjax import checkpoint, evaluate, models, parallel
 from affjax import logging as affjax_logging
 from affjax.data import pipeline
-from affjax.models import torch_convert
 from affjax.models.backbones import ir50
 from affjax.train import loop, metrics as metrics_lib, optim, release, step as step_lib
 
-RECIPE_FILE = 'recipe.json'
-BEST_FILE = 'best_variables.msgpack'
+RECIPE_ITEM, BEST_ITEM = 'recipe', 'best'
+
+
+def saved_recipe(workdir) -> dict | None:
+  """The recipe state of the latest checkpoint under `workdir` ({epoch, stopped, controller}), or None."""
+  checkpoints = checkpoint.Checkpointer(workdir)
+  try:
+    step = checkpoints.latest_step()
+    return None if step is None else checkpoints.restore_json(step, RECIPE_ITEM)
+  finally:
+    checkpoints.close()
 
 
 def _controller(config, saved: dict | None) -> release.EpochController:
@@ -51,8 +59,7 @@ def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
   """Trains up to `config.train.num_epochs` epochs with the recipe, then evaluates the best weights."""
   workdir = pathlib.Path(workdir).expanduser().absolute()
   workdir.mkdir(parents=True, exist_ok=True)
-  recipe_path, best_path = workdir / RECIPE_FILE, workdir / BEST_FILE
-  saved = json.loads(recipe_path.read_text()) if recipe_path.exists() else None
+  saved = saved_recipe(workdir)
   ctl = _controller(config, saved)
   config = config.copy_and_resolve_references()
   config.model.released = ctl.released
@@ -67,10 +74,14 @@ def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
       raise ValueError(f'{len(table)} training windows make no batch of config.train.batch_size='
                        f'{config.train.batch_size}; lower it')
     epoch, stopped = (saved['epoch'], saved['stopped']) if saved else (0, False)
+    best = None
     if saved:
-      exp.state = exp.checkpoints.restore(exp.checkpoints.latest_step(), exp.state, train_iter)
+      restored = exp.checkpoints.restore_items(
+          exp.checkpoints.latest_step(), exp.state, train_iter,
+          tree_items={BEST_ITEM: {'params': exp.state.params, 'batch_stats': exp.state.batch_stats}})
+      exp.state, best = restored['state'], jax.device_get(restored[BEST_ITEM])
+      writer.drop_rows(lambda row: row['step'] > epoch)  # rows of epochs the kill did not save: trained again
       logging.info('resumed after epoch %d (%d groups released)', epoch, ctl.released)
-    best = torch_convert.read_variables(str(best_path)) if best_path.exists() else None
     with jax.set_mesh(exp.mesh):
       exp.state = exp.state.replace(opt_state=optim.set_learning_rate(exp.state.opt_state, ctl.learning_rate))
       train_step = step_lib.make_train_step(exp.model, exp.tx, config)
@@ -80,8 +91,10 @@ def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
                            disable=jax.process_index() != 0, dynamic_ncols=True):
           batch = parallel.to_global(next(train_iter), exp.mesh)
           exp.state, acc = train_step(exp.state, acc, batch)
-        check_finite = loop._check_finite  # pylint: disable=protected-access
-        logged = check_finite(jax.device_get(acc), int(exp.state.step), exp.checkpoints)
+        logged, step = jax.device_get(acc), int(exp.state.step)
+        if logged['nonfinite'] or not loop.state_is_finite(exp.state):
+          raise loop.nonfinite_error(step, exp.checkpoints.discard_after_good())
+        exp.checkpoints.mark_good_before(step)
         metrics = evaluate.split_metrics(exp.predict('validation'))
         decision = ctl.end_epoch(metrics_lib.selection_score(metrics, config.eval.selection_weights))
         epoch += 1
@@ -90,8 +103,6 @@ def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
         logging.info('epoch %d: validation %s; %s', epoch, metrics, decision)
         if decision.improved or best is None:
           best = jax.device_get({'params': exp.state.params, 'batch_stats': exp.state.batch_stats})
-          if jax.process_index() == 0:
-            torch_convert.save_variables(str(best_path), best)
         if decision.release:
           config.model.released = ctl.released
           _rebuild_for_release(exp, config, best)
@@ -101,10 +112,10 @@ def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
               {'params': best['params'], 'batch_stats': best['batch_stats']}, parallel.replicated(exp.mesh)))
         exp.state = exp.state.replace(opt_state=optim.set_learning_rate(exp.state.opt_state, ctl.learning_rate))
         stopped = decision.stop
-        exp.checkpoints.save(int(exp.state.step), exp.state, train_iter, metrics=metrics)
-        exp.checkpoints.wait()  # the checkpoint is on disk before the recipe file counts its epoch
-        if jax.process_index() == 0:
-          recipe_path.write_text(json.dumps(dict(epoch=epoch, stopped=stopped, controller=ctl.state_dict()), indent=1))
+        exp.checkpoints.save(step, exp.state, train_iter,
+                             json_items={RECIPE_ITEM: dict(epoch=epoch, stopped=stopped, controller=ctl.state_dict())},
+                             tree_items={BEST_ITEM: best})
+        exp.checkpoints.record_metrics(step, metrics)
       return _evaluate_best(exp, config, best)
   finally:
     writer.close()

@@ -12,6 +12,7 @@ import jax
 import tqdm
 
 from affjax import checkpoint, config_validation, evaluate, follower_features, models, parallel, profiling
+from affjax import workdir_lock
 from affjax import logging as affjax_logging
 from affjax.data import pipeline, prepare
 from affjax.train import optim, state as state_lib, step as step_lib
@@ -73,22 +74,24 @@ class Experiment:
 def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
   """Trains config.train.num_steps steps (resuming from the latest checkpoint), then evaluates the best one;
   `config.train.recipe='epochs'` runs the epoch recipe of `affjax.train.epochs` instead."""
-  if config.train.get('recipe', 'steps') == 'epochs':
-    from affjax.train import epochs  # pylint: disable=g-import-not-at-top  (epochs builds on this module)
-    return epochs.train_and_evaluate(config, workdir)
-  exp = Experiment(config, workdir)
-  try:
-    return _final_evaluation(exp, last_validation=_train(exp))
-  finally:
-    exp.close()
+  with workdir_lock.hold(workdir):
+    if config.train.get('recipe', 'steps') == 'epochs':
+      from affjax.train import epochs  # pylint: disable=g-import-not-at-top  (epochs builds on this module)
+      return epochs.train_and_evaluate(config, workdir)
+    exp = Experiment(config, workdir)
+    try:
+      return _final_evaluation(exp, last_validation=_train(exp))
+    finally:
+      exp.close()
 
 
 def evaluate_only(config, workdir) -> dict[str, dict[str, float] | None]:
-  exp = Experiment(config, workdir)
-  try:
-    return _final_evaluation(exp)
-  finally:
-    exp.close()
+  with workdir_lock.hold(workdir):
+    exp = Experiment(config, workdir)
+    try:
+      return _final_evaluation(exp)
+    finally:
+      exp.close()
 
 
 def _final_evaluation(exp: Experiment, last_validation=None) -> dict[str, dict[str, float] | None]:
@@ -113,17 +116,25 @@ def _final_evaluation(exp: Experiment, last_validation=None) -> dict[str, dict[s
 
 
 def _train(exp: Experiment):
-  """Trains to config.train.num_steps; returns (step, validation predictions) of its last evaluation, if any."""
+  """Trains to config.train.num_steps; returns (step, validation predictions) of its last evaluation, if any.
+
+  Every checkpoint is saved before the evaluation of its step (a failing evaluation costs no training; a run
+  stopped during one evaluates that step first when resumed). Non-finite values stop the run or roll it back
+  (`config.train.on_nonfinite`), see `_recover`."""
   config, train_cfg = exp.config, exp.config.train
   has_validation = bool(exp.records('validation').videos)
+  evaluates = lambda done: has_validation and (done % train_cfg.eval_every == 0 or done == train_cfg.num_steps)
   start = exp.checkpoints.latest_step() or 0
-  if start >= train_cfg.num_steps:
+  pending_validation = bool(start) and evaluates(start) and exp.checkpoints.metrics(start) is None
+  if start >= train_cfg.num_steps and not pending_validation:
     return None
   train_iter = iter(pipeline.train_dataset(exp.records('train'), config))
   if start:
     exp.state = exp.checkpoints.restore(start, exp.state, train_iter)
     logging.info('resumed from the checkpoint of step %d', start)
   writer = affjax_logging.MetricWriter(exp.workdir)
+  writer.drop_rows(lambda row: row['step'] > start or (pending_validation and row['step'] == start and
+                                                       any(k.startswith('validation/') for k in row)))
   profiler = profiling.StepProfiler(exp.workdir, first=start + train_cfg.first_profile,
                                     num_steps=train_cfg.profile_steps)
   train_step = step_lib.make_train_step(exp.model, exp.tx, config)
@@ -137,12 +148,14 @@ def _train(exp: Experiment):
   frames_per_step = train_cfg.batch_size * config.data.window
   progress = tqdm.tqdm(total=train_cfg.num_steps, initial=start, desc='train', unit='step',
                        disable=jax.process_index() != 0, dynamic_ncols=True)
-  last_validation = None
+  last_validation = _validate(exp, start, writer, progress) if pending_validation else None
+  rollbacks, step = 0, start
   with jax.set_mesh(exp.mesh):
-    acc = jax.device_put(step_lib.zero_accumulator(), parallel.replicated(exp.mesh))
+    zero_acc = lambda: jax.device_put(step_lib.zero_accumulator(), parallel.replicated(exp.mesh))
+    acc = zero_acc()
     window_start, data_wait = time.perf_counter(), 0.0
     try:
-      for step in range(start, train_cfg.num_steps):
+      while step < train_cfg.num_steps:
         t = time.perf_counter()
         batch = parallel.to_global(next(train_iter), exp.mesh)
         data_wait += time.perf_counter() - t
@@ -152,32 +165,36 @@ def _train(exp: Experiment):
           exp.state, acc = (warmup_step if warmup and step < warmup[1] else step_fn)(exp.state, acc, batch)
         profiler.after_step(step, acc)
         progress.update()
-        done = step + 1
+        step = done = step + 1
         last = done == train_cfg.num_steps
+        evaluate_now = evaluates(done)
+        save = done % train_cfg.checkpoint_every == 0 or last or evaluate_now
+        if done % train_cfg.log_every == 0 or last or save:
+          logged = jax.device_get(acc)
+          if logged['nonfinite'] or (save and not state_is_finite(exp.state)):
+            step, rollbacks = _recover(exp, done, train_iter, writer, rollbacks), rollbacks + 1
+            progress.n = step
+            acc, window_start, data_wait = zero_acc(), time.perf_counter(), 0.0
+            continue
+          exp.checkpoints.mark_good_before(done)
         if done % train_cfg.log_every == 0 or last:
-          logged = _check_finite(jax.device_get(acc), done, exp.checkpoints)
           elapsed = time.perf_counter() - window_start
           scalars = {f'train/{k}': v / logged['steps'] for k, v in logged.items()
                      if k not in ('steps', 'nonfinite')}
-          scalars.update({'train/learning_rate': float(lr_schedule(step)),
+          scalars.update({'train/learning_rate': float(lr_schedule(done - 1)),
                           'perf/steps_per_s': logged['steps'] / elapsed,
                           'perf/frames_per_s': logged['steps'] * frames_per_step / elapsed,
                           'perf/data_wait_fraction': data_wait / elapsed})
           writer.scalars(done, scalars)
           progress.set_postfix(loss=f"{scalars['train/loss']:.3f}", fps=f"{scalars['perf/frames_per_s']:.0f}")
-          acc = jax.device_put(step_lib.zero_accumulator(), parallel.replicated(exp.mesh))
+          acc = zero_acc()
           window_start, data_wait = time.perf_counter(), 0.0
-        metrics = None
-        if has_validation and (done % train_cfg.eval_every == 0 or last):
-          videos = exp.predict('validation')
-          metrics, last_validation = evaluate.split_metrics(videos), (done, videos)
-          writer.scalars(done, {f'validation/{k}': v for k, v in metrics.items()})
-          writer.image(done, 'validation/trace', evaluate.trace_image(videos[0]))
-          progress.write(f'step {done}: validation ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
+        if save:
+          exp.checkpoints.save(done, exp.state, train_iter)
+        if evaluate_now:
+          exp.checkpoints.wait()  # on disk before an evaluation that may fail or be killed
+          last_validation = _validate(exp, done, writer, progress)
           window_start = time.perf_counter()  # evaluation time is not training throughput
-        if done % train_cfg.checkpoint_every == 0 or last or metrics is not None:
-          _check_finite(jax.device_get(acc), done, exp.checkpoints)
-          exp.checkpoints.save(done, exp.state, train_iter, metrics=metrics)
     finally:
       progress.close()
       writer.close()
@@ -186,11 +203,53 @@ def _train(exp: Experiment):
   return last_validation
 
 
-def _check_finite(acc: dict, step: int, checkpoints: checkpoint.Checkpointer) -> dict:
-  """Stops the run at a non-finite loss, before anything of the bad state is saved."""
-  if acc['nonfinite']:
-    raise NonFiniteLossError(
-        f'non-finite training loss in {int(acc["nonfinite"])} step(s) up to step {step}; the run stopped and '
-        f'the last good checkpoint (step {checkpoints.latest_step()}) is kept. Lower config.optim.learning_rate '
-        'or set config.optim.grad_clip_norm, then rerun the same command to resume from it.')
-  return acc
+def _validate(exp: Experiment, step: int, writer: affjax_logging.MetricWriter, progress: tqdm.tqdm):
+  """Evaluates the saved state of `step` on the validation split; logs and records its metrics (it then
+  competes for best); returns (step, predictions)."""
+  videos = exp.predict('validation')
+  metrics = evaluate.split_metrics(videos)
+  writer.scalars(step, {f'validation/{k}': v for k, v in metrics.items()})
+  writer.image(step, 'validation/trace', evaluate.trace_image(videos[0]))
+  exp.checkpoints.record_metrics(step, metrics)
+  progress.write(f'step {step}: validation ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
+  return step, videos
+
+
+def state_is_finite(state) -> bool:
+  """Whether every parameter, BatchNorm statistic and optimizer slot of `state` is finite."""
+  return bool(checkpoint.all_finite((state.params, state.batch_stats, state.opt_state)))
+
+
+def _recover(exp: Experiment, done: int, train_iter, writer: affjax_logging.MetricWriter, rollbacks: int) -> int:
+  """After non-finite values (a training loss up to step `done`, or the state about to be saved): deletes the
+  checkpoints newer than the newest good one; with `config.train.on_nonfinite='rollback'` (at most
+  `config.train.max_rollbacks` times per run) restores that one, skips the batches trained on since it and
+  returns its step to go on from; else raises NonFiniteLossError naming it."""
+  train_cfg = exp.config.train
+  good = exp.checkpoints.discard_after_good()
+  if train_cfg.on_nonfinite == 'rollback' and good is not None and rollbacks < train_cfg.max_rollbacks:
+    exp.state = exp.checkpoints.restore(good, exp.state, train_iter)
+    for _ in range(done - good):
+      next(train_iter)
+    writer.drop_rows(lambda row: row['step'] > good)
+    logging.warning('non-finite values by step %d: rolled back to the checkpoint of step %d and skipped the %d '
+                    'batches after it (rollback %d of at most config.train.max_rollbacks=%d)', done, good,
+                    done - good, rollbacks + 1, train_cfg.max_rollbacks)
+    return good
+  raise nonfinite_error(done, good, rolled_back=rollbacks if train_cfg.on_nonfinite == 'rollback' else None)
+
+
+def nonfinite_error(step: int, good: int | None, rolled_back: int | None = None) -> NonFiniteLossError:
+  """The error that stops a run at non-finite values by `step`, naming the newest good checkpoint `good`."""
+  what = f'non-finite values (training loss or state) by step {step}'
+  if rolled_back is not None and good is not None:
+    what += f', after {rolled_back} rollback(s) (config.train.max_rollbacks)'
+  fix = 'lower config.optim.learning_rate or set config.optim.grad_clip_norm'
+  if good is None:
+    return NonFiniteLossError(
+        f'{what}; the run stopped. No checkpoint is known good (none was saved before the first non-finite '
+        f'steps), so none is kept: {fix}, then rerun the same command to start over from step 0.')
+  return NonFiniteLossError(
+      f'{what}; the run stopped. The last good checkpoint is step {good} (the losses after it were finite; newer '
+      f'ones were deleted): {fix}, then rerun the same command to resume from it, or set '
+      "config.train.on_nonfinite='rollback' to skip the offending batches.")
