@@ -254,8 +254,7 @@ def test_missing_video_names_annotation_base_and_folders(tmp_path):
     affwild2.list_videos(tmp_path)
   message = str(error.value)
   assert str(tmp_path / CHALLENGE / 'Train_Set/zz-1_right.txt') in message
-  assert 'no video zz-1{' in message
-  assert all(str(tmp_path / d) in message for d in affwild2.VIDEO_DIRS)
+  assert 'no video zz-1{' in message and f'anywhere below {tmp_path}' in message
 
 
 @pytest.mark.parametrize('row, match', [

@@ -105,7 +105,11 @@ class Affwild2Features(tfds.core.GeneratorBasedBuilder):
     source = tfds.builder_from_directory(self._source).info.metadata
     self.info.metadata.update(chunk_size=source['chunk_size'], videos=source['videos'], source=str(self._source),
                               features={p: list(s) for p, s in self._shapes.items()}, view=self._view)
-    return {split: self._generate_examples(split) for split in builder.SPLITS}
+    return {split: self._generate_examples(split) for split in builder.SPLITS if source['videos'][split]}
+
+  def _download_and_prepare(self, dl_manager, download_config):  # pylint: disable=arguments-differ
+    super()._download_and_prepare(dl_manager, download_config)
+    builder.record_shard_sizes(self.info)
 
   def _generate_examples(self, split: str):
     if self._features is None:
