@@ -137,8 +137,8 @@ def test_an_edited_annotation_stops_the_rerun_and_the_named_command_rebuilds(rel
 @pytest.mark.parametrize('change, named', [
     ('crop_deleted', 'cropped_aligned/r-25 (crops of validation video r-25) changed'),
     ('video_replaced', 'new_vids/r-25.mp4 (video of validation video r-25) changed'),
-    ('annotation_deleted', 'validation video r-25 is no longer in the tree'),
-    ('test_list_released', 'new_vids/t-25.mp4: test video t-25 is new'),
+    ('annotation_deleted', f'{CHALLENGE}/Validation_Set/r-25.txt: validation video r-25 is gone'),
+    ('test_list_released', 'the test list: test video t-25 is new'),
 ])
 def test_any_change_of_what_the_build_read_is_named(release_tree, tmp_path, change, named):
   tree = shutil.copytree(release_tree, tmp_path / 'tree', symlinks=True)

@@ -51,6 +51,11 @@ def of_entries(root, entries: list[affwild2.VideoEntry]) -> dict[str, dict[str, 
   return out
 
 
+def _named_by(parts: dict[str, list[str]]) -> str:
+  """Where an entry's name comes from: its annotation file, or the test list."""
+  return parts['annotation'][0] if 'annotation' in parts else 'the test list'
+
+
 def first_change(built: dict, now: dict) -> str | None:
   """The first difference (split order, then name, then part) between the fingerprint of a build and of the tree
   now, as a sentence naming the file; None if they agree. A moved file with the same digest is no change."""
@@ -58,9 +63,9 @@ def first_change(built: dict, now: dict) -> str | None:
     old, new = built.get(split, {}), now.get(split, {})
     for name in sorted(set(old) | set(new)):
       if name not in new:
-        return f'{split} video {name} is no longer in the tree (its {next(iter(old[name].values()))[0]} is gone)'
+        return f'{_named_by(old[name])}: {split} video {name} is gone'
       if name not in old:
-        return f'{new[name]["annotation" if "annotation" in new[name] else "video"][0]}: {split} video {name} is new'
+        return f'{_named_by(new[name])}: {split} video {name} is new'
       for part in sorted(set(old[name]) | set(new[name])):
         if part not in new[name]:
           return f'{old[name][part][0]} ({part} of {split} video {name}) is gone'

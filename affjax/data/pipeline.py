@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from affjax import folds
-from affjax.data import affwild2, augment, names
+from affjax.data import affwild2, augment, builder, names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,6 @@ def repair_advice(directory: str, metadata) -> str:
   if build is None:  # a feature cache
     return (f'delete {directory} and rerun the command that built it (tools/cache_features.py or '
             'tools/vggish_features.py)')
-  from affjax.data import builder  # pylint: disable=g-import-not-at-top  (the builder reads records through here)
   records_dir = pathlib.Path(directory).parents[2]  # <records_dir>/affwild2/chunk<C>/<version>
   return 'rebuild them: ' + builder.rebuild_command(build['manual_dir'], records_dir, int(metadata['chunk_size']),
                                                     build['test_list'])
