@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from affjax import evaluate
-from affjax.data import builder, feature_cache, names, pipeline
+from affjax.data import builder, feature_cache, names, pipeline, prepare
 from affjax.train import loop
 from configs import cross_attn
 from test_affwild2 import CHALLENGE, ramp, tone, write_annotation, write_crops, write_video
@@ -108,6 +108,25 @@ def test_a_feature_cache_of_records_without_test_split_builds(release_records, t
       lambda wave, fps, n: {'level': np.full((n, 1), np.abs(wave).mean())}))
   assert len(pipeline.open_records(str(cache), 'train').source) == len(pipeline.open_records(source, 'train').source)
   assert pipeline.open_records(str(cache), 'test').videos == ()
+
+
+def test_a_feature_cache_of_an_earlier_state_of_the_tree_is_refused(release_tree, tmp_path):
+  tree = shutil.copytree(release_tree, tmp_path / 'tree', symlinks=True)
+  builder.build(tree, tmp_path / 'records', chunk_size=16)
+  source = str(builder.dataset_dir(tmp_path / 'records', 16))
+  cache = feature_cache.build(source, tmp_path / 'features', shapes={'level': (1,)}, features=feature_cache.video_features(
+      lambda wave, fps, n: {'level': np.full((n, 1), np.abs(wave).mean())}))
+  config = cross_attn.get_config('smoke,audio')
+  config.data.update(manual_dir=str(tree), records_dir=str(tmp_path / 'records'), chunk_size=16,
+                     features_dir=str(cache))
+  assert prepare.input_dir(config) == str(cache)
+  annotation = tree / CHALLENGE / 'Train_Set/p-25.txt'
+  annotation.write_text(annotation.read_text().replace('valence,arousal\n-0.9,0.9', 'valence,arousal\n0.5,0.5'))
+  with pytest.raises(builder.StaleRecordsError, match=f'{CHALLENGE}/Train_Set/p-25.txt .*changed since'):
+    prepare.input_dir(config)  # training from the cache
+  builder.build(tree, tmp_path / 'records', chunk_size=16, rebuild=True)
+  with pytest.raises(ValueError, match='the tree they were read from differ'):
+    pipeline.open_records(source, 'train', side_directory=str(cache))  # joining it to the rebuilt records
 
 
 def test_an_edited_annotation_stops_the_rerun_and_the_named_command_rebuilds(release_tree, tmp_path):

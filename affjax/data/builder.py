@@ -150,6 +150,18 @@ class StaleRecordsError(RuntimeError):
   """The tree changed since its records were built; the message names the first changed file and the rebuild."""
 
 
+def check_fresh(directory, manual_dir, test_list: str, fix: str) -> None:
+  """Raises StaleRecordsError (naming the first changed file, then `fix`) if the records or feature cache at
+  `directory` were not built from `manual_dir` as it is now."""
+  built = tfds.builder_from_directory(str(directory)).info.metadata.get('fingerprint')
+  if built is None:
+    raise StaleRecordsError(f'{directory} holds no fingerprint of the tree it was built from. {fix}')
+  now = fingerprint.of_entries(manual_dir, affwild2.list_videos(manual_dir, test_list=test_list))
+  change = fingerprint.first_change(built, now)
+  if change:
+    raise StaleRecordsError(f'{directory} was built from another state of {manual_dir}: {change} since. {fix}')
+
+
 def build(manual_dir, records_dir, *, chunk_size: int = 32, test_list: str = 'va_test_set.txt',
           rebuild: bool = False):
   """Builds the records once and returns the builder.
@@ -164,13 +176,8 @@ def build(manual_dir, records_dir, *, chunk_size: int = 32, test_list: str = 'va
     logging.info('deleting the records %s to rebuild them', directory)
     shutil.rmtree(directory)
   if directory.exists():
-    built = tfds.builder_from_directory(str(directory)).info.metadata['fingerprint']
-    now = fingerprint.of_entries(manual_dir, affwild2.list_videos(manual_dir, test_list=test_list))
-    change = fingerprint.first_change(built, now)
-    if change:
-      raise StaleRecordsError(
-          f'the records {directory} were built from another state of {manual_dir}: {change} since. Rebuild them '
-          f'(every split): {rebuild_command(manual_dir, records_dir, chunk_size, test_list)}')
+    check_fresh(directory, manual_dir, test_list,
+                f'Rebuild them (every split): {rebuild_command(manual_dir, records_dir, chunk_size, test_list)}')
   builder = Affwild2(data_dir=str(pathlib.Path(records_dir).expanduser()),
                      config=Affwild2Config(name=f'chunk{chunk_size}', chunk_size=chunk_size,
                                            test_list=test_list),

@@ -150,9 +150,11 @@ def open_records(directory: str, split: str, fold: int = -1, side_directory: str
     by_name = {v.name: v for v in train + validation}
     videos, source_splits = [by_name[name] for name in fold_names], ('train', 'validation')
   side = open_records(side_directory, split, fold) if side_directory else None
-  if side is not None and side.videos != tuple(videos):
+  if side is not None and (side.videos != tuple(videos) or info.metadata.get('fingerprint') !=
+                           tfds.builder_from_directory(side_directory).info.metadata.get('fingerprint')):
     raise ValueError(f'the feature cache {side_directory} was not built from the records {directory} (its '
-                     f'{split} videos differ); rebuild it from these records')
+                     f'{split} videos or the tree they were read from differ); delete it and rebuild it from these '
+                     'records (tools/vggish_features.py or tools/cache_features.py)')
   return Records(directory=directory, split=split, chunk_size=int(info.metadata['chunk_size']),
                  videos=tuple(videos), view=info.metadata.get('view', 'frames'),
                  features={k: tuple(int(n) for n in np.atleast_1d(v))  # (width,) or F in caches without shapes
