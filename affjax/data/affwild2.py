@@ -44,7 +44,7 @@ ANNOTATION_SETS = (
     ('VA_Set', {'Train_Set': 'train', 'Training_Set': 'train', 'Validation_Set': 'validation'}),
 )
 UNANNOTATED = -5.0
-_CROP_NAME = re.compile(r'^(\d{5})\.jpg$')
+_CROP_NAMES = re.compile(r'^\d{5}\.jpg$', re.MULTILINE)  # in a listing joined by newlines
 _PAIR_SUFFIX = re.compile(r'_(left|right)$')
 
 log = logging.getLogger(__name__)
@@ -284,26 +284,21 @@ def _video_timeline(path: pathlib.Path) -> tuple[float, int]:
   return float(rate), frames
 
 
-def is_crop_name(file_name: str) -> bool:
-  """Whether a file of a crop folder is a crop (`<NNNNN>.jpg`)."""
-  return _CROP_NAME.match(file_name) is not None
+def crop_names(crop_dir: pathlib.Path) -> list[str]:
+  """The crops (`<NNNNN>.jpg`) of a crop folder, sorted; [] if it does not exist (one regex pass over the
+  listing: a folder holds thousands)."""
+  if not crop_dir.is_dir():
+    return []
+  return sorted(_CROP_NAMES.findall('\n'.join(os.listdir(crop_dir))))
 
 
 def _face_mask(crop_dir: pathlib.Path, n: int) -> tuple[np.ndarray, int]:
   """(crop present per frame [N], count of crops numbered outside 1..N)."""
+  k = np.array([int(name[:5]) - 1 for name in crop_names(crop_dir)], np.int64)
+  inside = (k >= 0) & (k < n)
   mask = np.zeros(n, bool)
-  extra = 0
-  if crop_dir.is_dir():
-    for file_name in os.listdir(crop_dir):
-      m = _CROP_NAME.match(file_name)
-      if m is None:
-        continue
-      k = int(m.group(1)) - 1
-      if 0 <= k < n:
-        mask[k] = True
-      else:
-        extra += 1
-  return mask, extra
+  mask[k[inside]] = True
+  return mask, int((~inside).sum())
 
 
 def load_video(entry: VideoEntry) -> Video:

@@ -30,8 +30,7 @@ def _media_ends(path: pathlib.Path) -> str:
 
 
 def _crop_listing(crop_dir: pathlib.Path) -> str:
-  crops = sorted(n for n in os.listdir(crop_dir) if affwild2.is_crop_name(n)) if crop_dir.is_dir() else []
-  return hashlib.sha1('\n'.join(crops).encode()).hexdigest()
+  return hashlib.sha1('\n'.join(affwild2.crop_names(crop_dir)).encode()).hexdigest()
 
 
 def of_entry(root: pathlib.Path, entry: affwild2.VideoEntry) -> dict[str, list[str]]:
