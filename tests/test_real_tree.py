@@ -102,10 +102,15 @@ def test_a_tree_without_validation_trains_without_evaluation_and_says_so(tmp_pat
   assert pipeline.open_records(str(records), 'validation').videos == ()
 
 
+def loudness_cache(source: str, out: pathlib.Path) -> pathlib.Path:
+  """A feature cache of the records at `source`: each video's mean absolute audio sample at every frame."""
+  return feature_cache.build(source, out, shapes={'level': (1,)}, features=feature_cache.video_features(
+      lambda wave, fps, n: {'level': np.full((n, 1), np.abs(wave).mean())}))
+
+
 def test_a_feature_cache_of_records_without_test_split_builds(release_records, tmp_path):
   source = str(builder.dataset_dir(release_records, 16))
-  cache = feature_cache.build(source, tmp_path / 'features', shapes={'level': (1,)}, features=feature_cache.video_features(
-      lambda wave, fps, n: {'level': np.full((n, 1), np.abs(wave).mean())}))
+  cache = loudness_cache(source, tmp_path / 'features')
   assert len(pipeline.open_records(str(cache), 'train').source) == len(pipeline.open_records(source, 'train').source)
   assert pipeline.open_records(str(cache), 'test').videos == ()
 
@@ -114,8 +119,7 @@ def test_a_feature_cache_of_an_earlier_state_of_the_tree_is_refused(release_tree
   tree = shutil.copytree(release_tree, tmp_path / 'tree', symlinks=True)
   builder.build(tree, tmp_path / 'records', chunk_size=16)
   source = str(builder.dataset_dir(tmp_path / 'records', 16))
-  cache = feature_cache.build(source, tmp_path / 'features', shapes={'level': (1,)}, features=feature_cache.video_features(
-      lambda wave, fps, n: {'level': np.full((n, 1), np.abs(wave).mean())}))
+  cache = loudness_cache(source, tmp_path / 'features')
   config = cross_attn.get_config('smoke,audio')
   config.data.update(manual_dir=str(tree), records_dir=str(tmp_path / 'records'), chunk_size=16,
                      features_dir=str(cache))
