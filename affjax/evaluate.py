@@ -11,7 +11,7 @@ import tqdm
 from PIL import Image, ImageDraw
 
 from affjax import folds, parallel
-from affjax.data import pipeline, tokens
+from affjax.data import names, pipeline, tokens
 from affjax.train import metrics
 
 
@@ -155,19 +155,19 @@ def merge_folds(fold_dirs: list[pathlib.Path], split: str, out: pathlib.Path) ->
   for video in tqdm.tqdm(videos, desc='merge', unit='video'):
     preds = np.stack([read_abaw_file(files[video]) for files in per_fold])  # [F, N, 2]
     merged = np.stack([folds.ccc_centering(preds[:, :, d]) for d in range(2)], axis=1)
-    write_abaw_file(pathlib.Path(out) / 'predictions' / split / f'{video}.txt', merged, len(merged))
+    write_abaw_file(names.inside(out, 'predictions', split, f'{video}.txt'), merged, len(merged))
   return videos
 
 
 def write_split(workdir, split: str, videos: list[VideoPredictions]) -> dict[str, float] | None:
-  """Writes DIR/predictions/<split>/<video>.txt and, for annotated splits, DIR/eval/<split>/metrics.json."""
-  workdir = pathlib.Path(workdir)
+  """Writes DIR/predictions/<split>/<video>.txt and, for annotated splits, DIR/eval/<split>/metrics.json (every path
+  built by `names.inside`: a name with a separator or '..' stops the run instead of leaving DIR)."""
   for v in videos:
-    write_abaw_file(workdir / 'predictions' / split / f'{v.name}.txt', v.prediction, v.num_rows)
+    write_abaw_file(names.inside(workdir, 'predictions', split, f'{v.name}.txt'), v.prediction, v.num_rows)
   if not any(v.label_mask.any() for v in videos):
     return None
   result = split_metrics(videos)
-  out = workdir / 'eval' / split / 'metrics.json'
+  out = names.inside(workdir, 'eval', split, 'metrics.json')
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=2) + '\n')
   return result

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from affjax.data import affwild2
+from affjax.data import affwild2, names
 from affjax.data.affwild2 import AffWild2Error
 
 CHALLENGE = pathlib.Path('annotations/VA_Estimation_Challenge')
@@ -254,8 +254,7 @@ def test_missing_video_names_annotation_base_and_folders(tmp_path):
     affwild2.list_videos(tmp_path)
   message = str(error.value)
   assert str(tmp_path / CHALLENGE / 'Train_Set/zz-1_right.txt') in message
-  assert 'no video zz-1{' in message
-  assert all(str(tmp_path / d) in message for d in affwild2.VIDEO_DIRS)
+  assert 'no video zz-1{' in message and f'anywhere below {tmp_path}' in message
 
 
 @pytest.mark.parametrize('row, match', [
@@ -335,3 +334,48 @@ def test_a_video_named_like_the_person_wins(tmp_path):
     write_annotation(tmp_path / CHALLENGE / f'Train_Set/{name}.txt', ramp(2))
   assert [e.media_path for e in affwild2.list_videos(tmp_path)] == [
       tmp_path / 'videos/v.mp4', tmp_path / 'batch2/v_right.avi']
+
+
+def test_videos_found_by_name_anywhere_below_the_tree_with_one_walk(tmp_path, monkeypatch):
+  """Batch folders inside videos/, new_vids/ for the test video, .mp4 and .avi mixed, a symlink back up the tree
+  (walked once), and a video-named file inside cropped_aligned/ (not searched, so not a second claim)."""
+  write_video(tmp_path / 'videos/batch1/a.mp4', 2, 25)
+  write_video(tmp_path / 'videos/batch2/deeper/b.avi', 2, 30)
+  write_video(tmp_path / 'new_vids/t.mp4', 2, 25)
+  (tmp_path / 'new_vids/wavs').mkdir()
+  write_wav(tmp_path / 'new_vids/wavs/t.wav', tone(440, 0.1, 16000, 1), 16000)
+  (tmp_path / 'videos/batch2/deeper/up').symlink_to(tmp_path / 'videos')
+  write_video(tmp_path / 'cropped_aligned/a/a.mp4', 2, 25)
+  write_annotation(tmp_path / CHALLENGE / 'Train_Set/a.txt', ramp(2))
+  write_annotation(tmp_path / CHALLENGE / 'Validation_Set/b_left.txt', ramp(2))
+  (tmp_path / 'va_test_set.txt').write_text('t\n')
+  walks = []
+  real_walk = affwild2.os.walk
+  monkeypatch.setattr(affwild2.os, 'walk', lambda *a, **k: walks.append(a) or real_walk(*a, **k))
+  entries = affwild2.list_videos(tmp_path)
+  assert len(walks) == 1
+  assert [(e.name, e.media_path.relative_to(tmp_path).as_posix()) for e in entries] == [
+      ('a', 'videos/batch1/a.mp4'), ('b_left', 'videos/batch2/deeper/b.avi'), ('t', 'new_vids/t.mp4')]
+  assert entries[2].wav_path == tmp_path / 'new_vids/wavs/t.wav'
+
+
+def test_two_files_claiming_one_video_are_both_named(tmp_path):
+  write_video(tmp_path / 'videos/batch1/a.mp4', 2, 25)
+  write_video(tmp_path / 'new_vids/a.avi', 2, 25)
+  write_annotation(tmp_path / CHALLENGE / 'Train_Set/a_right.txt', ramp(2))
+  with pytest.raises(AffWild2Error) as error:
+    affwild2.list_videos(tmp_path)
+  message = str(error.value)
+  assert message.startswith(str(tmp_path / CHALLENGE / 'Train_Set/a_right.txt'))
+  assert str(tmp_path / 'videos/batch1/a.mp4') in message and str(tmp_path / 'new_vids/a.avi') in message
+  assert 'keep one' in message
+
+
+@pytest.mark.parametrize('name', ['../../../../x', '/tmp/x', 'a/b', '..', 'a\\b'])
+def test_a_test_name_that_is_not_a_file_name_stops_at_the_list(tmp_path, name):
+  write_video(tmp_path / 'videos/v.mp4', 2, 25)
+  write_annotation(tmp_path / CHALLENGE / 'Train_Set/v.txt', ramp(2))
+  (tmp_path / 'va_test_set.txt').write_text(f'v2\n{name}\n')
+  with pytest.raises(names.UnsafeNameError, match=re.escape(f'{tmp_path / "va_test_set.txt"} line 2: video name '
+                                                            f'{name!r} is not a plain file name')):
+    affwild2.list_videos(tmp_path)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from affjax import evaluate
-from affjax.data import affwild2, clips, pipeline
+from affjax.data import affwild2, builder, clips, pipeline
 from affjax.train import loop
 from configs import rjca
 
@@ -56,7 +56,7 @@ def test_rjca_smoke_run_writes_metrics_and_abaw_files(tiny_tree, tmp_path):
   results = loop.train_and_evaluate(config, tmp_path / 'run')
   metrics = json.loads((tmp_path / 'run' / 'eval' / 'validation' / 'metrics.json').read_text())
   assert metrics == pytest.approx(results['validation'])
-  records = pipeline.open_records(str(tmp_path / 'records' / 'affwild2' / 'chunk32' / '1.0.0'), 'validation')
+  records = pipeline.open_records(str(builder.dataset_dir(tmp_path / 'records', 32)), 'validation')
   for video in records.videos:
     lines = (tmp_path / 'run' / 'predictions' / 'validation' / f'{video.name}.txt').read_text().splitlines()
     assert lines[0] == 'valence,arousal' and len(lines) - 1 == video.num_rows

@@ -5,8 +5,9 @@ Layout read (``root`` is the folder of the release)::
   cropped_aligned/<name>/<NNNNN>.jpg       1-based, 5-digit frame numbers, face crops
   annotations/VA_Estimation_Challenge/{Train_Set,Validation_Set}/<name>.txt
       (older releases: annotations/VA_Set/{Train_Set|Training_Set,Validation_Set}/<name>.txt)
-  {videos,raw_video,batch1,batch2,batch3}/<base>.{mp4,avi,mkv,mov}
-  <base>.wav next to the video or under audio/   (optional; preferred over the video's audio)
+  <any folders>/<base>.{mp4,avi,mkv,mov}  videos anywhere below root (videos/batch1/, new_vids/, raw_video/, ...),
+      found by name through one index of the tree (cropped_aligned/ and annotations/ are not searched)
+  <base>.wav next to the video or anywhere else below root   (optional; preferred over the video's audio)
   va_test_set.txt                           test video names, one per line
 
 ``<base>_left`` / ``<base>_right`` are two annotated people in one video: they share its file,
@@ -30,18 +31,20 @@ import av
 import numpy as np
 from PIL import Image
 
+from affjax.data import names as names_lib
+
 SAMPLE_RATE = 16000
 
 SPLITS = ('train', 'validation', 'test')
-VIDEO_DIRS = ('videos', 'raw_video', 'batch1', 'batch2', 'batch3')
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.mov')
+NOT_SEARCHED = ('cropped_aligned', 'annotations')  # folders of root that hold no video (the crops: millions of files)
 # (annotation set folder, {split folder: split}); the first set folder that exists is used.
 ANNOTATION_SETS = (
     ('VA_Estimation_Challenge', {'Train_Set': 'train', 'Validation_Set': 'validation'}),
     ('VA_Set', {'Train_Set': 'train', 'Training_Set': 'train', 'Validation_Set': 'validation'}),
 )
 UNANNOTATED = -5.0
-_CROP_NAME = re.compile(r'^(\d{5})\.jpg$')
+_CROP_NAMES = re.compile(r'^\d{5}\.jpg$', re.MULTILINE)  # in a listing joined by newlines
 _PAIR_SUFFIX = re.compile(r'_(left|right)$')
 
 log = logging.getLogger(__name__)
@@ -102,19 +105,32 @@ def _annotation_folders(root: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
       f'{root / "annotations"}')
 
 
-def _index_media(root: pathlib.Path) -> tuple[dict[str, pathlib.Path], dict[str, pathlib.Path]]:
-  """Maps base name -> video file (first in VIDEO_DIRS, VIDEO_EXTENSIONS order) and -> wav."""
-  videos, wavs = {}, {}
-  for d in VIDEO_DIRS:
-    folder = root / d
-    if not folder.is_dir():
+def _index_media(root: pathlib.Path) -> tuple[dict[str, list[pathlib.Path]], dict[str, list[pathlib.Path]]]:
+  """Maps file stem -> every video file, and -> every wav, anywhere below root (one walk; symlinked folders
+  followed once; NOT_SEARCHED skipped)."""
+  videos, wavs, seen = {}, {}, set()
+  for folder, dirs, files in os.walk(root, followlinks=True):
+    real = os.path.realpath(folder)
+    if real in seen:  # a symlink to a folder already walked
+      dirs.clear()
       continue
-    for ext in VIDEO_EXTENSIONS:
-      for p in sorted(folder.glob('*' + ext)):
-        videos.setdefault(p.stem, p)
-  for p in sorted((root / 'audio').glob('*.wav')):
-    wavs.setdefault(p.stem, p)
+    seen.add(real)
+    dirs[:] = sorted(d for d in dirs if not (folder == str(root) and d in NOT_SEARCHED))
+    for file_name in sorted(files):
+      stem, ext = os.path.splitext(file_name)
+      index = videos if ext.lower() in VIDEO_EXTENSIONS else wavs if ext.lower() == '.wav' else None
+      if index is not None:
+        index.setdefault(stem, []).append(pathlib.Path(folder) / file_name)
   return videos, wavs
+
+
+def _unique(index: dict[str, list[pathlib.Path]], stem: str, source) -> pathlib.Path | None:
+  """The one file of `index` named `stem`, None if there is none; two or more are an error naming them all."""
+  found = index.get(stem, [])
+  if len(found) > 1:
+    raise AffWild2Error(f'{source}: {len(found)} files are named {stem}: {", ".join(map(str, found))}; keep one '
+                        '(delete or rename the others)')
+  return found[0] if found else None
 
 
 def _test_list_path(root: pathlib.Path, test_list: str | None) -> pathlib.Path | None:
@@ -138,8 +154,9 @@ def list_videos(root, test_list: str | None = 'va_test_set.txt') -> list[VideoEn
       that does not exist gives an empty test split and a warning.
 
   Raises:
-    AffWild2Error: missing root, no annotation folder, a name in two places, or a video that
-      cannot be found (the message names the annotation, the base name and the folders searched).
+    AffWild2Error: missing root, no annotation folder, a name in two places, a video that cannot be
+      found or two files that claim one video (the message names the annotation and the files).
+    names.UnsafeNameError: a test name that is not a plain file name.
   """
   root = pathlib.Path(root)
   if not root.is_dir():
@@ -148,6 +165,7 @@ def list_videos(root, test_list: str | None = 'va_test_set.txt') -> list[VideoEn
   names: dict[str, tuple[str, pathlib.Path | None]] = {}
   for split, folder in _annotation_folders(root):
     for ann in sorted(folder.glob('*.txt')):
+      names_lib.check(ann.stem, str(ann))
       if ann.stem in names:
         raise AffWild2Error(f'{ann}: {ann.stem} is also annotated in {names[ann.stem][1]}; '
                             'keep one annotation file per name')
@@ -158,6 +176,7 @@ def list_videos(root, test_list: str | None = 'va_test_set.txt') -> list[VideoEn
       name = line.strip()
       if not name:
         continue
+      names_lib.check(name, f'{test_path} line {line_no}')
       if name in names:
         where = names[name][1] or 'an earlier line'
         raise AffWild2Error(f'{test_path} line {line_no}: test name {name} is also in {where}; '
@@ -168,14 +187,14 @@ def list_videos(root, test_list: str | None = 'va_test_set.txt') -> list[VideoEn
   entries = []
   for name, (split, ann) in names.items():
     base = base_name(name)
-    media = videos.get(name) or videos.get(base)
+    source = ann if ann is not None else test_path
+    media = _unique(videos, name, source) or _unique(videos, base, source)
     if media is None:
-      source = ann if ann is not None else test_path
       raise AffWild2Error(
-          f'{source}: no video {base}{{{",".join(VIDEO_EXTENSIONS)}}} found in '
-          f'{", ".join(str(root / d) for d in VIDEO_DIRS)}; put the video in one of these folders')
+          f'{source}: no video {base}{{{",".join(VIDEO_EXTENSIONS)}}} found anywhere below {root} (not searched: '
+          f'{", ".join(NOT_SEARCHED)}); put the video in any other folder of the tree')
     sidecar = media.with_suffix('.wav')
-    wav = sidecar if sidecar.is_file() else wavs.get(media.stem)
+    wav = sidecar if sidecar.is_file() else _unique(wavs, media.stem, source)
     entries.append(VideoEntry(name=name, split=split, media_path=media, wav_path=wav,
                               annotation_path=ann, crop_dir=root / 'cropped_aligned' / name))
   return sorted(entries, key=lambda e: (SPLITS.index(e.split), e.name))
@@ -265,21 +284,21 @@ def _video_timeline(path: pathlib.Path) -> tuple[float, int]:
   return float(rate), frames
 
 
+def crop_names(crop_dir: pathlib.Path) -> list[str]:
+  """The crops (`<NNNNN>.jpg`) of a crop folder, sorted; [] if it does not exist (one regex pass over the
+  listing: a folder holds thousands)."""
+  if not crop_dir.is_dir():
+    return []
+  return sorted(_CROP_NAMES.findall('\n'.join(os.listdir(crop_dir))))
+
+
 def _face_mask(crop_dir: pathlib.Path, n: int) -> tuple[np.ndarray, int]:
   """(crop present per frame [N], count of crops numbered outside 1..N)."""
+  k = np.array([int(name[:5]) - 1 for name in crop_names(crop_dir)], np.int64)
+  inside = (k >= 0) & (k < n)
   mask = np.zeros(n, bool)
-  extra = 0
-  if crop_dir.is_dir():
-    for file_name in os.listdir(crop_dir):
-      m = _CROP_NAME.match(file_name)
-      if m is None:
-        continue
-      k = int(m.group(1)) - 1
-      if 0 <= k < n:
-        mask[k] = True
-      else:
-        extra += 1
-  return mask, extra
+  mask[k[inside]] = True
+  return mask, int((~inside).sum())
 
 
 def load_video(entry: VideoEntry) -> Video:

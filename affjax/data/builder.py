@@ -5,18 +5,25 @@ crop exists), the masks, the labels, and the 16 kHz audio samples the chunk's fr
 ([frame_boundary_sample(start), frame_boundary_sample(start + C)) clipped to the video's end). The last
 chunk of a video is padded with frame_mask = False. Records are written in generation order (no
 shuffling), video after video, so a video's chunks are consecutive record indices; the per-video index
-(record offset, frame count, fps, what the reader reported) is stored in the dataset's metadata.json.
+(record offset, frame count, fps, what the reader reported) is stored in the dataset's metadata.json, with
+what the build read (`fingerprint`: a rerun over a changed tree stops, naming the first changed file), the size of
+every shard (`shards`: a truncated or deleted shard is named when the records are opened) and the build's
+arguments (`build`: the rebuild command). A split without videos (no test list yet, no validation set) has no
+shard and an empty index.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import pathlib
+import shlex
+import shutil
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from affjax.data import affwild2
+from affjax.data import affwild2, fingerprint
 
 SPLITS = ('train', 'validation', 'test')
 
@@ -30,7 +37,9 @@ class Affwild2Config(tfds.core.BuilderConfig):
 class Affwild2(tfds.core.GeneratorBasedBuilder):
   """Aff-Wild2 valence/arousal, face crops + audio, as per-video chunks."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.1.0': 'fingerprint of the tree, shard sizes and the build arguments in the metadata; '
+                            'splits without videos have no shard'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Request Aff-Wild2 from its authors and pass the release tree (cropped_aligned/, annotations/, '
       'videos/ or batch1/ batch2/, the test list) as --config.data.manual_dir.')
@@ -57,10 +66,20 @@ class Affwild2(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     entries = affwild2.list_videos(dl_manager.manual_dir, test_list=self.builder_config.test_list)
-    self.info.metadata['chunk_size'] = self.builder_config.chunk_size
-    self.info.metadata['videos'] = {split: [] for split in SPLITS}
+    if not entries:
+      raise affwild2.AffWild2Error(f'{dl_manager.manual_dir}: no annotation file and no test name found; unpack '
+                                   'the VA annotations of the release into its annotations/ folder')
+    self.info.metadata.update(
+        chunk_size=self.builder_config.chunk_size, videos={split: [] for split in SPLITS},
+        fingerprint=fingerprint.of_entries(dl_manager.manual_dir, entries),
+        build=dict(manual_dir=str(pathlib.Path(dl_manager.manual_dir).absolute()),
+                   test_list=self.builder_config.test_list))
     return {split: self._generate_examples([e for e in entries if e.split == split], split)
-            for split in SPLITS}
+            for split in SPLITS if any(e.split == split for e in entries)}
+
+  def _download_and_prepare(self, dl_manager, download_config):  # pylint: disable=arguments-differ
+    super()._download_and_prepare(dl_manager, download_config)
+    record_shard_sizes(self.info)
 
   def _generate_examples(self, entries, split):
     index = self.info.metadata['videos'][split]
@@ -98,6 +117,13 @@ class Affwild2(tfds.core.GeneratorBasedBuilder):
                 audio=video.audio[a0:a1])
 
 
+def record_shard_sizes(info: tfds.core.DatasetInfo) -> None:
+  """Stores the size of every written shard in the metadata (`shards`: {split: {file name: bytes}}), so that
+  `pipeline.check_shards` can tell a truncated or deleted shard when the records are opened."""
+  info.metadata['shards'] = {split: {p.name: os.path.getsize(p) for p in split_info.filepaths}
+                             for split, split_info in info.splits.items()}
+
+
 def summarize_reports(reports: list[dict[str, int]]) -> dict[str, int]:
   """Sums the reader's per-video counts (frames, missing crops, -5 rows, ...) over videos."""
   total: dict[str, int] = {}
@@ -112,12 +138,49 @@ def dataset_dir(records_dir, chunk_size: int) -> pathlib.Path:
   return pathlib.Path(records_dir).expanduser() / 'affwild2' / f'chunk{chunk_size}' / str(Affwild2.VERSION)
 
 
-def build(manual_dir, records_dir, *, chunk_size: int = 32, test_list: str = 'va_test_set.txt'):
-  """Builds the records once (a rerun over complete shards does nothing) and returns the builder."""
+def rebuild_command(manual_dir, records_dir, chunk_size: int, test_list: str) -> str:
+  """The shell command that rebuilds these records from scratch."""
+  args = [f'--manual_dir={pathlib.Path(manual_dir).expanduser().absolute()}',
+          f'--records_dir={pathlib.Path(records_dir).expanduser().absolute()}', f'--chunk_size={chunk_size}',
+          f'--test_list={test_list}', '--rebuild']
+  return ' '.join(['python', 'tools/build_records.py'] + [shlex.quote(a) for a in args])
+
+
+class StaleRecordsError(RuntimeError):
+  """The tree changed since its records were built; the message names the first changed file and the rebuild."""
+
+
+def check_fresh(directory, manual_dir, test_list: str, fix: str) -> None:
+  """Raises StaleRecordsError (naming the first changed file, then `fix`) if the records or feature cache at
+  `directory` were not built from `manual_dir` as it is now."""
+  built = tfds.builder_from_directory(str(directory)).info.metadata.get('fingerprint')
+  if built is None:
+    raise StaleRecordsError(f'{directory} holds no fingerprint of the tree it was built from. {fix}')
+  now = fingerprint.of_entries(manual_dir, affwild2.list_videos(manual_dir, test_list=test_list))
+  change = fingerprint.first_change(built, now)
+  if change:
+    raise StaleRecordsError(f'{directory} was built from another state of {manual_dir}: {change} since. {fix}')
+
+
+def build(manual_dir, records_dir, *, chunk_size: int = 32, test_list: str = 'va_test_set.txt',
+          rebuild: bool = False):
+  """Builds the records once and returns the builder.
+
+  A rerun over complete records compares what the build read with the tree now (`affjax.data.fingerprint`): the
+  same tree reuses them, a changed one raises StaleRecordsError naming the first changed file and the command
+  that rebuilds them (`rebuild=True`: delete the records of this chunk size first and build them again).
+  """
+  manual_dir = pathlib.Path(manual_dir).expanduser()
+  directory = dataset_dir(records_dir, chunk_size)
+  if rebuild and directory.exists():
+    logging.info('deleting the records %s to rebuild them', directory)
+    shutil.rmtree(directory)
+  if directory.exists():
+    check_fresh(directory, manual_dir, test_list,
+                f'Rebuild them (every split): {rebuild_command(manual_dir, records_dir, chunk_size, test_list)}')
   builder = Affwild2(data_dir=str(pathlib.Path(records_dir).expanduser()),
                      config=Affwild2Config(name=f'chunk{chunk_size}', chunk_size=chunk_size,
                                            test_list=test_list),
                      file_format='array_record')
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(pathlib.Path(manual_dir).expanduser())))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
   return builder

@@ -76,7 +76,8 @@ def video_features(extract: VideoExtractor) -> ChunkFeatures:
 class Affwild2Features(tfds.core.GeneratorBasedBuilder):
   """Per-frame features of an `affwild2` record set (see the module docstring)."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.1.0': 'the source records\' fingerprint of the tree; splits without videos have no shard'}
 
   def __init__(self, *, source: str, shapes: Mapping[str, tuple[int, ...]], view: str = 'frames',
                features: ChunkFeatures | None = None, **kwargs):
@@ -104,8 +105,13 @@ class Affwild2Features(tfds.core.GeneratorBasedBuilder):
     del dl_manager
     source = tfds.builder_from_directory(self._source).info.metadata
     self.info.metadata.update(chunk_size=source['chunk_size'], videos=source['videos'], source=str(self._source),
-                              features={p: list(s) for p, s in self._shapes.items()}, view=self._view)
-    return {split: self._generate_examples(split) for split in builder.SPLITS}
+                              features={p: list(s) for p, s in self._shapes.items()}, view=self._view,
+                              fingerprint=source['fingerprint'])
+    return {split: self._generate_examples(split) for split in builder.SPLITS if source['videos'][split]}
+
+  def _download_and_prepare(self, dl_manager, download_config):  # pylint: disable=arguments-differ
+    super()._download_and_prepare(dl_manager, download_config)
+    builder.record_shard_sizes(self.info)
 
   def _generate_examples(self, split: str):
     if self._features is None:

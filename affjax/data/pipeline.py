@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import io
 import math
+import pathlib
 
 import grain
 import jax
@@ -19,7 +20,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from affjax import folds
-from affjax.data import affwild2, augment
+from affjax.data import affwild2, augment, builder, names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,52 @@ class VideoIndex:
   first_record: int
   num_chunks: int
   num_rows: int  # rows of the video's annotation file (every frame for test videos)
+
+
+class DamagedRecordsError(RuntimeError):
+  """A shard that is missing, of the wrong size or unreadable; the message names it, its split and the fix."""
+
+
+def repair_advice(directory: str, metadata) -> str:
+  """How to rebuild the records at `directory`: the exact command for frame records, else the tool that wrote them."""
+  build = metadata.get('build')
+  if build is None:  # a feature cache
+    return (f'delete {directory} and rerun the command that built it (tools/cache_features.py or '
+            'tools/vggish_features.py)')
+  records_dir = pathlib.Path(directory).parents[2]  # <records_dir>/affwild2/chunk<C>/<version>
+  return 'rebuild them: ' + builder.rebuild_command(build['manual_dir'], records_dir, int(metadata['chunk_size']),
+                                                    build['test_list'])
+
+
+class ShardSource:
+  """One split's records (a tfds ArrayRecord data source) whose read errors name the shard, the split and the fix."""
+
+  def __init__(self, directory: str, split: str, info):
+    self.directory, self.split = directory, split
+    self.shards = list(zip(info.splits[split].filenames, np.cumsum(info.splits[split].shard_lengths)))
+    self.advice = repair_advice(directory, info.metadata)
+    self.source = tfds.builder_from_directory(directory).as_data_source(split)
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, i: int):
+    try:
+      return self.source[i]
+    except Exception as e:  # array_record raises RuntimeError for a damaged or missing file
+      shard = next((name for name, end in self.shards if i < end), self.shards[-1][0])
+      raise DamagedRecordsError(f'cannot read record {i} of the {self.split} split from the shard '
+                                f'{self.directory}/{shard} ({e}); {self.advice}') from e
+
+
+def check_shards(directory: str, split: str, info) -> None:
+  """Raises DamagedRecordsError if a shard of `split` is missing or not the size it was written with."""
+  for name, size in info.metadata.get('shards', {}).get(split, {}).items():
+    path = pathlib.Path(directory) / name
+    found = path.stat().st_size if path.exists() else None
+    if found != size:
+      problem = 'is missing' if found is None else f'holds {found} bytes, but {size} were written'
+      raise DamagedRecordsError(f'the {split} shard {path} {problem}; {repair_advice(directory, info.metadata)}')
 
 
 class ConcatSource:
@@ -66,9 +113,9 @@ class Records:
 
   @functools.cached_property
   def source(self):
-    builder = tfds.builder_from_directory(self.directory)
-    sources = [builder.as_data_source(s) for s in self.source_splits or (self.split,)]
-    return sources[0] if len(sources) == 1 else ConcatSource(sources)
+    info = tfds.builder_from_directory(self.directory).info
+    sources = [ShardSource(self.directory, s, info) for s in self.source_splits or (self.split,) if s in info.splits]
+    return sources[0] if len(sources) == 1 else ConcatSource(sources)  # none: a split without videos
 
   def __getstate__(self):  # the data source is reopened in each grain worker
     return {k: v for k, v in self.__dict__.items() if k != 'source'}
@@ -88,7 +135,9 @@ def open_records(directory: str, split: str, fold: int = -1, side_directory: str
   meta = info.metadata['videos']
 
   def index(record_split: str, offset: int) -> list[VideoIndex]:
-    return [VideoIndex(name=v['name'], num_frames=int(v['num_frames']), fps=float(v['fps']),
+    check_shards(directory, record_split, info)
+    where = f'{directory}/metadata.json ({record_split} split)'
+    return [VideoIndex(name=names.check(v['name'], where), num_frames=int(v['num_frames']), fps=float(v['fps']),
                        first_record=offset + int(v['first_record']), num_chunks=int(v['num_chunks']),
                        num_rows=annotation_rows(v['num_frames'], v['report'])) for v in meta[record_split]]
 
@@ -97,13 +146,15 @@ def open_records(directory: str, split: str, fold: int = -1, side_directory: str
   else:
     train = index('train', 0)
     validation = index('validation', sum(v.num_chunks for v in train))  # after every 'train' record
-    names = folds.fold_split([v.name for v in train], [v.name for v in validation], fold)[split == 'validation']
+    fold_names = folds.fold_split([v.name for v in train], [v.name for v in validation], fold)[split == 'validation']
     by_name = {v.name: v for v in train + validation}
-    videos, source_splits = [by_name[name] for name in names], ('train', 'validation')
+    videos, source_splits = [by_name[name] for name in fold_names], ('train', 'validation')
   side = open_records(side_directory, split, fold) if side_directory else None
-  if side is not None and side.videos != tuple(videos):
+  if side is not None and (side.videos != tuple(videos) or info.metadata.get('fingerprint') !=
+                           tfds.builder_from_directory(side_directory).info.metadata.get('fingerprint')):
     raise ValueError(f'the feature cache {side_directory} was not built from the records {directory} (its '
-                     f'{split} videos differ); rebuild it from these records')
+                     f'{split} videos or the tree they were read from differ); delete it and rebuild it from these '
+                     'records (tools/vggish_features.py or tools/cache_features.py)')
   return Records(directory=directory, split=split, chunk_size=int(info.metadata['chunk_size']),
                  videos=tuple(videos), view=info.metadata.get('view', 'frames'),
                  features={k: tuple(int(n) for n in np.atleast_1d(v))  # (width,) or F in caches without shapes

@@ -49,6 +49,14 @@ def sync_processes(what: str) -> None:
 
 
 def input_dir(config) -> str:
-  """The records a run reads: the feature cache `config.data.features_dir` when given, else the frame
-  records of the configured source (built on first use)."""
-  return config.data.get('features_dir') or records_dir(config)
+  """The records a run reads: the feature cache `config.data.features_dir` when given (checked against the
+  configured tree as it is now), else the frame records of the configured source (built on first use)."""
+  features_dir = config.data.get('features_dir')
+  if not features_dir:
+    return records_dir(config)
+  if jax.process_index() == 0:
+    builder.check_fresh(features_dir, source_tree(config), config.data.test_list,
+                        'Rebuild the records it was computed from (tools/build_records.py --rebuild), then the cache '
+                        '(tools/cache_features.py)')
+  sync_processes('affjax feature cache checked')
+  return features_dir

@@ -65,6 +65,12 @@ def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
   config.model.released = ctl.released
   exp = loop.Experiment(config, workdir)
   config = exp.config  # with the followers' inputs resolved
+  if not exp.records('validation').videos:
+    exp.close()
+    raise ValueError('config.train.recipe=epochs steers on the validation CCC (plateau, revert, early stop), but the '
+                     'records hold no validation video: add the Validation_Set annotations to the tree or train a '
+                     'cross-validation fold (--config.data.fold=K)')
+  loop.announce_outputs(exp, training=True)
   train_iter = iter(pipeline.train_dataset(exp.records('train'), config))
   writer = affjax_logging.MetricWriter(workdir)
   try:

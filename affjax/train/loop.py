@@ -80,6 +80,7 @@ def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
       return epochs.train_and_evaluate(config, workdir)
     exp = Experiment(config, workdir)
     try:
+      announce_outputs(exp, training=True)
       return _final_evaluation(exp, last_validation=_train(exp))
     finally:
       exp.close()
@@ -89,9 +90,38 @@ def evaluate_only(config, workdir) -> dict[str, dict[str, float] | None]:
   with workdir_lock.hold(workdir):
     exp = Experiment(config, workdir)
     try:
+      announce_outputs(exp, training=False)
       return _final_evaluation(exp)
     finally:
       exp.close()
+
+
+def announce_outputs(exp: Experiment, training: bool) -> str:
+  """Logs once what the run will and will not produce from the splits the records hold (a split may be empty: no
+  test list yet, no validation set); returns the message."""
+  count = {split: len(exp.records(split).videos) for split in ('train', 'validation', 'test')}
+  will, wont = [], []
+  if training:
+    will.append(f'training on {count["train"]} videos')
+    if count['validation']:
+      will.append(f'validation every {exp.config.train.eval_every} steps')
+    else:
+      wont.append('evaluation during training (no validation videos: the last checkpoint is used)')
+  for split in ('train', 'validation', 'test'):
+    if split not in exp.config.eval.splits:
+      if count[split] and split == 'test':
+        wont.append(f'test predictions ({count["test"]} test videos; add test to config.eval.splits)')
+    elif count[split]:
+      will.append(f'{exp.workdir}/predictions/{split}/ ({count[split]} videos)' +
+                  (f' and {exp.workdir}/eval/{split}/metrics.json' if split != 'test' else ''))
+    else:
+      wont.append(f'{split} predictions (the records hold no {split} video' +
+                  (f': no test list {exp.config.data.test_list} in the tree)' if split == 'test' else ')'))
+  message = 'this run will produce: ' + '; '.join(will or ['nothing'])
+  if wont:
+    message += '. It will not produce: ' + '; '.join(wont)
+  (logging.warning if wont else logging.info)('%s', message)
+  return message
 
 
 def _final_evaluation(exp: Experiment, last_validation=None) -> dict[str, dict[str, float] | None]:
