@@ -3,6 +3,7 @@
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -16,7 +17,7 @@ from affjax.models.av_model import AudioVisualModel, slice_audio_windows
 from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES, AudioCNN1D
 from affjax.models.backbones.mobilefacenet import MobileFaceNet
 from affjax.models.fusion.cross_attn import CrossModalFusion
-from affjax.models.layers import depthwise_conv2d, pointwise_conv, sinusoidal_pe
+from affjax.models.layers import depthwise_conv2d, max_pool_tiled, pointwise_conv, sinusoidal_pe
 from affjax.models.torch_convert import StateDictReader
 
 # unsafe_rbg keys: parameter init and dropout compile several times faster than with threefry on CPU.
@@ -148,6 +149,27 @@ def test_pointwise_conv_gradients_match_autodiff():
   expected, vjp_expected = jax.vjp(conv, x, kernel)
   for a, b in zip((expected, *vjp_expected(ct)), (out, *vjp(ct))):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape,window,padding', [((2, 43, 5), (4,), 0), ((2, 41, 3), (10,), 4),
+                                                   ((2, 9, 11, 3), (2, 2), 0), ((2, 8, 7, 2), (2, 3), 1)])
+def test_max_pool_tiled_matches_nn_max_pool(shape, window, padding):
+  """Output and gradient against `nn.max_pool` (XLA's reduce-window and select-and-scatter), with ties (rounded
+  inputs: the first maximum of a tile takes the gradient) and with the input made inside the jitted function
+  (an ELU of a matmul, which XLA may fuse and recompute)."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((shape[-1], shape[-1])), jnp.float32)
+  pools = {'nn': lambda h: nn.max_pool(h, window, strides=window, padding=[(padding, padding)] * len(window)),
+           'tiled': lambda h: max_pool_tiled(h, window, padding)}
+  for inputs in (jnp.round(x), x):
+    results = {}
+    for name, pool in pools.items():
+      f = jax.jit(lambda x, w, pool=pool: pool(jax.nn.elu(x @ w)))
+      out, vjp = jax.vjp(f, inputs, w)
+      results[name] = (out, *vjp(jnp.arange(out.size, dtype=jnp.float32).reshape(out.shape) % 7 - 3))
+    for a, b in zip(results['nn'], results['tiled']):
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- MobileFaceNet

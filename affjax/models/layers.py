@@ -271,3 +271,77 @@ class ConvBN(nn.Module):
                   use_bias=False, kernel_init=self.kernel_init, dtype=self.dtype, name='conv')(x)
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=self.epsilon, dtype=self.dtype,
                         name='bn')(x, mask=mask)
+
+
+# ----------------------------------------------------------------------------- max pooling
+def max_pool_tiled(x: Array, window: Sequence[int], padding: int | Sequence[int] = 0) -> Array:
+  """Max pooling with stride = window (tiles that do not overlap) over the spatial axes of `[N, *S, C]`, padded
+  with -inf by `padding` on both sides of each axis, floor mode (a last partial tile is dropped), like
+  `nn.max_pool(x, window, strides=window, padding=...)` and PyTorch's `MaxPool1d/2d(k)`.
+
+  Written as a reshape and a running max over each tile's entries that keeps the position of the first
+  maximum (row-major), to which the gradient goes, as XLA's select-and-scatter does, but without it: on CPU `nn.max_pool`'s gradient becomes
+  an argmax carrying one int32 index array per axis of the input's size and a scatter, several times the cost
+  of the pooling itself (experiments/vs_upstream_cpu.md). The same function on every backend.
+  """
+  window = tuple(int(k) for k in window)
+  pads = np.broadcast_to(padding, len(window))
+  x = jnp.pad(x, ((0, 0), *[(int(p), int(p)) for p in pads], (0, 0)), constant_values=-jnp.inf)
+  out = [n // k for n, k in zip(x.shape[1:-1], window)]
+  x = x[(slice(None), *[slice(0, o * k) for o, k in zip(out, window)])]
+  return _max_over_tiles(x, window)
+
+
+def _tiled(x: Array, window: tuple[int, ...]) -> Array:
+  """`[N, o1 * k1, ..., C]` -> `[N, o1, k1, o2, k2, ..., C]`."""
+  shape = [x.shape[0]]
+  for n, k in zip(x.shape[1:-1], window):
+    shape += [n // k, k]
+  return x.reshape(*shape, x.shape[-1])
+
+
+def _tile_entry(tiles: Array, offset: tuple[int, ...]) -> Array:
+  """The entry at `offset` of every tile, `[N, o1, o2, ..., C]`."""
+  return tiles[(slice(None), *[i for o in offset for i in (slice(None), o)])]
+
+
+def _max_and_argmax(x: Array, window: tuple[int, ...]) -> tuple[Array, Array]:
+  """Per tile its maximum and the row-major position of its first maximum (int32), in one pass over the
+  entries, so that the position always names the entry whose value was taken."""
+  tiles = _tiled(x, window)
+  best, position = None, None
+  for p, offset in enumerate(np.ndindex(*window)):
+    entry = _tile_entry(tiles, offset)
+    if best is None:
+      best, position = entry, jnp.zeros(entry.shape, jnp.int32)
+    else:
+      better = entry > best
+      best, position = jnp.where(better, entry, best), jnp.where(better, p, position)
+  return best, position
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_over_tiles(x: Array, window: tuple[int, ...]) -> Array:
+  return _max_and_argmax(x, window)[0]
+
+
+def _max_over_tiles_fwd(x, window):
+  out, position = _max_and_argmax(x, window)
+  return out, position
+
+
+def _max_over_tiles_bwd(window, residuals, g):
+  position = residuals
+  shape = (position.shape[0], *[o * k for o, k in zip(position.shape[1:-1], window)], position.shape[-1])
+  grads = {offset: jnp.where(position == p, g, jnp.zeros((), g.dtype))
+           for p, offset in enumerate(np.ndindex(*window))}
+
+  def assemble(prefix: tuple[int, ...]) -> Array:  # stacks the tile entries back into their axes
+    if len(prefix) == len(window):
+      return grads[prefix]
+    return jnp.stack([assemble(prefix + (i,)) for i in range(window[len(prefix)])], axis=len(prefix) + 2)
+
+  return (assemble(()).reshape(shape),)
+
+
+_max_over_tiles.defvjp(_max_over_tiles_fwd, _max_over_tiles_bwd)
