@@ -29,6 +29,12 @@ _CASES = flags.DEFINE_list('cases', ['cross_attn', 'cross_attn_frozen', 'cross_a
                            'With --upstream_dir: the rows (tools/vs_upstream.CASES).')
 _ROUNDS = flags.DEFINE_integer('rounds', 8, 'With --upstream_dir: alternating A, B rounds per row.')
 _THREADS = flags.DEFINE_integer('threads', 0, 'With --upstream_dir: PyTorch threads (0 = the CPU count).')
+_BASELINE_DIR = flags.DEFINE_string('baseline_dir', '', 'With --upstream_dir: time this affjax tree (e.g. '
+                                    '`git archive main`) in place of upstream, for before/after ratios.')
+_DTYPE = flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16'], 'With --upstream_dir: affjax train.dtype '
+                           '(upstream: bfloat16 autocast); empty = the config\'s.')
+_ATTENTION_IMPL = flags.DEFINE_enum('attention_impl', '', ['', 'xla', 'cudnn'], 'With --upstream_dir: affjax '
+                                    'model.attention_impl of the attention fusions; empty = the config\'s.')
 _UPSTREAM_COMMITS = flags.DEFINE_list('upstream_commits', [], 'With --upstream_dir: repo=commit pairs for '
                                       'checkouts without .git (exported trees).')
 
@@ -104,7 +110,8 @@ def main(argv):
     import vs_upstream  # pylint: disable=g-import-not-at-top  (tools/, next to this file)
     commits = dict(pair.split('=', 1) for pair in _UPSTREAM_COMMITS.value)
     vs_upstream.main_upstream(_UPSTREAM_DIR.value, _CASES.value, _ROUNDS.value, _THREADS.value or os.cpu_count(),
-                              commits)
+                              commits, _BASELINE_DIR.value,
+                              {k: v for k, v in (('dtype', _DTYPE.value), ('attention_impl', _ATTENTION_IMPL.value)) if v})
     return
   if _CONFIG.value is None:
     raise app.UsageError('--config is required (or --upstream_dir)')

@@ -40,6 +40,7 @@ import types
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+PRECISION_ENV = 'AFFJAX_VS_UPSTREAM_PRECISION'  # JSON for load_config's `precision`, set by the parent
 AUDIO_WINDOW = 10560  # int(16000 * 0.66) samples per frame
 FPS = 30.0
 
@@ -144,23 +145,29 @@ UPSTREAM_TEMPORAL = {'karas_multv2': 'multv2', 'karas_multv2_frozen': 'multv2', 
 
 
 def _upstream_runner(case: Case, config, upstream_dir: pathlib.Path):
-  """A function running one upstream step on a fixed random batch."""
+  """A function running one upstream step on a fixed random batch, on the GPU when PyTorch sees one, under
+  bfloat16 autocast when the affjax side computes in bfloat16 (`config.train.dtype`)."""
   import torch  # pylint: disable=g-import-not-at-top
   _upstream_imports(upstream_dir)
   from utils.losses_metrics import CCCLoss  # pylint: disable=g-import-not-at-top  (upstream, unmodified)
   torch.manual_seed(0)
-  model = _karas_model(config, UPSTREAM_TEMPORAL[case.upstream])
+  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+  autocast = lambda: torch.autocast(device.type, torch.bfloat16, enabled=config.train.dtype == 'bfloat16')
+  sync = torch.cuda.synchronize if device.type == 'cuda' else lambda: None
+  model = _karas_model(config, UPSTREAM_TEMPORAL[case.upstream]).to(device)
   b, t, s = case.batch, case.frames, config.data.image_size
-  audio = torch.rand(b, t, 1, AUDIO_WINDOW) * 2 - 1
-  faces = torch.rand(b, t, 3, s, s)
-  labels = torch.rand(b, t, 2) * 2 - 1
+  audio = (torch.rand(b, t, 1, AUDIO_WINDOW) * 2 - 1).to(device)
+  faces = torch.rand(b, t, 3, s, s).to(device)
+  labels = (torch.rand(b, t, 2) * 2 - 1).to(device)
   if case.mode == 'infer':
     model.eval()
     torch.backends.mha.set_fastpath_enabled(False)  # upstream passes need_weights=None, which the fast path rejects
 
     def infer():
-      with torch.inference_mode():
-        return model([audio, faces])['VA']
+      with torch.inference_mode(), autocast():
+        out = model([audio, faces])['VA']
+      sync()
+      return out
     return infer
   if case.upstream.endswith('_frozen'):  # as upstream's freeze_extractors(): no gradients, still train mode
     model.audio_network.requires_grad_(False)
@@ -174,7 +181,8 @@ def _upstream_runner(case: Case, config, upstream_dir: pathlib.Path):
 
   def train():
     opt.zero_grad(set_to_none=True)
-    va = model([audio, faces])['VA']
+    with autocast():
+      va = model([audio, faces])['VA'].float()
     loss = wv * ccc(va[..., 0], labels[..., 0]) + wa * ccc(va[..., 1], labels[..., 1])
     loss.backward()
     opt.step()
@@ -183,7 +191,9 @@ def _upstream_runner(case: Case, config, upstream_dir: pathlib.Path):
 
 
 # ----------------------------------------------------------------------------- the affjax side
-def load_config(case: Case):
+def load_config(case: Case, precision: dict[str, str] | None = None):
+  """The case's affjax config; `precision` may set 'dtype' (train.dtype: float32 | bfloat16) and
+  'attention_impl' (model.attention_impl of the attention fusions: xla | cudnn)."""
   name, _, variants = case.config.partition(':')
   config = importlib.import_module(f'configs.{name}').get_config(variants)
   config.train.batch_size = case.batch
@@ -191,6 +201,11 @@ def load_config(case: Case):
   for field, value in case.overrides:
     section, key = field.split('.')
     config[section][key] = value
+  precision = precision or {}
+  if precision.get('dtype'):
+    config.train.dtype = precision['dtype']
+  if precision.get('attention_impl') and 'attention_impl' in config.model:
+    config.model.attention_impl = precision['attention_impl']
   return config
 
 
@@ -253,7 +268,7 @@ def worker(side: str, case_name: str, upstream_dir: str, threads: int) -> None:
   os.dup2(2, 1)
   sys.stdout = sys.stderr
   case = CASES[case_name]
-  config = load_config(case)
+  config = load_config(case, json.loads(os.environ.get(PRECISION_ENV, '{}')))
   if side == 'upstream':
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(threads)
@@ -273,14 +288,16 @@ def worker(side: str, case_name: str, upstream_dir: str, threads: int) -> None:
 
 
 class _Worker:
-  def __init__(self, side: str, case: str, upstream_dir: str, threads: int, xla_flags: str):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]))
-    if side == 'affjax' and xla_flags:
-      env['XLA_FLAGS'] = xla_flags
+  """A worker process of one side; `root` is the tree its `affjax` and `configs` are imported from."""
+
+  def __init__(self, side: str, case: str, upstream_dir: str, threads: int, root: pathlib.Path,
+               precision: dict[str, str]):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get('PYTHONPATH', '')]))
+    env[PRECISION_ENV] = json.dumps(precision)
     self.side = side
     self.proc = subprocess.Popen(
         [sys.executable, __file__, side, case, upstream_dir, str(threads)], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+        stdout=subprocess.PIPE, text=True, env=env, cwd=root)
     self._read()  # ready
 
   def _read(self) -> dict:
@@ -309,9 +326,14 @@ def commit(path: pathlib.Path, given: dict[str, str]) -> str:
     return 'unknown'
 
 
-def run_case(name: str, upstream_dir: str, rounds: int, threads: int, xla_flags: str = '') -> dict:
-  """Alternates one affjax and one upstream step for `rounds` rounds (both built and warmed up first)."""
-  workers = {side: _Worker(side, name, upstream_dir, threads, xla_flags) for side in ('affjax', 'upstream')}
+def run_case(name: str, upstream_dir: str, rounds: int, threads: int, baseline_dir: str = '',
+             precision: dict[str, str] | None = None) -> dict:
+  """Alternates one affjax step and one step of the other side (upstream, or with `baseline_dir` the affjax of
+  that tree) for `rounds` rounds, both built and warmed up first."""
+  other = ('affjax', pathlib.Path(baseline_dir)) if baseline_dir else ('upstream', REPO)
+  precision = precision or {}
+  workers = {'affjax': _Worker('affjax', name, upstream_dir, threads, REPO, precision),
+             'other': _Worker(other[0], name, upstream_dir, threads, other[1], precision)}
   try:
     for w in workers.values():  # a second untimed step each (allocator, caches)
       w.step()
@@ -326,19 +348,21 @@ def run_case(name: str, upstream_dir: str, rounds: int, threads: int, xla_flags:
     for w in workers.values():
       w.close()
   med = {s: float(np.median(t)) for s, t in times.items()}
-  return dict(case=name, affjax=med['affjax'], upstream=med['upstream'], ratio=med['affjax'] / med['upstream'],
-              affjax_mib=peaks['affjax'], upstream_mib=peaks['upstream'], load=(min(loads), max(loads)))
+  return dict(case=name, affjax=med['affjax'], other=med['other'], ratio=med['affjax'] / med['other'],
+              affjax_mib=peaks['affjax'], other_mib=peaks['other'], load=(min(loads), max(loads)))
 
 
 def describe(case_name: str) -> str:
   c = CASES[case_name]
   what = 'train step' if c.mode == 'train' else 'inference'
-  return f'{what}, configs/{c.config.split(":")[0]}.py{":" + c.config.split(":")[1] if ":" in c.config else ""}, batch {c.batch} x {c.frames}'
+  name, _, variants = c.config.partition(':')
+  return f'{what}, configs/{name}.py{":" + variants if variants else ""}, batch {c.batch} x {c.frames}'
 
 
 def main_upstream(upstream_dir: str, case_names: list[str], rounds: int, threads: int, commits: dict[str, str],
-                  xla_flags: str = '') -> None:
-  """Prints the markdown table (the `--upstream_dir` mode of tools/bench_throughput.py)."""
+                  baseline_dir: str = '', precision: dict[str, str] | None = None) -> None:
+  """Prints the markdown table (the `--upstream_dir` mode of tools/bench_throughput.py); with `baseline_dir`
+  the other side is that tree's affjax instead of upstream."""
   import torch  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
@@ -347,17 +371,20 @@ def main_upstream(upstream_dir: str, case_names: list[str], rounds: int, threads
   if unknown:
     raise ValueError(f'--cases: unknown {unknown}; known: {list(CASES)}')
   up = pathlib.Path(upstream_dir)
-  print(f'device: {jax.devices()[0].device_kind} ({profiling.cpu_description()}), float32, {threads} threads per '
-        f'side; jax {jax.__version__}, torch {torch.__version__}; affjax {commit(REPO, {})}; upstream '
-        + ', '.join(f'{p.name} {commit(p, commits)}' for p in sorted(up.iterdir()) if p.is_dir())
-        + f'; medians of {rounds} alternating rounds after 2 untimed steps per side', flush=True)
-  print('| case | upstream s/step | affjax s/step | affjax / upstream | upstream peak RSS MiB | affjax peak RSS MiB '
+  other = f'baseline {baseline_dir}' if baseline_dir else 'upstream ' + ', '.join(
+      f'{p.name} {commit(p, commits)}' for p in sorted(up.iterdir()) if p.is_dir())
+  precision = precision or {}
+  print(f'device: {jax.devices()[0].device_kind} ({profiling.cpu_description()}), {precision or "float32"}, '
+        f'{threads} threads per side; jax {jax.__version__}, torch {torch.__version__}; affjax {commit(REPO, {})}; {other}; medians of '
+        f'{rounds} alternating rounds after 2 untimed steps per side', flush=True)
+  label = 'baseline' if baseline_dir else 'upstream'
+  print(f'| case | {label} s/step | affjax s/step | affjax / {label} | {label} peak RSS MiB | affjax peak RSS MiB '
         '| load (1 min) |')
   print('|---|---|---|---|---|---|---|', flush=True)
   for name in case_names:
-    r = run_case(name, upstream_dir, rounds, threads, xla_flags)
-    print(f"| {describe(name)} | {r['upstream']:.3f} | {r['affjax']:.3f} | {r['ratio']:.2f} | "
-          f"{r['upstream_mib']:.0f} | {r['affjax_mib']:.0f} | {r['load'][0]:.1f}-{r['load'][1]:.1f} |", flush=True)
+    r = run_case(name, upstream_dir, rounds, threads, baseline_dir, precision)
+    print(f"| {describe(name)} | {r['other']:.3f} | {r['affjax']:.3f} | {r['ratio']:.2f} | "
+          f"{r['other_mib']:.0f} | {r['affjax_mib']:.0f} | {r['load'][0]:.1f}-{r['load'][1]:.1f} |", flush=True)
 
 
 if __name__ == '__main__':
