@@ -41,6 +41,7 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PRECISION_ENV = 'AFFJAX_VS_UPSTREAM_PRECISION'  # JSON for load_config's `precision`, set by the parent
+SETTLE_SECONDS = 1.0  # pause before each timed step
 AUDIO_WINDOW = 10560  # int(16000 * 0.66) samples per frame
 FPS = 30.0
 
@@ -340,6 +341,7 @@ def run_case(name: str, upstream_dir: str, rounds: int, threads: int, baseline_d
     times, peaks, loads = {s: [] for s in workers}, {s: 0.0 for s in workers}, []
     for _ in range(rounds):
       for side, w in workers.items():
+        time.sleep(SETTLE_SECONDS)  # lets the other side's threads go idle (OpenMP spins after a parallel region)
         out = w.step()
         times[side].append(out['seconds'])
         peaks[side] = max(peaks[side], out['peak_rss_mib'])
