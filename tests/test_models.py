@@ -3,6 +3,7 @@
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -16,7 +17,7 @@ from affjax.models.av_model import AudioVisualModel, slice_audio_windows
 from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES, AudioCNN1D
 from affjax.models.backbones.mobilefacenet import MobileFaceNet
 from affjax.models.fusion.cross_attn import CrossModalFusion
-from affjax.models.layers import depthwise_conv2d, sinusoidal_pe
+from affjax.models.layers import depthwise_conv2d, max_pool_tiled, pointwise_conv, sinusoidal_pe
 from affjax.models.torch_convert import StateDictReader
 
 import torch_checkpoints
@@ -116,22 +117,61 @@ def test_multihead_attention_matches_torch():
 
 
 # ----------------------------------------------------------------------------- depthwise conv
-@pytest.mark.parametrize('stride', [1, 2])
-def test_depthwise_shifted_matches_grouped(stride):
+@pytest.mark.parametrize('shape,stride,padding', [((2, 9, 9, 8), 1, 1), ((2, 9, 9, 8), 2, 1),
+                                                   ((2, 10, 7, 3), 2, ((1, 0), (0, 1))), ((1, 6, 8, 4), 1, 0),
+                                                   ((2, 11, 12, 5), 2, ((2, 1), (1, 2)))])
+def test_depthwise_shifted_matches_grouped(shape, stride, padding):
+  """The shifted form and its custom VJP against XLA's grouped convolution (autodiff): output, both gradients."""
   rng = np.random.default_rng(3)
-  x = jnp.asarray(rng.standard_normal((2, 9, 9, 8)), jnp.float32)
-  kernel = jnp.asarray(rng.standard_normal((3, 3, 1, 8)), jnp.float32)
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 1, shape[-1])), jnp.float32)
   ct = None
   results = {}
   for impl in ['grouped', 'shifted']:
-    f = jax.jit(functools.partial(depthwise_conv2d, stride=stride, padding=1, impl=impl))
+    f = jax.jit(functools.partial(depthwise_conv2d, stride=stride, padding=padding, impl=impl))
     out, vjp = jax.vjp(f, x, kernel)
     ct = jnp.asarray(rng.standard_normal(out.shape), jnp.float32) if ct is None else ct
     results[impl] = (out, *vjp(ct))
-  size = {1: 9, 2: 5}[stride]
-  assert results['grouped'][0].shape == (2, size, size, 8)
+  (top, bottom), (left, right) = ((padding, padding),) * 2 if isinstance(padding, int) else padding
+  expected = ((shape[1] + top + bottom - 3) // stride + 1, (shape[2] + left + right - 3) // stride + 1)
+  assert results['grouped'][0].shape == (shape[0], *expected, shape[-1])
   for a, b in zip(results['grouped'], results['shifted']):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+
+
+def test_pointwise_conv_gradients_match_autodiff():
+  """`pointwise_conv` (on CPU its barrier-materialised VJP) against the plain einsum's autodiff, and a 1x1 lax.conv."""
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal((2, 5, 6, 7)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((7, 3)), jnp.float32)
+  ct = jnp.asarray(rng.standard_normal((2, 5, 6, 3)), jnp.float32)
+  conv = lambda x, k: jax.lax.conv_general_dilated(x, k[None, None], (1, 1), 'VALID',
+                                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  out, vjp = jax.vjp(jax.jit(pointwise_conv), x, kernel)
+  expected, vjp_expected = jax.vjp(conv, x, kernel)
+  for a, b in zip((expected, *vjp_expected(ct)), (out, *vjp(ct))):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape,window,padding', [((2, 43, 5), (4,), 0), ((2, 41, 3), (10,), 4),
+                                                   ((2, 9, 11, 3), (2, 2), 0), ((2, 8, 7, 2), (2, 3), 1)])
+def test_max_pool_tiled_matches_nn_max_pool(shape, window, padding):
+  """Output and gradient against `nn.max_pool` (XLA's reduce-window and select-and-scatter), with ties (rounded
+  inputs: the first maximum of a tile takes the gradient) and with the input made inside the jitted function
+  (an ELU of a matmul, which XLA may fuse and recompute)."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((shape[-1], shape[-1])), jnp.float32)
+  pools = {'nn': lambda h: nn.max_pool(h, window, strides=window, padding=[(padding, padding)] * len(window)),
+           'tiled': lambda h: max_pool_tiled(h, window, padding)}
+  for inputs in (jnp.round(x), x):
+    results = {}
+    for name, pool in pools.items():
+      f = jax.jit(lambda x, w, pool=pool: pool(jax.nn.elu(x @ w)))
+      out, vjp = jax.vjp(f, inputs, w)
+      results[name] = (out, *vjp(jnp.arange(out.size, dtype=jnp.float32).reshape(out.shape) % 7 - 3))
+    for a, b in zip(results['nn'], results['tiled']):
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- MobileFaceNet

@@ -2,13 +2,15 @@
 
   python tools/bench_throughput.py --config=configs/cross_attn.py [--steps=10] [--config.train.batch_size=8]
   python tools/bench_throughput.py --config=configs/rjca.py --features_dir=DIR  # inline frozen vs DIR's cache
+  python tools/bench_throughput.py --upstream_dir=/work/upstream [--cases=cross_attn,cross_attn_frozen]  # vs PyTorch
 
 The train step runs on fixed batches already on device (compute only), median of `--steps` after warm-up; the
 pipeline is timed alone, with the config's worker processes, as its steady rate: batches read as fast as they
 come, over the second half of `--pipeline_batches` (the first half drains what the workers had prefetched).
 Prints one markdown table row per measurement; with `--features_dir` (a feature cache of the config's
 backbones, `tools/cache_features.py`) it measures the config as given, then the same config reading the cache,
-in the same process, and their ratios.
+in the same process, and their ratios. With `--upstream_dir` (checkouts of the upstream repositories) it times
+affjax against the upstream PyTorch models instead, alternating in two processes (tools/vs_upstream.py).
 """
 import tempfile
 import time
@@ -21,6 +23,20 @@ _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps / batches (after warm-up
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps / batches first.')
 _PIPELINE_BATCHES = flags.DEFINE_integer('pipeline_batches', 40, 'Batches the pipeline is timed over (after warm-up).')
 _FEATURES_DIR = flags.DEFINE_string('features_dir', '', 'Also measure the config reading this feature cache.')
+_UPSTREAM_DIR = flags.DEFINE_string('upstream_dir', '', 'Checkouts of the upstream repositories: time affjax '
+                                    'against them (tools/vs_upstream.py) instead of --config.')
+_CASES = flags.DEFINE_list('cases', ['cross_attn', 'cross_attn_frozen', 'cross_attn_infer'],
+                           'With --upstream_dir: the rows (tools/vs_upstream.CASES).')
+_ROUNDS = flags.DEFINE_integer('rounds', 8, 'With --upstream_dir: alternating A, B rounds per row.')
+_THREADS = flags.DEFINE_integer('threads', 0, 'With --upstream_dir: PyTorch threads (0 = the CPU count).')
+_BASELINE_DIR = flags.DEFINE_string('baseline_dir', '', 'With --upstream_dir: time this affjax tree (e.g. '
+                                    '`git archive main`) in place of upstream, for before/after ratios.')
+_DTYPE = flags.DEFINE_enum('dtype', '', ['', 'float32', 'bfloat16'], 'With --upstream_dir: affjax train.dtype '
+                           '(upstream: bfloat16 autocast); empty = the config\'s.')
+_ATTENTION_IMPL = flags.DEFINE_enum('attention_impl', '', ['', 'xla', 'cudnn'], 'With --upstream_dir: affjax '
+                                    'model.attention_impl of the attention fusions; empty = the config\'s.')
+_UPSTREAM_COMMITS = flags.DEFINE_list('upstream_commits', [], 'With --upstream_dir: repo=commit pairs for '
+                                      'checkouts without .git (exported trees).')
 
 
 def measure(config, label: str) -> tuple[float, float]:
@@ -89,6 +105,16 @@ def measure(config, label: str) -> tuple[float, float]:
 
 def main(argv):
   del argv
+  if _UPSTREAM_DIR.value:
+    import os  # pylint: disable=g-import-not-at-top
+    import vs_upstream  # pylint: disable=g-import-not-at-top  (tools/, next to this file)
+    commits = dict(pair.split('=', 1) for pair in _UPSTREAM_COMMITS.value)
+    vs_upstream.main_upstream(_UPSTREAM_DIR.value, _CASES.value, _ROUNDS.value, _THREADS.value or os.cpu_count(),
+                              commits, _BASELINE_DIR.value,
+                              {k: v for k, v in (('dtype', _DTYPE.value), ('attention_impl', _ATTENTION_IMPL.value)) if v})
+    return
+  if _CONFIG.value is None:
+    raise app.UsageError('--config is required (or --upstream_dir)')
   if _PIPELINE_BATCHES.value < 4:
     raise app.UsageError(f'--pipeline_batches={_PIPELINE_BATCHES.value}: needs at least 4 (the rate is taken over '
                          'the second half)')

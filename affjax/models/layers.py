@@ -3,6 +3,7 @@ sinusoidal positional encoding and a depthwise 2-D convolution with a CPU-friend
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -92,19 +93,61 @@ def _depthwise_grouped(x: Array, kernel: Array, stride: int, padding) -> Array:
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=x.shape[-1])
 
 
+def _strided_tap(xp: Array, i: int, j: int, stride: int, ho: int, wo: int) -> Array:
+  """`xp[:, i::stride, j::stride]` cut to `[N, ho, wo, C]`: the inputs that kernel tap (i, j) meets."""
+  n, c = xp.shape[0], xp.shape[-1]
+  return jax.lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
+                       (1, stride, stride, 1))
+
+
+def _sum_of_taps(xp: Array, kernel: Array, stride: int, ho: int, wo: int) -> Array:
+  """sum over taps (i, j) of `_strided_tap(xp, i, j) * kernel[i, j]` (kernel `[kh, kw, C]`), in at least float32."""
+  acc_dtype = jnp.promote_types(xp.dtype, jnp.float32)
+  out = jnp.zeros((xp.shape[0], ho, wo, xp.shape[-1]), acc_dtype)
+  for i in range(kernel.shape[0]):
+    for j in range(kernel.shape[1]):
+      out = out + _strided_tap(xp, i, j, stride, ho, wo).astype(acc_dtype) * kernel[i, j].astype(acc_dtype)
+  return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _depthwise_shifted(x: Array, kernel: Array, stride: int, padding) -> Array:
-  kh, kw = kernel.shape[:2]
+  """The taps as strided slices of the padded input times their per-channel weights, summed. Its VJP (below)
+  writes both gradients the same way; XLA's own transpose of the slices (interior pads of the cotangent, one
+  reduction per tap over fused products) is several times slower on CPU (experiments/vs_upstream_cpu.md)."""
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  n, hp, wp, c = xp.shape
-  ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
+  kh, kw = kernel.shape[:2]
+  ho, wo = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+  return _sum_of_taps(xp, kernel[:, :, 0], stride, ho, wo).astype(x.dtype)
+
+
+def _depthwise_shifted_fwd(x, kernel, stride, padding):
+  return _depthwise_shifted(x, kernel, stride, padding), (x, kernel)
+
+
+def _depthwise_shifted_bwd(stride, padding, residuals, g):
+  x, kernel = residuals
+  (top, bottom), (left, right) = padding
+  kh, kw = kernel.shape[:2]
+  h, w = x.shape[1:3]
+  ho, wo = g.shape[1:3]
+  # Input gradient: the cotangent dilated by the stride, padded so that a stride-1 pass of the flipped kernel
+  # lands output row y on input row y (low pads may be negative, i.e. crops).
+  low_h, low_w = kh - 1 - top, kw - 1 - left
+  pad_h = (low_h, h + kh - 1 - low_h - stride * (ho - 1) - 1, stride - 1)
+  pad_w = (low_w, w + kw - 1 - low_w - stride * (wo - 1) - 1, stride - 1)
+  gp = jax.lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), pad_h, pad_w, (0, 0, 0)))
+  dx = _sum_of_taps(gp, kernel[::-1, ::-1, 0], 1, h, w).astype(x.dtype)
+  # Kernel gradient: per tap, its inputs times the cotangent summed over N, H, W; the barrier keeps XLA from
+  # fusing the padding and the cotangent's producer into each of the kh * kw reductions.
+  xp, g = jax.lax.optimization_barrier((jnp.pad(x, ((0, 0), *padding, (0, 0))), g))
   acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
-  out = jnp.zeros((n, ho, wo, c), acc_dtype)
-  for i in range(kh):
-    for j in range(kw):
-      tap = jax.lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
-                          (1, stride, stride, 1))
-      out = out + tap.astype(acc_dtype) * kernel[i, j, 0].astype(acc_dtype)
-  return out.astype(x.dtype)
+  dk = jnp.stack([jnp.stack([jnp.sum(_strided_tap(xp, i, j, stride, ho, wo).astype(acc_dtype) * g.astype(acc_dtype),
+                                     axis=(0, 1, 2)) for j in range(kw)]) for i in range(kh)])
+  return dx, dk[:, :, None, :].astype(kernel.dtype)
+
+
+_depthwise_shifted.defvjp(_depthwise_shifted_fwd, _depthwise_shifted_bwd)
 
 
 def depthwise_conv2d(x: Array, kernel: Array, stride: int = 1, padding: Padding = 0,
@@ -117,8 +160,9 @@ def depthwise_conv2d(x: Array, kernel: Array, stride: int = 1, padding: Padding 
     stride: the same stride along H and W.
     padding: zero padding, an int (both sides of H and W, PyTorch style) or ((top, bottom), (left, right)).
     impl: 'grouped' = XLA's grouped convolution (`feature_group_count=C`); 'shifted' = kh*kw
-      strided slices multiplied by the per-channel taps and summed (accumulated in at least float32);
-      'auto' = 'shifted' on CPU, whose grouped convolution is very slow, else 'grouped'.
+      strided slices multiplied by the per-channel taps and summed (accumulated in at least float32), with
+      both gradients written the same way (a custom VJP); 'auto' = 'shifted' on CPU, whose grouped
+      convolution is very slow, else 'grouped'.
   Returns:
     `[N, Ho, Wo, C]` in x's dtype.
   """
@@ -130,8 +174,38 @@ def depthwise_conv2d(x: Array, kernel: Array, stride: int = 1, padding: Padding 
   return fn(x, kernel, stride, _pairs(padding))
 
 
+@jax.custom_vjp
+def _pointwise_materialized(x: Array, kernel: Array) -> Array:
+  return jnp.einsum('...c,cd->...d', x, kernel)
+
+
+def _pointwise_materialized_fwd(x, kernel):
+  return _pointwise_materialized(x, kernel), (x, kernel)
+
+
+def _pointwise_materialized_bwd(residuals, g):
+  """The autodiff gradients, with the input and the cotangent materialised (an optimisation barrier) first:
+  otherwise XLA:CPU fuses the cotangent's producer (a BatchNorm backward) into a transposing copy for the
+  weight gradient, several times slower than the matmul itself (experiments/vs_upstream_cpu.md)."""
+  x, kernel = residuals
+  c, f = kernel.shape
+  x2, g2 = jax.lax.optimization_barrier((x.reshape(-1, c), g.reshape(-1, f)))
+  return (g2 @ kernel.T).reshape(x.shape), jnp.einsum('mc,mf->cf', x2, g2)
+
+
+_pointwise_materialized.defvjp(_pointwise_materialized_fwd, _pointwise_materialized_bwd)
+
+
+def pointwise_conv(x: Array, kernel: Array) -> Array:
+  """`[..., C] x [C, F] -> [..., F]`; on CPU with the gradients of `_pointwise_materialized_bwd` (the same
+  numbers), elsewhere plain autodiff."""
+  if jax.default_backend() == 'cpu':
+    return _pointwise_materialized(x, kernel)
+  return jnp.einsum('...c,cd->...d', x, kernel)
+
+
 class PointwiseConv(nn.Module):
-  """1x1 convolution (stride 1, no bias) over `[..., C]` written as a matmul over channels.
+  """1x1 convolution (stride 1, no bias) over `[..., C]` written as a matmul over channels (`pointwise_conv`).
 
   The kernel is stored `[1, 1, C, features]` (HWIO, as `nn.Conv` stores it). XLA:CPU computes the
   weight gradient of a 1x1 `conv_general_dilated` an order of magnitude slower than that of the
@@ -147,7 +221,7 @@ class PointwiseConv(nn.Module):
   def __call__(self, x: Array) -> Array:
     kernel = self.param('kernel', self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype)
     dtype = self.dtype or x.dtype
-    return jnp.einsum('...c,cd->...d', x.astype(dtype), kernel[0, 0].astype(dtype))
+    return pointwise_conv(x.astype(dtype), kernel[0, 0].astype(dtype))
 
 
 class DepthwiseConv(nn.Module):
@@ -197,3 +271,77 @@ class ConvBN(nn.Module):
                   use_bias=False, kernel_init=self.kernel_init, dtype=self.dtype, name='conv')(x)
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=self.epsilon, dtype=self.dtype,
                         name='bn')(x, mask=mask)
+
+
+# ----------------------------------------------------------------------------- max pooling
+def max_pool_tiled(x: Array, window: Sequence[int], padding: int | Sequence[int] = 0) -> Array:
+  """Max pooling with stride = window (tiles that do not overlap) over the spatial axes of `[N, *S, C]`, padded
+  with -inf by `padding` on both sides of each axis, floor mode (a last partial tile is dropped), like
+  `nn.max_pool(x, window, strides=window, padding=...)` and PyTorch's `MaxPool1d/2d(k)`.
+
+  Written as a reshape and a running max over each tile's entries that keeps the position of the first
+  maximum (row-major), to which the gradient goes, as XLA's select-and-scatter does, but without it: on CPU `nn.max_pool`'s gradient becomes
+  an argmax carrying one int32 index array per axis of the input's size and a scatter, several times the cost
+  of the pooling itself (experiments/vs_upstream_cpu.md). The same function on every backend.
+  """
+  window = tuple(int(k) for k in window)
+  pads = np.broadcast_to(padding, len(window))
+  x = jnp.pad(x, ((0, 0), *[(int(p), int(p)) for p in pads], (0, 0)), constant_values=-jnp.inf)
+  out = [n // k for n, k in zip(x.shape[1:-1], window)]
+  x = x[(slice(None), *[slice(0, o * k) for o, k in zip(out, window)])]
+  return _max_over_tiles(x, window)
+
+
+def _tiled(x: Array, window: tuple[int, ...]) -> Array:
+  """`[N, o1 * k1, ..., C]` -> `[N, o1, k1, o2, k2, ..., C]`."""
+  shape = [x.shape[0]]
+  for n, k in zip(x.shape[1:-1], window):
+    shape += [n // k, k]
+  return x.reshape(*shape, x.shape[-1])
+
+
+def _tile_entry(tiles: Array, offset: tuple[int, ...]) -> Array:
+  """The entry at `offset` of every tile, `[N, o1, o2, ..., C]`."""
+  return tiles[(slice(None), *[i for o in offset for i in (slice(None), o)])]
+
+
+def _max_and_argmax(x: Array, window: tuple[int, ...]) -> tuple[Array, Array]:
+  """Per tile its maximum and the row-major position of its first maximum (int32), in one pass over the
+  entries, so that the position always names the entry whose value was taken."""
+  tiles = _tiled(x, window)
+  best, position = None, None
+  for p, offset in enumerate(np.ndindex(*window)):
+    entry = _tile_entry(tiles, offset)
+    if best is None:
+      best, position = entry, jnp.zeros(entry.shape, jnp.int32)
+    else:
+      better = entry > best
+      best, position = jnp.where(better, entry, best), jnp.where(better, p, position)
+  return best, position
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_over_tiles(x: Array, window: tuple[int, ...]) -> Array:
+  return _max_and_argmax(x, window)[0]
+
+
+def _max_over_tiles_fwd(x, window):
+  out, position = _max_and_argmax(x, window)
+  return out, position
+
+
+def _max_over_tiles_bwd(window, residuals, g):
+  position = residuals
+  shape = (position.shape[0], *[o * k for o, k in zip(position.shape[1:-1], window)], position.shape[-1])
+  grads = {offset: jnp.where(position == p, g, jnp.zeros((), g.dtype))
+           for p, offset in enumerate(np.ndindex(*window))}
+
+  def assemble(prefix: tuple[int, ...]) -> Array:  # stacks the tile entries back into their axes
+    if len(prefix) == len(window):
+      return grads[prefix]
+    return jnp.stack([assemble(prefix + (i,)) for i in range(window[len(prefix)])], axis=len(prefix) + 2)
+
+  return (assemble(()).reshape(shape),)
+
+
+_max_over_tiles.defvjp(_max_over_tiles_fwd, _max_over_tiles_bwd)

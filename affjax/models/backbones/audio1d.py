@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from affjax.models.layers import max_pool_tiled
 from affjax.models.torch_convert import StateDictReader
 
 Array = jax.Array
@@ -57,7 +58,7 @@ class AudioCNN1D(nn.Module):
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                        name=f'bn{i}')(x, mask=bn_mask)
       x = nn.elu(x)
-      x = nn.max_pool(x, (blk.pool,), strides=(blk.pool,), padding=((blk.pool_padding, blk.pool_padding),))
+      x = max_pool_tiled(x, (blk.pool,), blk.pool_padding)
       self.sow('intermediates', f'block{i}', x)
     return jnp.mean(x, axis=1)
 

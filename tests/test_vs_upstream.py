@@ -1,0 +1,40 @@
+"""tools/vs_upstream.py: the affjax side's config and batch (the upstream side needs the upstream checkouts)."""
+import sys
+
+import numpy as np
+
+sys.path.insert(0, 'tools')
+import vs_upstream  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_load_config_sizes_and_precision():
+  case = vs_upstream.CASES['cross_attn']
+  config = vs_upstream.load_config(case, {'dtype': 'bfloat16', 'attention_impl': 'cudnn'})
+  assert (config.train.batch_size, config.data.window) == (case.batch, case.frames)
+  assert config.train.dtype == 'bfloat16' and config.model.attention_impl == 'cudnn'
+  lstm = vs_upstream.load_config(vs_upstream.CASES['lstm'], {'attention_impl': 'cudnn'})  # no attention: unchanged
+  assert 'attention_impl' not in lstm.model and lstm.train.dtype == 'float32'
+  assert vs_upstream.load_config(vs_upstream.CASES['cross_attn_frozen']).model.frozen == ('audio', 'visual')
+
+
+def test_affjax_batch_windows_are_centred_on_their_frames():
+  case = vs_upstream.CASES['cross_attn']
+  config = vs_upstream.load_config(case)
+  batch = vs_upstream._affjax_batch(config, 2, case.frames)  # pylint: disable=protected-access
+  assert batch['faces'].shape == (2, case.frames, 112, 112, 3) and batch['faces'].dtype == np.uint8
+  offsets = batch['audio_offsets'][0]
+  # frame t's window starts W/2 before its centre floor((t + 1/2) sr / fps) in a waveform zero-padded by W/2
+  np.testing.assert_array_equal(offsets, np.floor((np.arange(case.frames) + 0.5) * 16000 / 30).astype(np.int32))
+  assert offsets[-1] + vs_upstream.AUDIO_WINDOW <= batch['audio'].shape[1]  # every window inside the segment
+  assert batch['labels'].shape == (2, case.frames, 2) and batch['label_mask'].all() and batch['face_mask'].all()
+
+
+def test_peak_rss_is_reset_per_step():
+  vs_upstream._peak_rss_reset()  # pylint: disable=protected-access
+  before = vs_upstream._peak_rss_mib()  # pylint: disable=protected-access
+  block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+  after = vs_upstream._peak_rss_mib()  # pylint: disable=protected-access
+  assert after - before > 50, (before, after)
+  del block
+  vs_upstream._peak_rss_reset()  # pylint: disable=protected-access
+  assert vs_upstream._peak_rss_mib() < after - 50  # pylint: disable=protected-access
