@@ -9,6 +9,7 @@ from PIL import Image
 
 # The astronaut's face in the 512x512 photograph (x0, y0, x1, y1): her brows to her mouth, as a frontal-face box.
 PHOTO_FACE_BOX = np.array([177.0, 66.0, 272.0, 161.0])
+PHOTO_EYES = np.array([[201.5, 100.5], [247.0, 104.0]])  # her eye centres (left, right in the image)
 HEAD = (100, 0, 360, 300)  # the part of the photograph pasted into the videos (x0, y0, x1, y1)
 
 
