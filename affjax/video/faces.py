@@ -42,16 +42,26 @@ class HaarDetector:
       raise RuntimeError(f'cannot load the OpenCV cascades under {cv2.data.haarcascades}: reinstall '
                          'opencv-python-headless (<5: OpenCV 5 wheels no longer ship them)')
 
-  def boxes(self, gray: np.ndarray) -> np.ndarray:
-    """`[K, 4]` face boxes (x0, y0, x1, y1) of a `[H, W]` uint8 frame."""
+  def boxes(self, gray: np.ndarray, near: np.ndarray | None = None) -> np.ndarray:
+    """`[K, 4]` face boxes (x0, y0, x1, y1) of a `[H, W]` uint8 frame; with `near` (a box [4]) only faces of
+    0.7-1.4 times its size within one box side of it (the fast search that follows a face)."""
     scale = min(1.0, self.detect_height / gray.shape[0])
+    offset, min_side, max_side = np.zeros(2), 24, 0
+    if near is not None:
+      side = max(near[2] - near[0], near[3] - near[1])
+      lo = np.maximum(np.floor(near[:2] - side), 0).astype(int)
+      hi = np.minimum(np.ceil(near[2:] + side), gray.shape[::-1]).astype(int)
+      gray, offset = gray[lo[1]:hi[1], lo[0]:hi[0]], lo
+      min_side, max_side = max(24, int(0.7 * side * scale)), int(1.4 * side * scale) + 1
     small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
+    if min(small.shape) < min_side:
+      return np.zeros((0, 4))
     found = self._faces.detectMultiScale(cv2.equalizeHist(small), scaleFactor=1.1, minNeighbors=self.min_neighbors,
-                                         minSize=(24, 24))
+                                         minSize=(min_side, min_side), maxSize=(max_side, max_side))
     if len(found) == 0:
       return np.zeros((0, 4))
     found = np.asarray(found, np.float64) / scale
-    return np.concatenate([found[:, :2], found[:, :2] + found[:, 2:]], axis=1)
+    return np.concatenate([found[:, :2], found[:, :2] + found[:, 2:]], axis=1) + np.tile(offset, 2)
 
   def roll(self, gray: np.ndarray, box: np.ndarray) -> float:
     """The eyes' roll angle in degrees inside `box`, 0 unless exactly the two largest eyes lie one per side."""
@@ -113,10 +123,12 @@ def aligned_crop(frame: np.ndarray, face: Face, size: int = CROP_SIZE) -> np.nda
 
 
 def find_faces(frames: np.ndarray, detector: HaarDetector, tracker: MainFaceTracker) -> list[Face | None]:
-  """The main face of each of `frames` [B, H, W, 3] (None where there is none), in order."""
+  """The main face of each of `frames` [B, H, W, 3] (None where there is none), in order: searched near the
+  tracked face, and over the whole frame when none is tracked or it was not found near."""
   out = []
   for frame in frames:
     gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    box = tracker(detector.boxes(gray))
+    found = detector.boxes(gray, near=tracker.last) if tracker.last is not None else np.zeros((0, 4))
+    box = tracker(found if len(found) else detector.boxes(gray))
     out.append(None if box is None else Face(box=box, angle=detector.roll(gray, box)))
   return out
