@@ -48,11 +48,11 @@ def video_paths(spec: str) -> list[pathlib.Path]:
 def predict_file(path: pathlib.Path, run, out: pathlib.Path, overlay: bool,
                  timings: collections.Counter) -> int:
   """Writes the outputs of one video; returns its number of frames."""
-  from affjax.video import extract, frame_view, report  # pylint: disable=g-import-not-at-top
+  from affjax.video import extract, report, views  # pylint: disable=g-import-not-at-top
 
-  video, boxes = extract.extract(path, run.config.data.image_size, needs_audio=run.needs_audio, timings=timings)
+  video, boxes = extract.extract(path, needs_audio=run.needs_audio, timings=timings)
   clock = time.perf_counter()
-  prediction = frame_view.predict(video, run)
+  prediction = views.predict(video, run)
   timings['model'] += time.perf_counter() - clock
   out.mkdir(parents=True, exist_ok=True)
   report.write_csv(out / f'{path.stem}.csv', video.times, prediction, video.face_mask)
@@ -65,16 +65,13 @@ def predict_file(path: pathlib.Path, run, out: pathlib.Path, overlay: bool,
 def main(argv):
   del argv
   from affjax.train import loop  # pylint: disable=g-import-not-at-top
-  from affjax.video import decode, run as run_lib  # pylint: disable=g-import-not-at-top
+  from affjax.video import decode, run as run_lib, views  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
-  view = config.data.get('view', 'frames')
-  if view != 'frames' or config.data.get('features_dir'):
-    sys.exit(f'affjax.predict: config.data.view={view!r} (features_dir={config.data.get("features_dir", "")!r}) '
-             "is not supported yet; use a run of the frame view ('frames', no feature cache)")
   try:
+    views.check_supported(config)
     paths = video_paths(_VIDEO.value)
-  except FileNotFoundError as e:
+  except (ValueError, FileNotFoundError) as e:
     sys.exit(f'affjax.predict: {e}')
   loop.start_process(config)
   run = run_lib.load_run(config, _WORKDIR.value)

@@ -1,6 +1,7 @@
 """affjax.predict on videos made from a real photograph (tests/video_fixtures.py): faces found where they were
 placed, the crop convention, one CSV row per frame, and the one-line errors of bad inputs."""
 import collections
+import io
 import math
 import pathlib
 import subprocess
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from affjax.video import decode, extract, faces, frame_view
-from affjax.data import pipeline
+from affjax.data import affwild2
+from affjax.video import decode, extract, faces, views
 import video_fixtures
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ def moving_face(tmp_path_factory):
 def test_face_found_where_it_was_placed(moving_face):
   path, placed = moving_face
   timings = collections.Counter()
-  video, boxes = extract.extract(path, 64, needs_audio=True, timings=timings)
+  video, boxes = extract.extract(path, needs_audio=True, timings=timings)
   has_face = ~np.isnan(placed[:, 0])
   assert video.num_frames == len(placed) == len(boxes)
   assert video.face_mask[has_face].mean() >= 0.9
@@ -37,7 +38,8 @@ def test_face_found_where_it_was_placed(moving_face):
   found = has_face & video.face_mask
   assert np.abs(boxes[found] - placed[found]).max() <= 6.0  # pixels, in a 320x240 frame
   np.testing.assert_allclose(video.times, np.arange(40) / 25, atol=1e-6)
-  assert video.faces.shape == (40, 64, 64, 3) and not video.faces[~video.face_mask].any()
+  assert len(video.faces) == 40 and not any(video.faces[k] for k in np.flatnonzero(~video.face_mask))
+  assert Image.open(io.BytesIO(video.faces[0])).size == (112, 112)
   # 44.1 kHz stereo resampled to 16 kHz mono: the 1.6 s tone, sample 0 at the first frame
   assert abs(len(video.audio) - 1.6 * 16000) < 0.05 * 16000
   spectrum = np.abs(np.fft.rfft(video.audio[4000:20000]))
@@ -80,12 +82,20 @@ def test_main_face_is_the_largest_then_followed():
   np.testing.assert_array_equal(tracker(np.stack([small, bigger])), bigger)  # lost: the largest again
 
 
-def test_audio_centres_follow_timestamps():
-  times = np.arange(50) / 29.97
-  np.testing.assert_array_equal(frame_view.frame_centre_samples(times),
-                                pipeline.frame_centre_sample(np.arange(50), 29.97))
-  vfr = np.array([0.0, 0.04, 0.12, 0.14])
-  np.testing.assert_array_equal(frame_view.frame_centre_samples(vfr), [320, 1280, 2080, 2400])
+def test_audio_warped_onto_the_frame_timeline():
+  sr = affwild2.SAMPLE_RATE
+  audio = np.random.default_rng(0).normal(size=sr).astype(np.float32)
+  constant = views.DecodedVideo('v', [b''] * 20, np.zeros(20, bool), np.arange(20) / 25, audio)
+  np.testing.assert_allclose(views.audio_on_frame_timeline(constant), audio[:affwild2.frame_boundary_sample(20, 25.0)],
+                             atol=1e-5)
+  # frames at 0, 0.1, 0.15, 0.3 s (mean rate 10 fps): virtual frame k spans [k, k + 1) / 10 s
+  ramp = np.arange(sr, dtype=np.float32) / sr  # the audio holds its own time
+  vfr = views.DecodedVideo('v', [b''] * 4, np.zeros(4, bool), np.array([0.0, 0.1, 0.15, 0.3]), ramp)
+  warped = views.audio_on_frame_timeline(vfr)
+  starts = [affwild2.frame_boundary_sample(k, vfr.fps) for k in range(4)]
+  np.testing.assert_allclose(warped[starts], vfr.times, atol=1e-4)  # each frame's audio starts at its timestamp
+  mid = affwild2.frame_boundary_sample(1.5, vfr.fps)  # halfway through frame 1 (0.1 .. 0.15 s)
+  np.testing.assert_allclose(warped[mid], 0.125, atol=1e-4)
 
 
 def _write(path, video: bool):
@@ -111,7 +121,7 @@ def _write(path, video: bool):
 def test_bad_inputs_raise_one_line_naming_the_file(tmp_path, make, message):
   path = make(tmp_path)
   with pytest.raises(decode.VideoInputError, match=message) as e:
-    extract.extract(path, 64, needs_audio=False)
+    extract.extract(path, needs_audio=False)
   assert str(e.value).startswith(f'{path}: ') and '\n' not in str(e.value)
 
 
@@ -123,9 +133,9 @@ def test_video_without_audio_stops_an_audio_model(tmp_path):
     for _ in range(3):
       out.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format='rgb24')))
     out.mux(stream.encode(None))
-  assert extract.extract(path, 32, needs_audio=False)[0].num_frames == 3
+  assert extract.extract(path, needs_audio=False)[0].num_frames == 3
   with pytest.raises(decode.VideoInputError, match='no audio stream'):
-    extract.extract(path, 32, needs_audio=True)
+    extract.extract(path, needs_audio=True)
 
 
 def test_folder_without_videos(tmp_path):

@@ -1,4 +1,4 @@
-"""A video file -> `frame_view.DecodedVideo`: decoded in batches, the main face of every frame found, tracked
+"""A video file -> `views.DecodedVideo`: decoded in batches, the main face of every frame found, tracked
 and cropped by the training crop convention, the audio resampled; with each stage's time."""
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import collections
 import pathlib
 import time
 
+import cv2
 import numpy as np
-from PIL import Image
 
 from affjax.data import affwild2
 from affjax.video import decode, faces as faces_lib
-from affjax.video.frame_view import DecodedVideo
+from affjax.video.views import DecodedVideo
 
 
-def extract(path, image_size: int, *, needs_audio: bool, batch_size: int = 64,
+def extract(path, *, needs_audio: bool, batch_size: int = 64,
             timings: collections.Counter | None = None) -> tuple[DecodedVideo, np.ndarray]:
   """(The decoded video, `[N, 4]` main-face boxes x0, y0, x1, y1 in frame pixels, NaN where no face).
 
@@ -32,7 +32,7 @@ def extract(path, image_size: int, *, needs_audio: bool, batch_size: int = 64,
     timings['detect'] += time.perf_counter() - clock
     clock = time.perf_counter()
     for frame, face in zip(frames, found):
-      crops.append(None if face is None else face_crop(frame, face, image_size))
+      crops.append(b'' if face is None else jpeg(faces_lib.aligned_crop(frame, face)))
       boxes.append(np.full(4, np.nan) if face is None else face.box)
     times.append(frame_times)
     timings['align'] += time.perf_counter() - clock
@@ -41,24 +41,21 @@ def extract(path, image_size: int, *, needs_audio: bool, batch_size: int = 64,
   if not times:
     raise decode.VideoInputError(f'{path}: the video stream holds no decodable frame (zero-length video)')
   times = np.concatenate(times)
-  face_mask = np.array([c is not None for c in crops])
-  blank = np.zeros((image_size, image_size, 3), np.uint8)
-  stacked = np.stack([blank if c is None else c for c in crops])
+  face_mask = np.array([bool(c) for c in crops])
   clock = time.perf_counter()
   audio = np.zeros(0, np.float32)
   if needs_audio:
     audio = audio_from_time_zero(*decode.read_audio(path, affwild2.SAMPLE_RATE))
   timings['audio'] += time.perf_counter() - clock
-  return DecodedVideo(name=path.stem, faces=stacked, face_mask=face_mask, times=times, audio=audio), np.stack(boxes)
+  return DecodedVideo(name=path.stem, faces=crops, face_mask=face_mask, times=times, audio=audio), np.stack(boxes)
 
 
-def face_crop(frame: np.ndarray, face: faces_lib.Face, image_size: int) -> np.ndarray:
-  """The 112x112 aligned crop, brought to the model's `image_size` as the training pipeline brings the released
-  crops (`pipeline.decode_face`: PIL bilinear resize)."""
-  crop = faces_lib.aligned_crop(frame, face)
-  if image_size != faces_lib.CROP_SIZE:
-    crop = np.asarray(Image.fromarray(crop).resize((image_size, image_size), Image.BILINEAR))
-  return crop
+def jpeg(crop: np.ndarray, quality: int = 95) -> bytes:
+  """A crop as JPEG bytes, as the released `cropped_aligned` crops are stored and the views decode them."""
+  ok, data = cv2.imencode('.jpg', cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+  if not ok:
+    raise RuntimeError('OpenCV could not encode a face crop as JPEG')
+  return data.tobytes()
 
 
 def audio_from_time_zero(audio: np.ndarray, start_s: float) -> np.ndarray:

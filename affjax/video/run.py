@@ -16,17 +16,12 @@ class LoadedRun:
   config: object
   mesh: jax.sharding.Mesh
   state: state_lib.TrainState
-  eval_step: object  # (state, global batch) -> [B, T, 2]
+  eval_step: object  # (state, global batch) -> [B, T, 2] (`step.make_eval_step`)
   step: int
 
   @property
   def needs_audio(self) -> bool:
     return 'audio' in self.config.model.get('modalities', ('audio', 'visual'))
-
-  def predict(self, batch: dict) -> jax.Array:
-    """[B, T, 2] predictions of a host batch whose B divides over the mesh."""
-    with jax.set_mesh(self.mesh):
-      return parallel.to_host(self.eval_step(self.state, parallel.to_global(batch, self.mesh)))
 
 
 def load_run(config, workdir) -> LoadedRun:
