@@ -191,3 +191,34 @@ def test_cli_on_a_folder_with_one_bad_video(moving_face, tmp_path):
   with av.open(str(tmp_path / 'out' / 'astronaut.mp4')) as overlay:
     assert sum(1 for _ in overlay.decode(video=0)) == 40
   assert not (tmp_path / 'out' / 'broken.csv').exists()
+
+
+@pytest.mark.parametrize('system', ['cross_attn', 'rjca', 'sparse_e2e'])
+def test_a_video_is_predicted_as_evaluation_predicts_its_records(system, tiny_tree, tiny_records):
+  """The same video (a synthetic tree's, with missing crops) through `views.predict` (in-memory records of its
+  crops, audio and frame times) and through `evaluate.predict_split` on the records built from the tree."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import importlib  # pylint: disable=g-import-not-at-top
+  from affjax import evaluate, models, parallel  # pylint: disable=g-import-not-at-top
+  from affjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from affjax.train import optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
+  from affjax.video import run as run_lib  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f'configs.{system}').get_config('smoke')
+  model, mesh = models.build_model(config.model), parallel.make_mesh()
+  state = state_lib.initial_state(model, optim.make_optimizer(config), config, mesh, seed=2)
+  run = run_lib.LoadedRun(config=config, mesh=mesh, state=state, eval_step=step_lib.make_eval_step(model), step=0)
+  records = pipeline.open_records(tiny_records, 'validation')
+  index = records.videos[0]
+  entry = next(e for e in affwild2.list_videos(tiny_tree) if e.name == index.name)
+  video = affwild2.load_video(entry)
+  assert not video.face_mask.all()  # faceless frames are part of the comparison
+  decoded = views.DecodedVideo(index.name, [affwild2.read_jpeg(entry, k) if f else b''
+                                            for k, f in enumerate(video.face_mask)],
+                               video.face_mask, np.arange(video.num_frames) / video.fps, video.audio)
+  import jax  # pylint: disable=g-import-not-at-top
+  with jax.set_mesh(mesh):
+    expected = evaluate.predict_split(state, run.eval_step, dataclasses.replace(records, videos=(index,)), config,
+                                      mesh)[0].prediction
+  got = views.predict(decoded, run)
+  assert got.shape == (video.num_frames, 2)
+  np.testing.assert_allclose(got, expected, atol=2e-4)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 
 from affjax import evaluate
@@ -95,4 +96,5 @@ def predict(video: DecodedVideo, run) -> np.ndarray:
   config = run.config.copy_and_resolve_references()
   with config.unlocked():
     config.data.num_workers = 0  # one video in memory: read in this process
-  return evaluate.predict_split(run.state, run.eval_step, VideoRecords(video), config, run.mesh)[0].prediction
+  with jax.set_mesh(run.mesh):
+    return evaluate.predict_split(run.state, run.eval_step, VideoRecords(video), config, run.mesh)[0].prediction
