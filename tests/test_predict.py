@@ -1,6 +1,7 @@
 """affjax.predict on videos made from a real photograph (tests/video_fixtures.py): faces found where they were
 placed, the crop convention, one CSV row per frame, and the one-line errors of bad inputs."""
 import collections
+import fractions
 import io
 import math
 import pathlib
@@ -222,3 +223,25 @@ def test_a_video_is_predicted_as_evaluation_predicts_its_records(system, tiny_tr
   got = views.predict(decoded, run)
   assert got.shape == (video.num_frames, 2)
   np.testing.assert_allclose(got, expected, atol=2e-4)
+
+
+def test_variable_frame_rate_times_come_from_the_timestamps(tmp_path):
+  path = tmp_path / 'vfr.mkv'
+  pts_ms = [0, 40, 120, 140, 300]
+  with av.open(str(path), 'w') as out:
+    stream = out.add_stream('mpeg4', rate=25)
+    stream.width, stream.height, stream.pix_fmt = 64, 64, 'yuv420p'
+    stream.codec_context.time_base = fractions.Fraction(1, 1000)
+    for pts in pts_ms:
+      frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), pts % 255, np.uint8), format='rgb24')
+      frame.pts, frame.time_base = pts, fractions.Fraction(1, 1000)
+      out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))
+  times = np.concatenate([t for _, t in decode.frame_batches(path, 2)])
+  np.testing.assert_allclose(times, np.array(pts_ms) / 1000, atol=1e-3)
+
+
+def test_runs_reading_feature_caches_are_refused():
+  from configs import lfan  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match='feature cache'):
+    views.check_supported(lfan.get_config('smoke'))
