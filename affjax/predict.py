@@ -50,7 +50,7 @@ def predict_file(path: pathlib.Path, run, out: pathlib.Path, overlay: bool,
   """Writes the outputs of one video; returns its number of frames."""
   from affjax.video import extract, report, views  # pylint: disable=g-import-not-at-top
 
-  video, boxes = extract.extract(path, needs_audio=run.needs_audio, timings=timings)
+  video, boxes = extract.extract(path, needs_audio=run.needs_audio, timings=timings, progress=True)
   clock = time.perf_counter()
   prediction = views.predict(video, run)
   timings['model'] += time.perf_counter() - clock

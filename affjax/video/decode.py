@@ -23,6 +23,7 @@ class VideoInfo:
   width: int
   height: int
   fps: float  # the stream's average rate (frame times come from the timestamps)
+  num_frames: int  # as the container states it; 0 if it does not
   has_audio: bool
 
 
@@ -38,7 +39,7 @@ def probe(path) -> VideoInfo:
       if first is None:
         raise VideoInputError(f'{path}: the video stream holds no decodable frame (zero-length video)')
       rate = stream.average_rate or stream.guessed_rate or stream.base_rate or 25
-      return VideoInfo(path=path, width=first.width, height=first.height, fps=float(rate),
+      return VideoInfo(path=path, width=first.width, height=first.height, fps=float(rate), num_frames=stream.frames,
                        has_audio=bool(container.streams.audio))
   except av.FFmpegError as e:
     raise VideoInputError(f'{path}: not a readable video ({e.strerror or e})') from e

@@ -8,20 +8,22 @@ import time
 
 import cv2
 import numpy as np
+import tqdm
 
 from affjax.data import affwild2
 from affjax.video import decode, faces as faces_lib
 from affjax.video.views import DecodedVideo
 
 
-def extract(path, *, needs_audio: bool, batch_size: int = 64,
-            timings: collections.Counter | None = None) -> tuple[DecodedVideo, np.ndarray]:
+def extract(path, *, needs_audio: bool, batch_size: int = 64, timings: collections.Counter | None = None,
+            progress: bool = False) -> tuple[DecodedVideo, np.ndarray]:
   """(The decoded video, `[N, 4]` main-face boxes x0, y0, x1, y1 in frame pixels, NaN where no face).
 
-  `timings` (seconds) gains 'decode', 'detect', 'align' and 'audio'."""
+  `timings` (seconds) gains 'decode', 'detect', 'align' and 'audio'; `progress`: a progress bar of the frames."""
   path = pathlib.Path(path)
   timings = collections.Counter() if timings is None else timings
-  decode.probe(path)
+  info = decode.probe(path)
+  bar = tqdm.tqdm(total=info.num_frames or None, desc=path.name, unit='frame', disable=not progress, leave=False)
   detector, tracker = faces_lib.HaarDetector(), faces_lib.MainFaceTracker()
   crops, boxes, times = [], [], []
   clock = time.perf_counter()
@@ -35,9 +37,11 @@ def extract(path, *, needs_audio: bool, batch_size: int = 64,
       crops.append(b'' if face is None else jpeg(faces_lib.aligned_crop(frame, face)))
       boxes.append(np.full(4, np.nan) if face is None else face.box)
     times.append(frame_times)
+    bar.update(len(frames))
     timings['align'] += time.perf_counter() - clock
     clock = time.perf_counter()
   timings['decode'] += time.perf_counter() - clock
+  bar.close()
   if not times:
     raise decode.VideoInputError(f'{path}: the video stream holds no decodable frame (zero-length video)')
   times = np.concatenate(times)
