@@ -74,7 +74,10 @@ def main(argv):
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f'affjax.predict: {e}')
   loop.start_process(config)
-  run = run_lib.load_run(config, _WORKDIR.value)
+  try:
+    run = run_lib.load_run(config, _WORKDIR.value)
+  except FileNotFoundError as e:
+    sys.exit(f'affjax.predict: {e}')
   out, failed = pathlib.Path(_OUT.value), 0
   for path in paths:
     timings, clock = collections.Counter(), time.perf_counter()

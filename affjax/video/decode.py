@@ -48,13 +48,14 @@ def probe(path) -> VideoInfo:
 def frame_batches(path, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Yields (`[B, H, W, 3]` uint8 RGB frames, `[B]` float64 times in seconds) in decode order."""
   path = pathlib.Path(path)
-  frames, times, t0 = [], [], None
+  frames, times, t0, count = [], [], None, 0
   try:
     with av.open(str(path)) as container:
       stream = container.streams.video[0]
       stream.thread_type = 'AUTO'
       for frame in container.decode(stream):
-        t = frame.time if frame.time is not None else len(times) / float(stream.average_rate or 25)
+        t = frame.time if frame.time is not None else count / float(stream.average_rate or 25)
+        count += 1
         t0 = t if t0 is None else t0
         frames.append(frame.to_ndarray(format='rgb24'))
         times.append(t - t0)
@@ -62,7 +63,7 @@ def frame_batches(path, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarra
           yield np.stack(frames), np.array(times)
           frames, times = [], []
   except av.FFmpegError as e:
-    raise VideoInputError(f'{path}: decoding failed after {len(times)} frames of the last batch ({e})') from e
+    raise VideoInputError(f'{path}: decoding failed after {count} frames ({e})') from e
   if frames:
     yield np.stack(frames), np.array(times)
 
