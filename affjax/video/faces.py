@@ -19,6 +19,7 @@ import numpy as np
 
 CROP_SIZE = 112  # Aff-Wild2 cropped_aligned
 CROP_SCALE = 1.4  # crop side / detector box side (the Haar box spans brows to mouth; the crops show the head)
+NEAR_FACE_SIDE = 64  # pixels a followed face is searched at (the cascade's window: 24)
 _FACE_CASCADE = 'haarcascade_frontalface_default.xml'
 _EYE_CASCADE = 'haarcascade_eye.xml'
 
@@ -30,8 +31,9 @@ class Face:
 
 
 class HaarDetector:
-  """All frontal faces of a frame, searched on a copy scaled to `detect_height` pixels (faces smaller than
-  about `detect_height / 15` pixels there are missed)."""
+  """All frontal faces of a frame, searched on a copy scaled to `detect_height` pixels high: faces under about
+  an eighth of the frame's height may be missed (a 60-pixel face in a 1280x720 frame was; raise
+  `detect_height` for such videos, at a slower whole-frame search)."""
 
   def __init__(self, detect_height: int = 360, min_neighbors: int = 5):
     self.detect_height = detect_height
@@ -52,6 +54,7 @@ class HaarDetector:
       lo = np.maximum(np.floor(near[:2] - side), 0).astype(int)
       hi = np.minimum(np.ceil(near[2:] + side), gray.shape[::-1]).astype(int)
       gray, offset = gray[lo[1]:hi[1], lo[0]:hi[0]], lo
+      scale = min(scale, NEAR_FACE_SIDE / side)  # a large face needs no more pixels than a small one
       min_side, max_side = max(24, int(0.7 * side * scale)), int(1.4 * side * scale) + 1
     small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
     if min(small.shape) < min_side:
