@@ -4,6 +4,7 @@ import collections
 import fractions
 import io
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -150,13 +151,11 @@ def test_folder_without_videos(tmp_path):
 
 
 def _env():
-  import os  # pylint: disable=g-import-not-at-top
   return dict(os.environ, PYTHONPATH=f'{ROOT}:{os.environ.get("PYTHONPATH", "")}')
 
 
 def _random_run(workdir):
   """A run directory holding a randomly initialised smoke state, saved as training saves it."""
-  import jax  # pylint: disable=g-import-not-at-top
   from affjax import checkpoint, models, parallel  # pylint: disable=g-import-not-at-top
   from affjax.train import optim, state as state_lib  # pylint: disable=g-import-not-at-top
   from configs import cross_attn  # pylint: disable=g-import-not-at-top
@@ -166,7 +165,6 @@ def _random_run(workdir):
   saver = checkpoint.Checkpointer(workdir)
   saver.save(1, state, None)
   saver.close()
-  del jax
 
 
 def test_cli_on_a_folder_with_one_bad_video(moving_face, tmp_path):

@@ -1,7 +1,6 @@
 """What `affjax.predict` writes per video: the CSV, the plot, and the overlay video."""
 from __future__ import annotations
 
-import pathlib
 
 import av
 import numpy as np
@@ -40,7 +39,7 @@ def plot(path, times: np.ndarray, prediction: np.ndarray, face_mask: np.ndarray,
   for d, colour in ((0, (31, 119, 180)), (1, (214, 39, 40))):
     draw.line(list(zip(x, y(prediction[:, d]))), fill=colour, width=2)
   draw.text((left, 4), f'{title}   valence (blue), arousal (red); grey: no face', fill=(0, 0, 0))
-  draw.text((left, bottom + 6), f'0 s', fill=(0, 0, 0))
+  draw.text((left, bottom + 6), '0 s', fill=(0, 0, 0))
   draw.text((right - 60, bottom + 6), f'{span:.1f} s', fill=(0, 0, 0))
   image.save(path)
 
