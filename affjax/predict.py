@@ -24,6 +24,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'The trained run: its best check
 _VIDEO = flags.DEFINE_string('video', None, 'A video file, a folder of videos or a glob.')
 _OUT = flags.DEFINE_string('out', None, 'Folder for <stem>.csv, <stem>.png (and <stem>.mp4).')
 _OVERLAY = flags.DEFINE_bool('overlay', False, 'Also write <stem>.mp4 with the face box and the values drawn.')
+_DETECT_HEIGHT = flags.DEFINE_integer('detect_height', 360, 'Faces are searched in frames scaled to this height; '
+                                      'raise it for faces under about an eighth of the frame height (slower).')
 flags.mark_flags_as_required(['config', 'workdir', 'video', 'out'])
 
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg', '.wmv', '.flv', '.3gp')
@@ -50,7 +52,8 @@ def predict_file(path: pathlib.Path, run, out: pathlib.Path, overlay: bool,
   """Writes the outputs of one video; returns its number of frames."""
   from affjax.video import extract, report, views  # pylint: disable=g-import-not-at-top
 
-  video, boxes = extract.extract(path, needs_audio=run.needs_audio, timings=timings, progress=True)
+  video, boxes = extract.extract(path, needs_audio=run.needs_audio, timings=timings, progress=True,
+                                 detect_height=_DETECT_HEIGHT.value)
   clock = time.perf_counter()
   prediction = views.predict(video, run)
   timings['model'] += time.perf_counter() - clock

@@ -16,15 +16,16 @@ from affjax.video.views import DecodedVideo
 
 
 def extract(path, *, needs_audio: bool, batch_size: int = 64, timings: collections.Counter | None = None,
-            progress: bool = False) -> tuple[DecodedVideo, np.ndarray]:
+            progress: bool = False, detect_height: int = 360) -> tuple[DecodedVideo, np.ndarray]:
   """(The decoded video, `[N, 4]` main-face boxes x0, y0, x1, y1 in frame pixels, NaN where no face).
 
-  `timings` (seconds) gains 'decode', 'detect', 'align' and 'audio'; `progress`: a progress bar of the frames."""
+  `timings` (seconds) gains 'decode', 'detect', 'align' and 'audio'; `progress`: a progress bar of the frames;
+  `detect_height`: `faces.HaarDetector`'s."""
   path = pathlib.Path(path)
   timings = collections.Counter() if timings is None else timings
   info = decode.probe(path)
   bar = tqdm.tqdm(total=info.num_frames or None, desc=path.name, unit='frame', disable=not progress, leave=False)
-  detector, tracker = faces_lib.HaarDetector(), faces_lib.MainFaceTracker()
+  detector, tracker = faces_lib.HaarDetector(detect_height), faces_lib.MainFaceTracker()
   crops, boxes, times = [], [], []
   clock = time.perf_counter()
   for frames, frame_times in decode.frame_batches(path, batch_size):
