@@ -54,7 +54,7 @@ def stand_in_backbones(batch):
 def test_the_clip_cache_stores_at_each_frame_the_clip_that_ends_there(tiny_records, tmp_path):
   """Every clip window read from the cache (16-frame chunks: clips cross chunk boundaries) equals the window
   read from the frame records with the backbones applied to its clips."""
-  config = rjca.get_config('smoke')
+  config = rjca.get_config('smoke,frozen')
   features = feature_cache.window_features(stand_in_backbones, feature_extraction.chunk_loader(config), batch_chunks=3)
   features_dir = feature_cache.build(tiny_records, tmp_path, shapes={'visual': (8, 3), 'audio': (2,)},
                                      features=features, view='clips')
@@ -72,8 +72,8 @@ def test_the_clip_cache_stores_at_each_frame_the_clip_that_ends_there(tiny_recor
 
 
 def test_rjca_training_from_the_clip_cache_follows_the_inline_frozen_loss_curve(tiny_tree, tmp_path):
-  """The smoke run (so that its compiled steps are shared with test_rjca_pipeline's), without colour jitter."""
-  config = rjca.get_config('smoke')
+  """The frozen smoke run inline and from its clip cache, without colour jitter."""
+  config = rjca.get_config('smoke,frozen')
   config.data.update(manual_dir=str(tiny_tree), records_dir=str(tmp_path / 'records'))
   config.data.augment.update(brightness=0.0, contrast=0.0)  # the cache holds unaugmented clips
   inline = loop.train_and_evaluate(config, tmp_path / 'inline')

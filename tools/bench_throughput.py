@@ -1,7 +1,7 @@
 """Throughput of the train step and of the input pipeline (frames/s, or clips/s for the clip view), after warm-up.
 
   python tools/bench_throughput.py --config=configs/cross_attn.py [--steps=10] [--config.train.batch_size=8]
-  python tools/bench_throughput.py --config=configs/rjca.py --features_dir=DIR  # inline frozen vs DIR's cache
+  python tools/bench_throughput.py --config=configs/rjca.py:frozen --features_dir=DIR  # inline frozen vs DIR's cache
   python tools/bench_throughput.py --upstream_dir=/work/upstream [--cases=cross_attn,cross_attn_frozen]  # vs PyTorch
 
 The train step runs on fixed batches already on device (compute only), median of `--steps` after warm-up; the

@@ -23,7 +23,7 @@ from affjax import profiling
 from affjax.train import loop
 from configs import rjca
 
-_VARIANT = flags.DEFINE_string('variant', '', 'configs/rjca.py variant the runs start from.')
+_VARIANT = flags.DEFINE_string('variant', 'frozen', 'configs/rjca.py variant the runs start from.')
 _FEATURES_DIR = flags.DEFINE_string('features_dir', '', 'Feature cache to train from (empty: backbones inline).')
 _NUM_STEPS = flags.DEFINE_integer('num_steps', 600, 'Training steps per run.')
 _EVAL_EVERY = flags.DEFINE_integer('eval_every', 200, 'Validation every this many steps (best checkpoint kept).')

@@ -6,19 +6,16 @@ set -euo pipefail
 W=${1:-/tmp/affjax/rjca_k}
 export PYTHONPATH=$PWD JAX_COMPILATION_CACHE_DIR=$W/jax_cache  # seeds of one K share their compiled steps
 
-# 1. End to end (backbones trainable), 150 steps of batch 4 at lr 1e-3, validated at the end.
-python -m affjax.main --config=configs/rjca.py --workdir="$W/pretrain" --config.model.frozen="()" \
-  --config.optim.learning_rate=1e-3 --config.train.num_steps=150 --config.train.eval_every=150 \
-  --config.train.checkpoint_every=150
+# 1. The default run: end to end (backbones trainable), 150 steps of batch 4 at lr 1e-3, validated at the end.
+python -m affjax.main --config=configs/rjca.py --workdir="$W/pretrain"
 # 2. Its backbones as model.pretrained files.
-python tools/export_backbones.py --config=configs/rjca.py --config.model.frozen="()" --workdir="$W/pretrain" \
-  --out="$W/tsav"
+python tools/export_backbones.py --config=configs/rjca.py --workdir="$W/pretrain" --out="$W/tsav"
 PRETRAINED="--config.model.pretrained.visual=$W/tsav/visual.msgpack --config.model.pretrained.audio=$W/tsav/audio.msgpack"
 # 3. The feature cache of those frozen backbones (every frame: the clip ending there).
-python tools/cache_features.py --config=configs/rjca.py $PRETRAINED --out="$W/features"
+python tools/cache_features.py --config=configs/rjca.py:frozen $PRETRAINED --out="$W/features"
 FEATURES=$(ls -d "$W"/features/affwild2_features/*)
 # 4. Training throughput, inline frozen backbones vs the cache, in one process.
-python tools/bench_throughput.py --config=configs/rjca.py $PRETRAINED --features_dir="$FEATURES" --steps=10 \
+python tools/bench_throughput.py --config=configs/rjca.py:frozen $PRETRAINED --features_dir="$FEATURES" --steps=10 \
   | tee "$W/throughput.txt"
 # 5. K in {1, 2, 3} x seeds {0, 1, 2} from the cache.
 python tools/rjca_k_sweep.py --features_dir="$FEATURES" --batch_size=16 --num_steps=200 --eval_every=100 \

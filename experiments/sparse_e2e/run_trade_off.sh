@@ -7,7 +7,8 @@ out=${1:?output directory}; steps=${2:-200}
 run() {  # name, then config overrides
   local name=$1; shift
   python -m affjax.main --config=configs/sparse_e2e.py --workdir="$out/$name" --config.train.num_steps="$steps" \
-    --config.train.eval_every="$steps" --config.train.checkpoint_every="$steps" "$@" > "$out/$name.log" 2>&1
+    --config.train.eval_every="$steps" --config.train.checkpoint_every="$steps" \
+    --config.optim.learning_rate=5e-4 "$@" > "$out/$name.log" 2>&1  # the rate of the recorded table
   python - "$out/$name" "$name" <<'PY'
 import json, pathlib, statistics, sys
 run, name = pathlib.Path(sys.argv[1]), sys.argv[2]
