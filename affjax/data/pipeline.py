@@ -61,6 +61,8 @@ class ShardSource:
     return len(self.source)
 
   def __getitem__(self, i: int):
+    if not 0 <= i < len(self.source):
+      raise IndexError(f'record {i} of the {self.split} split: it holds {len(self.source)}')  # ends iteration too
     try:
       return self.source[i]
     except Exception as e:  # array_record raises RuntimeError for a damaged or missing file
