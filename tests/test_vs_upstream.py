@@ -29,12 +29,15 @@ def test_affjax_batch_windows_are_centred_on_their_frames():
   assert batch['labels'].shape == (2, case.frames, 2) and batch['label_mask'].all() and batch['face_mask'].all()
 
 
-def test_peak_rss_is_reset_per_step():
-  vs_upstream._peak_rss_reset()  # pylint: disable=protected-access
-  before = vs_upstream._peak_rss_mib()  # pylint: disable=protected-access
+def test_peak_rss_is_reset_per_step_or_said_to_be_the_lifetime_peak():
+  """Where the kernel resets the peak (VmHWM), a step's peak is its own; where it does not, the reset says so."""
   block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
-  after = vs_upstream._peak_rss_mib()  # pylint: disable=protected-access
-  assert after - before > 50, (before, after)
   del block
-  vs_upstream._peak_rss_reset()  # pylint: disable=protected-access
-  assert vs_upstream._peak_rss_mib() < after - 50  # pylint: disable=protected-access
+  peak = vs_upstream._peak_rss_mib()  # pylint: disable=protected-access
+  if not vs_upstream._peak_rss_reset():  # pylint: disable=protected-access
+    assert vs_upstream._peak_rss_mib() >= peak  # the lifetime peak stands, and the step reports peak_per_step False
+    return
+  before = vs_upstream._peak_rss_mib()  # pylint: disable=protected-access
+  assert before < peak - 50
+  block = np.ones(64 * 2**20 // 8)
+  assert vs_upstream._peak_rss_mib() - before > 50  # pylint: disable=protected-access
