@@ -8,6 +8,7 @@ import pathlib
 import jax
 from absl import logging
 
+from affjax.data import views
 from affjax.train import optim as optim_lib
 
 _DTYPES = ('float32', 'bfloat16')
@@ -123,13 +124,7 @@ def validate(config) -> None:
   crop = data.get('crop_size', 0)
   _require(0 <= crop <= data.image_size, 'data.crop_size', crop,
            f'must be in [0, config.data.image_size={data.image_size}] (0 = no crop)')
-  view = data.get('view', 'frames')
-  _require(view in ('frames', 'clips', 'tokens'), 'data.view', view, "must be one of 'frames', 'clips', 'tokens'")
-  if view == 'clips':
-    _validate_clip_view(config)
-  if view == 'tokens':
-    _require('token_rate_hz' in model, 'data.view', view, 'needs config.model.token_rate_hz (tokens per second)')
-    _positive(config, 'model.token_rate_hz')
+  _validate_view(config)
   _validate_training_scheme(config)
   for split in config.eval.splits:
     _require(split in ('train', 'validation', 'test'), 'eval.splits', tuple(config.eval.splits),
@@ -180,14 +175,9 @@ def _validate_training_scheme(config) -> None:
            'must be 24 when config.loss.aux_weight > 0 or config.compat.arousal_ccc_on_cat_logit is set')
 
 
-def _validate_clip_view(config) -> None:
-  """RJCA clip windows (`data.view = 'clips'`)."""
-  data = config.data
-  _positive(config, 'data.num_clips')
-  _require(data.image_size % 16 == 0, 'data.image_size', data.image_size,
-           'must be a multiple of 16 (R(2+1)D-18 maps S x S faces to S/16 x S/16 positions; 112 gives 7 x 7)')
-  _require(data.audio_frames >= 104, 'data.audio_frames', data.audio_frames,
-           'must be >= 104 (clips are padded to 1.03 s = 104 log-mel frames)')
-  if config.compat.get('audio_guidance_on_position_axis'):
-    _require(data.image_size == 112, 'data.image_size', data.image_size,
-             'compat.audio_guidance_on_position_axis needs the 49 positions of 112 px faces')
+def _validate_view(config) -> None:
+  """The checks of the data view `config.data.view` (`affjax.data.views`)."""
+  try:
+    views.of(config).validate(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None

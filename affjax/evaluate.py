@@ -11,87 +11,16 @@ import tqdm
 from PIL import Image, ImageDraw
 
 from affjax import folds, parallel
-from affjax.data import names, pipeline, tokens
+from affjax.data import names, pipeline, records as records_lib, views
+from affjax.data.views.predictions import VideoPredictions
 from affjax.train import metrics
 
 
-@dataclasses.dataclass
-class VideoPredictions:
-  """Per-frame predictions of one video, averaged over the windows that cover each frame."""
-  name: str
-  num_rows: int  # rows of the ABAW file: the annotation file's rows, or every frame for test videos
-  sums: np.ndarray  # [N,2]
-  counts: np.ndarray  # [N]
-  labels: np.ndarray  # [N,2]
-  label_mask: np.ndarray  # [N]
-  face_mask: np.ndarray | None = None  # [N] the frame's prediction saw a face; runs of these are smoothed
-  smooth: tuple[int, int] = (0, 0)  # moving-average sizes (valence, arousal); <= 1: none
-
-  @classmethod
-  def empty(cls, video: pipeline.VideoIndex) -> 'VideoPredictions':
-    n = video.num_frames
-    return cls(name=video.name, num_rows=video.num_rows, sums=np.zeros((n, 2)), counts=np.zeros(n),
-               labels=np.zeros((n, 2), np.float32), label_mask=np.zeros(n, bool), face_mask=np.ones(n, bool))
-
-  def add(self, start: int, pred: np.ndarray, labels: np.ndarray, label_mask: np.ndarray, mask: np.ndarray,
-          frames: np.ndarray | None = None, face_mask: np.ndarray | None = None):
-    """Adds one window's [T,2] predictions at frames [start, start + T) (or at `frames` [T], e.g. the last
-    frames of a window's clips) where `mask` (not padding); `face_mask` [T] marks predictions that saw a face."""
-    frames = (np.arange(start, start + len(mask)) if frames is None else np.asarray(frames))[mask]
-    self.sums[frames] += pred[mask]
-    self.counts[frames] += 1
-    self.labels[frames] = labels[mask]
-    self.label_mask[frames] = label_mask[mask]
-    if face_mask is not None:
-      self.face_mask[frames] = face_mask[mask]
-
-  @property
-  def prediction(self) -> np.ndarray:
-    if not self.counts.all():
-      raise RuntimeError(f'video {self.name}: frames {np.flatnonzero(self.counts == 0)[:5]}... got no prediction')
-    pred = self.sums / self.counts[:, None]
-    if max(self.smooth) > 1:
-      runs = np.ones(len(pred), bool) if self.face_mask is None else self.face_mask
-      pred = np.stack([moving_average(pred[:, d], size, runs) for d, size in enumerate(self.smooth)], axis=-1)
-    return pred
-
-
-def moving_average(x: np.ndarray, size: int, valid: np.ndarray) -> np.ndarray:
-  """Centred moving average of `x` [N] over frames i - size // 2 ... i + (size - 1) // 2 (scipy's
-  uniform_filter1d window), normalised by the number of those frames that lie in i's run of consecutive
-  `valid` frames: it never reaches across an invalid frame or the ends and never counts zeros for them.
-  Invalid frames keep their value; `size` <= 1 returns `x`."""
-  out = np.array(x, np.float64)
-  if size <= 1:
-    return out
-  edges = np.flatnonzero(np.diff(np.r_[0, valid.astype(np.int8), 0]))
-  for start, stop in zip(edges[::2], edges[1::2]):
-    sums = np.r_[0.0, np.cumsum(out[start:stop])]
-    i = np.arange(stop - start)
-    lo, hi = np.maximum(i - size // 2, 0), np.minimum(i + (size - 1) // 2 + 1, stop - start)
-    out[start:stop] = (sums[hi] - sums[lo]) / (hi - lo)
-  return out
-
-
-def video_from_frame_predictions(records: pipeline.Records, video: pipeline.VideoIndex, pred: np.ndarray,
-                                 smooth: tuple[int, int]) -> VideoPredictions:
-  """A video's predictions of every frame `[N, 2]` with its labels and masks read from `records`."""
-  out = dataclasses.replace(VideoPredictions.empty(video), smooth=smooth)
-  _, _, field = pipeline.read_frames(records, video, 0, video.num_frames)
-  t = pipeline.frame_targets(field, 0, 0)
-  out.add(0, pred, t['labels'], t['label_mask'], t['mask'], face_mask=t['face_mask'])
-  return out
-
-
-def predict_split(state, eval_step, records: pipeline.Records, config, mesh) -> list[VideoPredictions]:
-  """Runs `eval_step` over every window of every video of `records` (every process takes its share).
-
-  In the token view (`data.view = 'tokens'`) the predictions are of tokens: averaged per token over the
-  windows, then interpolated to every frame (`tokens.TokenPredictions`)."""
+def predict_split(state, eval_step, records: records_lib.Records, config, mesh) -> list[VideoPredictions]:
+  """Runs `eval_step` over every window of every video of `records` (every process takes its share); the run's
+  view (`affjax.data.views`) maps the window predictions back to the frames, `eval.smooth` smooths them."""
   smooth = tuple(config.eval.get('smooth', (0, 0)))
-  token_view = config.data.get('view', 'frames') == 'tokens'
-  videos = [tokens.TokenPredictions.empty(v, config.model.token_rate_hz) if token_view else
-            dataclasses.replace(VideoPredictions.empty(v), smooth=smooth) for v in records.videos]
+  split = views.of(config).predictions(records, config)
   dataset, _ = pipeline.eval_dataset(records, config)
   iterator = iter(dataset)
   try:
@@ -102,19 +31,11 @@ def predict_split(state, eval_step, records: pipeline.Records, config, mesh) -> 
               for k in ('video_index', 'start', 'frames', 'labels', 'label_mask', 'mask', 'face_mask', 'valid_window')
               if k in global_batch}
       for i in np.flatnonzero(rows['valid_window']):
-        if token_view:
-          videos[rows['video_index'][i]].add(rows['start'][i], pred[i], rows['mask'][i])
-          continue
-        frames = rows['frames'][i] if 'frames' in rows else None
-        videos[rows['video_index'][i]].add(rows['start'][i] if frames is None else 0, pred[i], rows['labels'][i],
-                                           rows['label_mask'][i], rows['mask'][i], frames,
-                                           rows['face_mask'][i] if 'face_mask' in rows else None)
+        split.add({k: v[i] for k, v in rows.items()}, pred[i])
   finally:
     if hasattr(iterator, 'close'):
       iterator.close()
-  if token_view:
-    return [video_from_frame_predictions(records, v.video, v.frame_prediction(), smooth) for v in videos]
-  return videos
+  return [dataclasses.replace(v, smooth=smooth) for v in split.videos()]
 
 
 def split_metrics(videos: list[VideoPredictions]) -> dict[str, float]:

@@ -20,8 +20,9 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from affjax.data import audio_features, feature_cache, pipeline, prepare as prepare_lib
+from affjax.data import feature_cache, pipeline, prepare as prepare_lib, records as records_lib
 from affjax.models import torch_convert
+from affjax.models.audio import mfcc
 from affjax.models.av_model import slice_audio_windows
 from affjax.models.backbones import vggish
 
@@ -74,13 +75,13 @@ def build_vggish(config, records_dir: str, out) -> pathlib.Path:
                              features=feature_cache.video_features(vggish_extractor(config)))
 
 
-def mfcc_statistics(records: pipeline.Records, config) -> tuple[float, float]:
+def mfcc_statistics(records: records_lib.Records, config) -> tuple[float, float]:
   """(mean, std) of the 39-d MFCC features of every frame of `records`, each frame counted once."""
   config = config.copy_and_resolve_references()
   config.data.eval_hop = config.data.window  # windows do not overlap: each frame once
   dataset, _ = pipeline.eval_dataset(records, config)
-  features = jax.jit(lambda audio, offsets: audio_features.frame_mfcc(
-      slice_audio_windows(audio, offsets, audio_features.FRAME_MFCC_SAMPLES)))
+  features = jax.jit(lambda audio, offsets: mfcc.frame_mfcc(
+      slice_audio_windows(audio, offsets, mfcc.FRAME_MFCC_SAMPLES)))
   moments = _Moments()
   for batch in tqdm.tqdm(dataset, desc=f'MFCC statistics ({records.split})', unit='batch'):
     x = np.asarray(features(batch['audio'], batch['audio_offsets']), np.float64)
@@ -88,7 +89,7 @@ def mfcc_statistics(records: pipeline.Records, config) -> tuple[float, float]:
   return moments.result(f'the {records.split} split of {records.directory} has no audio frames')
 
 
-def cached_statistics(records: pipeline.Records, part: str) -> tuple[float, float]:
+def cached_statistics(records: records_lib.Records, part: str) -> tuple[float, float]:
   """(mean, std) of `<part>_features` of every frame of `records` in its feature cache (`records.side`)."""
   if records.side is None or part not in records.side.features:
     raise ValueError(f'no {part} features are joined to {records.directory}: set config.data.side_features_dir')
@@ -116,7 +117,7 @@ class _Moments:
     return float(mean), float(np.sqrt(max(self.total_sq - self.count * mean * mean, 0.0) / (self.count - 1)))
 
 
-def statistics(records: pipeline.Records, config, name: str) -> tuple[float, float]:
+def statistics(records: records_lib.Records, config, name: str) -> tuple[float, float]:
   """(mean, std) of follower `name` ('mfcc' or 'vggish') over `records`."""
   return mfcc_statistics(records, config) if name == 'mfcc' else cached_statistics(records, name)
 
@@ -139,7 +140,7 @@ def prepare(config: ml_collections.ConfigDict, records_dir: str, workdir) -> ml_
   saved = json.loads(path.read_text()) if path.exists() else {}
   missing = [name for name in followers if not tuple(config.model.feature_norm[name]) and name not in saved]
   if missing:
-    train = pipeline.open_partition(records_dir, 'train', config)
+    train = records_lib.open_partition(records_dir, 'train', config)
     saved.update({name: statistics(train, config, name) for name in missing})
     logging.info('feature statistics of the training partition: %s', saved)
     if jax.process_index() == 0:

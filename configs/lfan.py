@@ -13,7 +13,7 @@ Cross-validation: `--config.data.fold=K` (K in 0..5) trains fold K; `tools/train
 """
 import ml_collections
 
-from affjax.data import audio_features
+from affjax.models.audio import mfcc
 from configs import base
 
 
@@ -25,7 +25,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   data.window = 300
   data.train_hop = 200
   data.eval_hop = 200
-  data.audio_window = audio_features.FRAME_MFCC_SAMPLES  # the samples one frame's 39-d MFCC row needs
+  data.audio_window = mfcc.FRAME_MFCC_SAMPLES  # the samples one frame's 39-d MFCC row needs
   data.require_face = False  # the reference trains on every labelled frame (a missing face is a black image)
   data.augment = ml_collections.ConfigDict(dict(brightness=0.0, contrast=0.0, saturation=0.0, flip=True))
 

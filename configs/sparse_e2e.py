@@ -20,7 +20,7 @@ from configs import base
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config = base.get_base_config()
   data = config.data
-  data.view = 'tokens'  # windows of tokens at model.token_rate_hz (affjax.data.tokens, spec §5.1)
+  data.view = 'tokens'  # windows of tokens at model.token_rate_hz (affjax.data.views.tokens, spec §5.1)
   data.image_size = 48
   data.window = 16  # tokens (1.6 s at 10 Hz); 128 in the spec (:full)
   data.train_hop = 16

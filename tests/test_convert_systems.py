@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from affjax import checkpoint, converted_run, models, parallel
-from affjax.data import audio_features, pipeline, prepare
+from affjax.data import prepare, records as records_lib
 from affjax.models import system_converters
+from affjax.models.audio import mfcc as mfcc_lib
 from affjax.models.av_model import slice_audio_windows
 from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES
 from affjax.train import loop, optim, state as state_lib
@@ -244,7 +245,7 @@ def _check_eval_writes_predictions(config_path, tiny_tree, tmp_path):
   config.data.update(manual_dir=str(tiny_tree), records_dir=str(tmp_path / 'records'), test_list='va_test_set.txt')
   results = loop.evaluate_only(config, str(config_path.parent))
   assert np.isfinite(results['validation']['ccc_mean'])
-  records = pipeline.open_partition(prepare.input_dir(config), 'validation', config)
+  records = records_lib.open_partition(prepare.input_dir(config), 'validation', config)
   for video in records.videos:
     lines = (config_path.parent / 'predictions' / 'validation' / f'{video.name}.txt').read_text().splitlines()
     assert lines[0] == 'valence,arousal' and len(lines) - 1 == video.num_rows
@@ -365,8 +366,8 @@ def test_lfan_converts_into_a_run_that_matches_the_upstream_model(tmp_path, outp
   batch = _torch_lfan().random_batch(config)
   out = jax.jit(functools.partial(models.build_model(config.model).apply, train=False))(
       _checkpoint_variables(config_path.parent), batch)['va']
-  mfcc = np.array(audio_features.frame_mfcc(slice_audio_windows(batch['audio'], batch['audio_offsets'],
-                                                                   audio_features.FRAME_MFCC_SAMPLES)))
+  mfcc = np.array(mfcc_lib.frame_mfcc(slice_audio_windows(batch['audio'], batch['audio_offsets'],
+                                                          mfcc_lib.FRAME_MFCC_SAMPLES)))
   faces = torch.from_numpy(batch['faces']).permute(0, 1, 4, 2, 3).float() / 255.0
   with torch.no_grad():
     ref = net((faces - 0.5) / 0.5, torch.from_numpy(batch['vggish_features']), torch.from_numpy(mfcc)).numpy()

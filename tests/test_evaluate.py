@@ -3,12 +3,13 @@ import numpy as np
 import pytest
 
 from affjax import evaluate
-from affjax.data import pipeline
+from affjax.data import records as records_lib
+from affjax.data.views import base, predictions
 
 
 @pytest.mark.parametrize('n,window,hop', [(20, 8, 4), (16, 8, 8), (17, 8, 8), (5, 8, 4), (8, 8, 4), (30, 8, 3)])
 def test_window_starts_cover_every_frame_without_redundant_windows(n, window, hop):
-  starts = pipeline.window_starts(n, window, hop)
+  starts = base.window_starts(n, window, hop)
   covered = np.zeros(n, int)
   for s in starts:
     covered[s:s + window] += 1
@@ -20,11 +21,11 @@ def test_window_starts_cover_every_frame_without_redundant_windows(n, window, ho
 
 def test_overlap_average_equals_direct_loop():
   rng = np.random.default_rng(0)
-  video = pipeline.VideoIndex(name='v', num_frames=19, fps=30.0, first_record=0, num_chunks=1, num_rows=19)
-  acc = evaluate.VideoPredictions.empty(video)
+  video = records_lib.VideoIndex(name='v', num_frames=19, fps=30.0, first_record=0, num_chunks=1, num_rows=19)
+  acc = predictions.VideoPredictions.empty(video)
   labels = rng.uniform(-1, 1, (19, 2))
   windows = []
-  for s in pipeline.window_starts(19, 8, 3):
+  for s in base.window_starts(19, 8, 3):
     pred = rng.normal(size=(8, 2))
     mask = np.arange(s, s + 8) < 19
     window_labels = np.zeros((8, 2))
@@ -49,8 +50,8 @@ def test_abaw_file_rows_clipping_and_repeat(tmp_path):
 
 
 def test_trace_image_is_an_rgb_plot():
-  video = pipeline.VideoIndex(name='v', num_frames=50, fps=30.0, first_record=0, num_chunks=2, num_rows=50)
-  acc = evaluate.VideoPredictions.empty(video)
+  video = records_lib.VideoIndex(name='v', num_frames=50, fps=30.0, first_record=0, num_chunks=2, num_rows=50)
+  acc = predictions.VideoPredictions.empty(video)
   acc.add(0, np.zeros((50, 2)), np.ones((50, 2)) * 0.5, np.ones(50, bool), np.ones(50, bool))
   image = evaluate.trace_image(acc, width=200, height=100)
   assert image.shape == (100, 200, 3) and image.dtype == np.uint8

@@ -4,7 +4,7 @@ import pathlib
 
 import pytest
 
-from affjax.data import pipeline, prepare
+from affjax.data import prepare, records as records_lib
 from affjax.train import loop
 from test_nonfinite import saved_steps
 from test_train_loop import smoke_config
@@ -20,6 +20,6 @@ def test_evaluation_failing_on_a_damaged_validation_shard_keeps_the_checkpoint_o
     data = bytearray(shard.read_bytes())
     data[len(data) // 4:] = bytes(len(data) - len(data) // 4)
     shard.write_bytes(bytes(data))
-  with pytest.raises(pipeline.DamagedRecordsError):
+  with pytest.raises(records_lib.DamagedRecordsError):
     loop.train_and_evaluate(config, tmp_path / 'run')
   assert saved_steps(tmp_path / 'run') == [2]  # the two steps before the evaluation are kept

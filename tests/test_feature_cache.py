@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from affjax import feature_extraction
-from affjax.data import clips, feature_cache, pipeline, prepare
+from affjax.data import feature_cache, pipeline, prepare, records as records_lib
+from affjax.data.views import clips
 from affjax.train import loop
 from configs import cross_attn, rjca
 
@@ -24,8 +25,8 @@ def test_training_from_the_cache_follows_the_inline_frozen_loss_curve(tiny_tree,
   inline = loop.train_and_evaluate(config, tmp_path / 'inline')
 
   features_dir = feature_extraction.build_cache(config, str(tmp_path / 'features'), batch_chunks=3)
-  frames = pipeline.open_records(prepare.records_dir(config), 'train')
-  cache = pipeline.open_records(str(features_dir), 'train')
+  frames = records_lib.open_records(prepare.records_dir(config), 'train')
+  cache = records_lib.open_records(str(features_dir), 'train')
   assert cache.features == {'audio': (64,)} and cache.videos == frames.videos
   assert len(cache.source) == len(frames.source)
   np.testing.assert_array_equal(cache.source[1]['labels'], frames.source[1]['labels'])
@@ -59,7 +60,7 @@ def test_the_clip_cache_stores_at_each_frame_the_clip_that_ends_there(tiny_recor
   features_dir = feature_cache.build(tiny_records, tmp_path, shapes={'visual': (8, 3), 'audio': (2,)},
                                      features=features, view='clips')
   for split in ('train', 'validation'):
-    frames, cache = pipeline.open_records(tiny_records, split), pipeline.open_records(str(features_dir), split)
+    frames, cache = records_lib.open_records(tiny_records, split), records_lib.open_records(str(features_dir), split)
     assert cache.view == 'clips' and cache.features == {'visual': (8, 3), 'audio': (2,)}
     inline, cached = clips.loader(frames, config, train=False), clips.loader(cache, config, train=True)
     for row in clips.window_table(frames.videos, config.data.num_clips):
@@ -79,7 +80,7 @@ def test_rjca_training_from_the_clip_cache_follows_the_inline_frozen_loss_curve(
   inline = loop.train_and_evaluate(config, tmp_path / 'inline')
 
   features_dir = feature_extraction.build_cache(config, str(tmp_path / 'features'), batch_chunks=1)
-  cache = pipeline.open_records(str(features_dir), 'train')
+  cache = records_lib.open_records(str(features_dir), 'train')
   assert cache.view == 'clips' and cache.features == {'visual': (4, 512), 'audio': (512,)}  # 32 px: 2 x 2 positions
   config.data.features_dir = str(features_dir)
   cached = loop.train_and_evaluate(config, tmp_path / 'cached')
@@ -91,6 +92,7 @@ def test_rjca_training_from_the_clip_cache_follows_the_inline_frozen_loss_curve(
 
 
 def test_a_feature_cache_of_the_other_view_is_refused():
-  cache = pipeline.Records(directory='/cache', split='validation', chunk_size=32, videos=(), features={'audio': (64,)})
+  cache = records_lib.Records(directory='/cache', split='validation', chunk_size=32, videos=(),
+                              features={'audio': (64,)})
   with pytest.raises(ValueError, match="config.data.view='clips'.*holds features of the 'frames' view"):
     pipeline.eval_dataset(cache, rjca.get_config('smoke'))

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from affjax.data import audio_features as af
+from affjax.models.audio import mfcc as af
 
 librosa = pytest.importorskip('librosa')
 
@@ -138,17 +138,18 @@ def test_mfcc_statistics_match_direct_per_frame_computation(tiny_records):
   """The pipeline-based statistics equal those of every frame's centred window cut directly from each video's
   whole waveform (the chunks' audio concatenated), std with N - 1."""
   from affjax import follower_features  # pylint: disable=g-import-not-at-top
-  from affjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from affjax.data import records as records_lib  # pylint: disable=g-import-not-at-top
+  from affjax.data.views import frames  # pylint: disable=g-import-not-at-top
   from configs import lfan  # pylint: disable=g-import-not-at-top
   config = lfan.get_config('smoke')
-  records = pipeline.open_records(tiny_records, 'train')
+  records = records_lib.open_records(tiny_records, 'train')
   mean, std = follower_features.mfcc_statistics(records, config)
   half = af.FRAME_MFCC_SAMPLES // 2
   windows = []
   for video in records.videos:
     wave = np.concatenate([records.source[video.first_record + j]['audio'] for j in range(video.num_chunks)])
     wave = np.pad(wave, (half, half + af.FRAME_MFCC_SAMPLES))
-    for centre in pipeline.frame_centre_sample(np.arange(video.num_frames), video.fps):
+    for centre in frames.frame_centre_sample(np.arange(video.num_frames), video.fps):
       windows.append(wave[centre:centre + af.FRAME_MFCC_SAMPLES])  # [centre - half, centre + half) unpadded
   feats = np.asarray(jax.jit(af.frame_mfcc)(np.stack(windows)), np.float64)
   assert mean == pytest.approx(feats.mean(), rel=1e-4)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from affjax import folds, follower_features
-from affjax.data import builder, pipeline, synthetic
+from affjax.data import builder, records as records_lib, synthetic
+from affjax.data.views import frames
 from affjax.models.backbones import vggish
 from configs import lfan
 
@@ -37,7 +38,7 @@ def test_vggish_records_hold_every_frames_embedding_and_join_the_windows(tiny_re
   """The cached rows of a video = VGGish (the config's random weights) on its frame examples; a frame window of
   the records with the cache joined carries the rows of its frames (zeros past the video's end)."""
   config = lfan.get_config('smoke')
-  records = pipeline.open_records(tiny_records, 'validation', side_directory=vggish_dir)
+  records = records_lib.open_records(tiny_records, 'validation', side_directory=vggish_dir)
   assert records.side.features == {'vggish': (128,)}
   video = records.videos[1]
   direct = np.asarray(vggish.VGGish().apply(follower_features.vggish_variables(config),
@@ -47,7 +48,7 @@ def test_vggish_records_hold_every_frames_embedding_and_join_the_windows(tiny_re
   np.testing.assert_allclose(cached[:video.num_frames], direct, rtol=1e-4, atol=1e-5)
   np.testing.assert_array_equal(cached[video.num_frames:], 0.0)
 
-  loader = pipeline.WindowLoader(records=records, window=24, image_size=32, audio_window=config.data.audio_window,
+  loader = frames.WindowLoader(records=records, window=24, image_size=32, audio_window=config.data.audio_window,
                                  min_fps=config.data.min_fps)
   start = video.num_frames - 10
   window = loader(np.array([1, start]))
@@ -57,36 +58,36 @@ def test_vggish_records_hold_every_frames_embedding_and_join_the_windows(tiny_re
 
 
 def test_cached_statistics_are_over_every_frame_once(tiny_records, vggish_dir):
-  records = pipeline.open_records(tiny_records, 'train', side_directory=vggish_dir)
+  records = records_lib.open_records(tiny_records, 'train', side_directory=vggish_dir)
   rows = np.concatenate([np.concatenate([records.side.source[v.first_record + j]['vggish_features']
                                          for j in range(v.num_chunks)])[:v.num_frames] for v in records.videos])
   mean, std = follower_features.cached_statistics(records, 'vggish')
   assert mean == pytest.approx(rows.mean(dtype=np.float64), rel=1e-6)
   assert std == pytest.approx(rows.std(ddof=1, dtype=np.float64), rel=1e-6)
   with pytest.raises(ValueError, match='side_features_dir'):
-    follower_features.cached_statistics(pipeline.open_records(tiny_records, 'train'), 'vggish')
+    follower_features.cached_statistics(records_lib.open_records(tiny_records, 'train'), 'vggish')
 
 
 def test_a_cache_of_other_records_is_refused(tiny_records, fold_records, vggish_dir):
   with pytest.raises(ValueError, match='was not built from the records'):
-    pipeline.open_records(fold_records[1], 'train', side_directory=vggish_dir)
+    records_lib.open_records(fold_records[1], 'train', side_directory=vggish_dir)
 
 
 def test_fold_partitions_read_the_right_chunks_of_both_record_splits(fold_records):
   _, directory = fold_records
-  official = {s: pipeline.open_records(directory, s) for s in ('train', 'validation', 'test')}
+  official = {s: records_lib.open_records(directory, s) for s in ('train', 'validation', 'test')}
   for fold in range(folds.NUM_FOLDS):
     want = folds.fold_split([v.name for v in official['train'].videos], [v.name for v in official['validation'].videos],
                             fold)
     for split, names in zip(('train', 'validation'), want):
-      records = pipeline.open_records(directory, split, fold)
+      records = records_lib.open_records(directory, split, fold)
       assert [v.name for v in records.videos] == names
       for video in records.videos:
         for j in range(video.num_chunks):
           chunk = records.source[video.first_record + j]
           assert (chunk['video'].decode(), chunk['start']) == (video.name, j * records.chunk_size)
-    assert pipeline.open_records(directory, 'test', fold).videos == official['test'].videos
-  fold0 = pipeline.open_records(directory, 'validation', 0)
+    assert records_lib.open_records(directory, 'test', fold).videos == official['test'].videos
+  fold0 = records_lib.open_records(directory, 'validation', 0)
   assert [v.name for v in fold0.videos] == [v.name for v in official['validation'].videos]
 
 
@@ -98,7 +99,7 @@ def test_prepare_fills_statistics_of_the_folds_training_partition_once(fold_reco
   config.model.feature_norm.mfcc = (0.5, 2.0)  # given: kept
   prepared = follower_features.prepare(config, directory, tmp_path)
   assert prepared.data.side_features_dir
-  train = pipeline.open_records(directory, 'train', 2, prepared.data.side_features_dir)
+  train = records_lib.open_records(directory, 'train', 2, prepared.data.side_features_dir)
   assert tuple(prepared.model.feature_norm.vggish) == pytest.approx(follower_features.cached_statistics(train,
                                                                                                         'vggish'))
   assert tuple(prepared.model.feature_norm.mfcc) == (0.5, 2.0)
@@ -124,7 +125,7 @@ def test_synthetic_true_labels_match_the_annotations(tiny_tree, tiny_records, tm
     annotated += valid.sum()
   assert annotated > 100
   names = synthetic.write_test_labels(tiny_tree, tmp_path / 'labels')
-  test = pipeline.open_records(tiny_records, 'test').videos
+  test = records_lib.open_records(tiny_records, 'test').videos
   assert names == [v.name for v in test]
   lines = (tmp_path / 'labels' / f'{names[0]}.txt').read_text().splitlines()
   assert lines[0] == 'valence,arousal' and len(lines) - 1 == test[0].num_frames

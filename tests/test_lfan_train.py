@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from affjax import config_validation
-from affjax.data import augment, builder, pipeline
+from affjax.data import augment, builder, records as records_lib
 from affjax.models import lfan_model
 from affjax.train import loop, losses, optim
 from configs import lfan
@@ -70,7 +70,7 @@ def test_lfan_smoke_run_writes_metrics_and_abaw_files(tiny_tree, tmp_path):
   metrics = json.loads((tmp_path / 'run' / 'eval' / 'validation' / 'metrics.json').read_text())
   assert metrics == pytest.approx(results['validation'])
   assert np.isfinite([metrics['ccc_valence'], metrics['ccc_arousal']]).all()
-  records = pipeline.open_records(str(builder.dataset_dir(config.data.records_dir, 32)), 'validation')
+  records = records_lib.open_records(str(builder.dataset_dir(config.data.records_dir, 32)), 'validation')
   for video in records.videos:
     lines = (tmp_path / 'run' / 'predictions' / 'validation' / f'{video.name}.txt').read_text().splitlines()
     assert lines[0] == 'valence,arousal' and len(lines) - 1 == video.num_rows

@@ -199,14 +199,14 @@ def test_a_video_is_predicted_as_evaluation_predicts_its_records(system, tiny_tr
   import dataclasses  # pylint: disable=g-import-not-at-top
   import importlib  # pylint: disable=g-import-not-at-top
   from affjax import evaluate, models, parallel  # pylint: disable=g-import-not-at-top
-  from affjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from affjax.data import records as records_lib  # pylint: disable=g-import-not-at-top
   from affjax.train import optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
   from affjax.video import run as run_lib  # pylint: disable=g-import-not-at-top
   config = importlib.import_module(f'configs.{system}').get_config('smoke')
   model, mesh = models.build_model(config.model), parallel.make_mesh()
   state = state_lib.initial_state(model, optim.make_optimizer(config), config, mesh, seed=2)
   run = run_lib.LoadedRun(config=config, mesh=mesh, state=state, eval_step=step_lib.make_eval_step(model), step=0)
-  records = pipeline.open_records(tiny_records, 'validation')
+  records = records_lib.open_records(tiny_records, 'validation')
   index = records.videos[0]
   entry = next(e for e in affwild2.list_videos(tiny_tree) if e.name == index.name)
   video = affwild2.load_video(entry)

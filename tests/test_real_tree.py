@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from affjax import evaluate
-from affjax.data import builder, feature_cache, names, pipeline, prepare
+from affjax.data import builder, feature_cache, names, pipeline, prepare, records as records_lib
 from affjax.train import loop
 from configs import cross_attn
 from test_affwild2 import CHALLENGE, ramp, tone, write_annotation, write_crops, write_video
@@ -99,7 +99,7 @@ def test_a_tree_without_validation_trains_without_evaluation_and_says_so(tmp_pat
   assert sorted(p.name for p in (tmp_path / 'run' / 'checkpoints').iterdir() if p.name.isdigit()) == ['2']
   records = builder.dataset_dir(tmp_path / 'records', 32)
   assert sorted(p.name.split('.')[0] for p in records.glob('*.array_record*')) == ['affwild2-train']
-  assert pipeline.open_records(str(records), 'validation').videos == ()
+  assert records_lib.open_records(str(records), 'validation').videos == ()
 
 
 def loudness_cache(source: str, out: pathlib.Path) -> pathlib.Path:
@@ -111,8 +111,9 @@ def loudness_cache(source: str, out: pathlib.Path) -> pathlib.Path:
 def test_a_feature_cache_of_records_without_test_split_builds(release_records, tmp_path):
   source = str(builder.dataset_dir(release_records, 16))
   cache = loudness_cache(source, tmp_path / 'features')
-  assert len(pipeline.open_records(str(cache), 'train').source) == len(pipeline.open_records(source, 'train').source)
-  assert pipeline.open_records(str(cache), 'test').videos == ()
+  cached, frames = records_lib.open_records(str(cache), 'train'), records_lib.open_records(source, 'train')
+  assert len(cached.source) == len(frames.source)
+  assert records_lib.open_records(str(cache), 'test').videos == ()
 
 
 def test_a_feature_cache_of_an_earlier_state_of_the_tree_is_refused(release_tree, tmp_path):
@@ -130,7 +131,7 @@ def test_a_feature_cache_of_an_earlier_state_of_the_tree_is_refused(release_tree
     prepare.input_dir(config)  # training from the cache
   builder.build(tree, tmp_path / 'records', chunk_size=16, rebuild=True)
   with pytest.raises(ValueError, match='the tree they were read from differ'):
-    pipeline.open_records(source, 'train', side_directory=str(cache))  # joining it to the rebuilt records
+    records_lib.open_records(source, 'train', side_directory=str(cache))  # joining it to the rebuilt records
 
 
 def test_an_edited_annotation_stops_the_rerun_and_the_named_command_rebuilds(release_tree, tmp_path):
@@ -151,7 +152,7 @@ def test_an_edited_annotation_stops_the_rerun_and_the_named_command_rebuilds(rel
   assert command[:2] == ['python', 'tools/build_records.py'] and '--rebuild' in command
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
   subprocess.run([sys.executable] + command[1:], cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
-  records = pipeline.open_records(str(builder.dataset_dir(tmp_path / 'records', 16)), 'train')
+  records = records_lib.open_records(str(builder.dataset_dir(tmp_path / 'records', 16)), 'train')
   video = next(v for v in records.videos if v.name == 'q-30_right')
   np.testing.assert_array_equal(records.source[video.first_record]['labels'][0], [0.75, -0.25])
   builder.build(tree, tmp_path / 'records', chunk_size=16)  # and a rerun reuses them again
@@ -202,16 +203,16 @@ def test_a_damaged_shard_is_named_with_its_split_and_the_rebuild_command(release
   damage(shard, how)
   config = cross_attn.get_config('smoke,audio')
   config.data.update(window=8, eval_hop=8)
-  with pytest.raises(pipeline.DamagedRecordsError) as error:
-    records = pipeline.open_records(str(directory), 'validation')
+  with pytest.raises(records_lib.DamagedRecordsError) as error:
+    records = records_lib.open_records(str(directory), 'validation')
     for _ in pipeline.eval_dataset(records, config)[0]:  # the evaluation's own read path
       pass
   message = str(error.value)
   assert str(shard) in message and 'validation' in message and problem in message
   assert f'--manual_dir={release_tree} --records_dir={records_dir} --chunk_size=16' in message
-  assert pipeline.open_records(str(directory), 'train').videos  # the other splits stay readable
+  assert records_lib.open_records(str(directory), 'train').videos  # the other splits stay readable
   builder.build(release_tree, records_dir, chunk_size=16, rebuild=True)
-  records = pipeline.open_records(str(directory), 'validation')
+  records = records_lib.open_records(str(directory), 'validation')
   assert len([records.source[i] for i in range(len(records.source))]) == 2  # 32 frames in chunks of 16
 
 
@@ -222,10 +223,10 @@ def test_a_record_set_naming_a_path_cannot_make_eval_write_outside_the_workdir(r
   metadata['videos']['validation'][0]['name'] = '../../../../x'
   (directory / 'metadata.json').write_text(json.dumps(metadata))
   with pytest.raises(names.UnsafeNameError, match=r"metadata\.json \(validation split\): video name '\.\./\.\./"):
-    pipeline.open_records(str(directory), 'validation')
+    records_lib.open_records(str(directory), 'validation')
 
   workdir = tmp_path / 'a' / 'b' / 'c' / 'run'
-  video = pipeline.VideoIndex(name='../../../../x', num_frames=4, fps=25.0, first_record=0, num_chunks=1, num_rows=4)
+  video = records_lib.VideoIndex(name='../../../../x', num_frames=4, fps=25.0, first_record=0, num_chunks=1, num_rows=4)
   predictions = evaluate.VideoPredictions.empty(video)
   predictions.add(0, np.zeros((4, 2)), np.zeros((4, 2)), np.ones(4, bool), np.ones(4, bool))
   with pytest.raises(names.UnsafeNameError, match='is not a plain file name'):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from affjax.data import affwild2, builder, pipeline
+from affjax.data import affwild2, builder, pipeline, records as records_lib
+from affjax.data.views import base, compact, frames as frame_view
 
 W = 10560
 
@@ -19,7 +20,7 @@ def loaded_videos(tree, split):
 
 def test_records_round_trip(tiny_tree, tiny_records):
   for split in ('train', 'validation', 'test'):
-    records = pipeline.open_records(tiny_records, split)
+    records = records_lib.open_records(tiny_records, split)
     videos = loaded_videos(tiny_tree, split)
     assert [v.name for v in records.videos] == sorted(videos)
     for index in records.videos:
@@ -71,26 +72,26 @@ def direct_window(entry, video, start, t, size=112, fps=None):
 @pytest.mark.parametrize('t,integer_fps', [(8, False), (24, False), (8, True)])
 def test_window_assembly_equals_direct_slice(tiny_tree, tiny_records, t, integer_fps):
   """Also with compat.integer_fps (rnn_attn bug 18): audio centred at frame times of the rounded rate."""
-  records = pipeline.open_records(tiny_records, 'validation')
+  records = records_lib.open_records(tiny_records, 'validation')
   videos = loaded_videos(tiny_tree, 'validation')
-  loader = pipeline.WindowLoader(records=records, window=t, image_size=112, audio_window=W, min_fps=24.0,
+  loader = frame_view.WindowLoader(records=records, window=t, image_size=112, audio_window=W, min_fps=24.0,
                                  integer_fps=integer_fps)
   assert any(v.fps != round(v.fps) for v in records.videos)  # a 29.97 fps video, where the two differ
   for video_index, index in enumerate(records.videos):
     entry, video = videos[index.name]
-    for start in pipeline.window_starts(index.num_frames, t, t // 2):  # first, middle and padded tail windows
+    for start in base.window_starts(index.num_frames, t, t // 2):  # first, middle and padded tail windows
       got = loader(np.array([video_index, start]))
       want = direct_window(entry, video, start, t, fps=round(video.fps) if integer_fps else None)
       for key in ('faces', 'labels', 'label_mask', 'face_mask', 'mask'):
         np.testing.assert_array_equal(got[key], want[key], err_msg=f'{key} {index.name}@{start}')
       sliced = np.stack([got['audio'][o:o + W] for o in got['audio_offsets']])
       np.testing.assert_array_equal(sliced, want['audio'], err_msg=f'audio {index.name}@{start}')
-      assert got['audio'].shape == (pipeline.audio_segment_length(t, W, 24.0),)
+      assert got['audio'].shape == (frame_view.audio_segment_length(t, W, 24.0),)
 
 
 def test_fps_below_min_fps_is_a_config_error(tiny_records):
-  records = pipeline.open_records(tiny_records, 'validation')
-  loader = pipeline.WindowLoader(records=records, window=8, image_size=112, audio_window=W, min_fps=26.0)
+  records = records_lib.open_records(tiny_records, 'validation')
+  loader = frame_view.WindowLoader(records=records, window=8, image_size=112, audio_window=W, min_fps=26.0)
   slow = [i for i, v in enumerate(records.videos) if v.fps < 26]
   with pytest.raises(ValueError, match='config.data.min_fps'):
     loader(np.array([slow[0], 0]))
@@ -107,13 +108,13 @@ def small_config(**data):
 
 
 def test_train_iterator_resumes_exactly(tiny_records):
-  records = pipeline.open_records(tiny_records, 'train')
+  records = records_lib.open_records(tiny_records, 'train')
   config = small_config()
   it = iter(pipeline.train_dataset(records, config))
   for _ in range(3):
     next(it)
   state = it.get_state()
-  assert len(pipeline.window_table(records.videos, 8, 8)) < 7 * 4  # so the batches below cross an epoch
+  assert len(frame_view.window_table(records.videos, 8, 8)) < 7 * 4  # so the batches below cross an epoch
   expected = [next(it) for _ in range(4)]
   resumed = iter(pipeline.train_dataset(records, config))
   resumed.set_state(state)
@@ -124,11 +125,11 @@ def test_train_iterator_resumes_exactly(tiny_records):
 
 
 def test_eval_dataset_walks_every_window_in_order(tiny_records):
-  records = pipeline.open_records(tiny_records, 'validation')
+  records = records_lib.open_records(tiny_records, 'validation')
   config = small_config()
   dataset, num_windows = pipeline.eval_dataset(records, config)
   batches = list(dataset)
-  table = pipeline.window_table(records.videos, 8, 4)
+  table = frame_view.window_table(records.videos, 8, 4)
   assert num_windows == len(table)
   rows = np.concatenate([np.stack([b['video_index'], b['start']], 1) for b in batches])
   valid = np.concatenate([b['valid_window'] for b in batches])
@@ -137,8 +138,7 @@ def test_eval_dataset_walks_every_window_in_order(tiny_records):
 
 
 def test_compact_frames_keep_the_annotated_frames_with_a_face(tiny_tree, tiny_records):
-  from affjax.data import compact  # pylint: disable=g-import-not-at-top
-  records = pipeline.open_records(tiny_records, 'train')
+  records = records_lib.open_records(tiny_records, 'train')
   videos = loaded_videos(tiny_tree, 'train')
   kept = compact.kept_frames(records)
   for index, frames in zip(records.videos, kept):
@@ -150,13 +150,12 @@ def test_compact_frames_keep_the_annotated_frames_with_a_face(tiny_tree, tiny_re
 def test_compact_window_equals_direct_slices_of_the_kept_frames(tiny_tree, tiny_records):
   """compat.compact_frames (rnn_attn bug 15): a window is the next T kept frames, each with its own centred
   audio window; the tail window is padded and masked."""
-  from affjax.data import compact  # pylint: disable=g-import-not-at-top
-  records = pipeline.open_records(tiny_records, 'train')
+  records = records_lib.open_records(tiny_records, 'train')
   videos = loaded_videos(tiny_tree, 'train')
   config = small_config(window=8, train_hop=8)
   config.compat.compact_frames = True
-  frame_loader = pipeline.WindowLoader(records=records, window=1, image_size=112, audio_window=W, min_fps=24.0)
-  table, loader = compact.view(records, config, frame_loader)
+  frame_loader = frame_view.WindowLoader(records=records, window=1, image_size=112, audio_window=W, min_fps=24.0)
+  table, loader = compact.windows(records, config, frame_loader)
   kept = compact.kept_frames(records)
   assert len(table) == sum(-(-len(k) // 8) for k in kept)
   for video_index, position in table:
@@ -177,7 +176,7 @@ def test_compact_window_equals_direct_slices_of_the_kept_frames(tiny_tree, tiny_
 
 
 def test_compact_training_batches_hold_no_gap(tiny_records):
-  records = pipeline.open_records(tiny_records, 'train')
+  records = records_lib.open_records(tiny_records, 'train')
   config = small_config()
   config.compat.compact_frames = True
   batch = next(iter(pipeline.train_dataset(records, config)))

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from affjax import evaluate
-from affjax.data import affwild2, builder, clips, pipeline
+from affjax.data import affwild2, builder, records as records_lib
+from affjax.data.views import clips, predictions
 from affjax.train import loop
 from configs import rjca
 
 
 def test_clip_loader_reads_the_sampled_frames_labels_and_audio(tiny_records):
-  records = pipeline.open_records(tiny_records, 'train')
+  records = records_lib.open_records(tiny_records, 'train')
   config = rjca.get_config('smoke')
   config.data.image_size = 112
   load = clips.loader(records, config, train=False)
@@ -56,7 +56,7 @@ def test_rjca_smoke_run_writes_metrics_and_abaw_files(tiny_tree, tmp_path):
   results = loop.train_and_evaluate(config, tmp_path / 'run')
   metrics = json.loads((tmp_path / 'run' / 'eval' / 'validation' / 'metrics.json').read_text())
   assert metrics == pytest.approx(results['validation'])
-  records = pipeline.open_records(str(builder.dataset_dir(tmp_path / 'records', 32)), 'validation')
+  records = records_lib.open_records(str(builder.dataset_dir(tmp_path / 'records', 32)), 'validation')
   for video in records.videos:
     lines = (tmp_path / 'run' / 'predictions' / 'validation' / f'{video.name}.txt').read_text().splitlines()
     assert lines[0] == 'valence,arousal' and len(lines) - 1 == video.num_rows
@@ -69,7 +69,7 @@ def test_moving_average_stays_inside_runs_without_zero_padding(size):
   x = np.random.default_rng(size).standard_normal(40)
   valid = np.ones(40, bool)
   valid[[0, 17, 18, 30]] = False
-  out = evaluate.moving_average(x, size, valid)
+  out = predictions.moving_average(x, size, valid)
   for i in range(40):
     if not valid[i] or size <= 1:
       assert out[i] == x[i]
@@ -80,14 +80,14 @@ def test_moving_average_stays_inside_runs_without_zero_padding(size):
 
 
 def test_smoothed_prediction_per_dimension():
-  video = pipeline.VideoIndex(name='v', num_frames=30, fps=30.0, first_record=0, num_chunks=1, num_rows=30)
-  pred = evaluate.VideoPredictions.empty(video)
+  video = records_lib.VideoIndex(name='v', num_frames=30, fps=30.0, first_record=0, num_chunks=1, num_rows=30)
+  pred = predictions.VideoPredictions.empty(video)
   values = np.random.default_rng(0).standard_normal((30, 2))
   faces = np.arange(30) != 12
   pred.add(0, values, values, np.ones(30, bool), np.ones(30, bool), face_mask=faces)
   pred.smooth = (4, 9)
-  np.testing.assert_allclose(pred.prediction[:, 0], evaluate.moving_average(values[:, 0], 4, faces))
-  np.testing.assert_allclose(pred.prediction[:, 1], evaluate.moving_average(values[:, 1], 9, faces))
+  np.testing.assert_allclose(pred.prediction[:, 0], predictions.moving_average(values[:, 0], 4, faces))
+  np.testing.assert_allclose(pred.prediction[:, 1], predictions.moving_average(values[:, 1], 9, faces))
   pred.smooth = (0, 0)
   np.testing.assert_allclose(pred.prediction, values)
 

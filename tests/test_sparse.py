@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from affjax.models import sparse
+from affjax.models import sparse_stages
 
 
 def numpy_nucleus(alpha: np.ndarray, p: float, valid: np.ndarray) -> np.ndarray:
@@ -39,7 +39,7 @@ def test_nucleus_matches_numpy_sort_and_cumsum(p, ties):
   valid[:, 0] = True
   alpha = random_distribution(rng, valid.shape, valid, ties)
   with jax.enable_x64(True):
-    got = np.asarray(jax.jit(sparse.nucleus_mask, static_argnums=1)(jnp.asarray(alpha), p, jnp.asarray(valid)))
+    got = np.asarray(jax.jit(sparse_stages.nucleus_mask, static_argnums=1)(jnp.asarray(alpha), p, jnp.asarray(valid)))
   expected = numpy_nucleus(alpha, p, valid)
   np.testing.assert_array_equal(got, expected)
   assert got.any(axis=1).all()  # the top site is always kept
@@ -49,20 +49,20 @@ def test_nucleus_matches_numpy_sort_and_cumsum(p, ties):
 
 def test_nucleus_on_exact_ties_keeps_first_in_index_order():
   alpha = jnp.asarray([[0.25, 0.25, 0.25, 0.25]])
-  np.testing.assert_array_equal(sparse.nucleus_mask(alpha, 0.5), [[True, True, False, False]])
-  np.testing.assert_array_equal(sparse.nucleus_mask(alpha, 0.0), [[True, False, False, False]])
+  np.testing.assert_array_equal(sparse_stages.nucleus_mask(alpha, 0.5), [[True, True, False, False]])
+  np.testing.assert_array_equal(sparse_stages.nucleus_mask(alpha, 0.0), [[True, False, False, False]])
 
 
 def test_top_k_slots_hold_the_nucleus_when_capacity_suffices():
   rng = np.random.default_rng(1)
   alpha = jnp.asarray(random_distribution(rng, (16, 50), np.ones((16, 50), bool)), jnp.float32)
-  keep = sparse.nucleus_mask(alpha, 0.8)
+  keep = sparse_stages.nucleus_mask(alpha, 0.8)
   for k in (50, int(keep.sum(-1).max())):
-    index, active = sparse.top_k_slots(alpha, keep, k)
+    index, active = sparse_stages.top_k_slots(alpha, keep, k)
     got = np.zeros(keep.shape, bool)
     np.put_along_axis(got, np.asarray(index), np.asarray(active), axis=1)
     np.testing.assert_array_equal(got, keep)
-  index, active = sparse.top_k_slots(alpha, keep, 3)  # truncated: the (up to) 3 highest kept sites
+  index, active = sparse_stages.top_k_slots(alpha, keep, 3)  # truncated: the (up to) 3 highest kept sites
   alpha, keep, index, active = map(np.asarray, (alpha, keep, index, active))
   for r in range(len(alpha)):
     kept = np.flatnonzero(keep[r])
@@ -73,11 +73,11 @@ def test_top_k_slots_hold_the_nucleus_when_capacity_suffices():
 def test_attention_weights_renormalise_over_kept_sites():
   alpha = jnp.asarray([[0.5, 0.3, 0.2, 0.0]])
   keep = jnp.asarray([[True, True, False, False]])
-  g = np.asarray(sparse.attention_weights(alpha, keep, 'renorm'))
+  g = np.asarray(sparse_stages.attention_weights(alpha, keep, 'renorm'))
   np.testing.assert_allclose(g, [[0.5 / 0.8 * 2, 0.3 / 0.8 * 2, 0, 0]], rtol=1e-6)
-  np.testing.assert_array_equal(sparse.attention_weights(alpha, keep, 'straight_through'), [[1, 1, 0, 0]])
+  np.testing.assert_array_equal(sparse_stages.attention_weights(alpha, keep, 'straight_through'), [[1, 1, 0, 0]])
   with pytest.raises(ValueError, match='config.model.scma_grad'):
-    sparse.attention_weights(alpha, keep, 'bogus')
+    sparse_stages.attention_weights(alpha, keep, 'bogus')
 
 
 @pytest.mark.parametrize('mode,reaches', [('renorm', True), ('straight_through', True), ('none', False)])
@@ -86,14 +86,14 @@ def test_gradients_reach_every_scorer_parameter(mode, reaches):
   x = jnp.asarray(rng.normal(size=(3, 6, 6, 8)), jnp.float32)
   y = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
   active = jnp.asarray(rng.random((3, 6, 6)) < 0.8).at[:, 0, 0].set(True)
-  scorer = sparse.AdditiveScorer(8)
+  scorer = sparse_stages.AdditiveScorer(8)
   params = scorer.init(jax.random.key(0, impl='unsafe_rbg'), x, y, active)['params']
   target = jnp.asarray(rng.normal(size=(3, 36)), jnp.float32)
 
   def loss(params):
     alpha = scorer.apply({'params': params}, x, y, active)
-    keep = sparse.nucleus_mask(jax.lax.stop_gradient(alpha), 0.8, active.reshape(3, -1))
-    return (sparse.attention_weights(alpha, keep, mode) * target).sum()
+    keep = sparse_stages.nucleus_mask(jax.lax.stop_gradient(alpha), 0.8, active.reshape(3, -1))
+    return (sparse_stages.attention_weights(alpha, keep, mode) * target).sum()
 
   grads = jax.grad(loss)(params)
   assert set(grads) == {'w_c', 'w_y', 'w_a'}
@@ -111,7 +111,7 @@ def test_scorer_softmax_is_over_active_sites_only():
   x = jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32)
   y = jnp.asarray(rng.normal(size=(2, 2)), jnp.float32)
   active = jnp.asarray(rng.random((2, 4, 4)) < 0.5).at[:, 1, 1].set(True)
-  scorer = sparse.AdditiveScorer(4)
+  scorer = sparse_stages.AdditiveScorer(4)
   variables = scorer.init(jax.random.key(0, impl='unsafe_rbg'), x, y, active)
   alpha = np.asarray(scorer.apply(variables, x, y, active))
   p = variables['params']
@@ -139,7 +139,7 @@ def test_masked_dense_block_equals_dense_block_when_nothing_is_pruned(train):
   rng = np.random.default_rng(4)
   x = jnp.asarray(rng.normal(size=(4, 6, 6, 5)), jnp.float32)
   active, valid = jnp.ones((4, 6, 6), bool), jnp.ones((4,), bool)
-  block = sparse.VggBlock(8)
+  block = sparse_stages.VggBlock(8)
   variables = block.init(jax.random.key(0, impl='unsafe_rbg'), x, active, valid, train=False)
   stats = jax.tree.map(lambda v: v + rng.uniform(0.1, 0.5, v.shape).astype(np.float32),
                        variables['batch_stats'])  # non-trivial running averages
@@ -163,7 +163,7 @@ def test_masked_batch_norm_statistics_ignore_inactive_sites():
   x = rng.normal(size=(3, 4, 4, 2)).astype(np.float32)
   mask = rng.random((3, 4, 4)) < 0.5
   garbage = np.where(mask[..., None], x, 1e3)
-  bn = sparse.MaskedBatchNorm(affine=False)
+  bn = sparse_stages.MaskedBatchNorm(affine=False)
   variables = bn.init(jax.random.key(0), garbage, mask, train=False)
   y, upd = bn.apply(variables, jnp.asarray(garbage), jnp.asarray(mask), train=True, mutable=['batch_stats'])
   sel = x[mask].astype(np.float64)
@@ -173,7 +173,7 @@ def test_masked_batch_norm_statistics_ignore_inactive_sites():
 
 
 def make_slots(alpha, keep, k):
-  index, slot_active = sparse.top_k_slots(alpha, keep, k)
+  index, slot_active = sparse_stages.top_k_slots(alpha, keep, k)
   n = alpha.shape[0]
   active = jnp.zeros(alpha.shape, bool).at[jnp.arange(n)[:, None], index].set(slot_active)
   return (index, slot_active), active
@@ -185,7 +185,7 @@ def test_gather_block_equals_masked_dense_when_capacity_holds_the_nucleus(train)
   n, h, w, c = 5, 6, 4, 3
   x = rng.normal(size=(n, h, w, c)).astype(np.float32)
   alpha = jnp.asarray(random_distribution(rng, (n, h * w), np.ones((n, h * w), bool)), jnp.float32)
-  keep = sparse.nucleus_mask(alpha, 0.7)
+  keep = sparse_stages.nucleus_mask(alpha, 0.7)
   k = int(keep.sum(-1).max())
   assert k < h * w  # something is pruned
   slots, active = make_slots(alpha, keep, k)
@@ -193,7 +193,7 @@ def test_gather_block_equals_masked_dense_when_capacity_holds_the_nucleus(train)
   active = active.reshape(n, h, w)
   x = jnp.where(active[..., None], x, 0)
   valid = jnp.asarray([True, True, True, True, False])
-  dense, gather = sparse.VggBlock(4, 'masked_dense'), sparse.VggBlock(4, 'gather')
+  dense, gather = sparse_stages.VggBlock(4, 'masked_dense'), sparse_stages.VggBlock(4, 'gather')
   variables = dense.init(jax.random.key(0, impl='unsafe_rbg'), x, active, valid, train=False)
   variables = dict(variables, batch_stats=jax.tree.map(lambda v: v + 0.3, variables['batch_stats']))
   run = lambda block, **kw: jax.jit(lambda v: block.apply(v, x, active, valid, train=train, mutable=['batch_stats'],
@@ -209,15 +209,15 @@ def test_gather_block_grad_equals_masked_dense_grad():
   rng = np.random.default_rng(7)
   n, h, w, c = 3, 4, 4, 2
   alpha = jnp.asarray(random_distribution(rng, (n, h * w), np.ones((n, h * w), bool)), jnp.float32)
-  keep = sparse.nucleus_mask(alpha, 0.6)
+  keep = sparse_stages.nucleus_mask(alpha, 0.6)
   slots, active = make_slots(alpha, keep, int(keep.sum(-1).max()) + 2)
   active = active.reshape(n, h, w)
   x = jnp.where(active[..., None], rng.normal(size=(n, h, w, c)).astype(np.float32), 0)
   valid = jnp.ones((n,), bool)
-  variables = sparse.VggBlock(3).init(jax.random.key(1, impl='unsafe_rbg'), x, active, valid, train=False)
+  variables = sparse_stages.VggBlock(3).init(jax.random.key(1, impl='unsafe_rbg'), x, active, valid, train=False)
 
   def loss(params, x, impl, **kw):
-    y, _ = sparse.VggBlock(3, impl).apply({'params': params, 'batch_stats': variables['batch_stats']}, x, active,
+    y, _ = sparse_stages.VggBlock(3, impl).apply({'params': params, 'batch_stats': variables['batch_stats']}, x, active,
                                           valid, train=True, mutable=['batch_stats'], **kw)
     return (y * jnp.arange(3.0)).sum()
 
@@ -229,21 +229,22 @@ def test_gather_block_grad_equals_masked_dense_grad():
 def test_unknown_sparse_impl_names_the_field():
   x, active = jnp.zeros((1, 2, 2, 1)), jnp.ones((1, 2, 2), bool)
   with pytest.raises(ValueError, match='config.model.sparse_impl'):
-    sparse.VggBlock(1, 'bogus').init(jax.random.key(0), x, active, jnp.ones((1,), bool), train=False)
+    sparse_stages.VggBlock(1, 'bogus').init(jax.random.key(0), x, active, jnp.ones((1,), bool), train=False)
 
 
 def test_capacity_and_pool_mask():
-  assert sparse.capacity(0.4, 24, 24) == 231 and sparse.capacity(1.0, 3, 3) == 9 and sparse.capacity(0.0, 4, 4) == 1
+  capacity = sparse_stages.capacity
+  assert capacity(0.4, 24, 24) == 231 and capacity(1.0, 3, 3) == 9 and capacity(0.0, 4, 4) == 1
   m = np.zeros((1, 4, 4), bool)
   m[0, 1, 2] = True
-  np.testing.assert_array_equal(sparse.pool_mask(jnp.asarray(m)), [[[False, True], [False, False]]])
+  np.testing.assert_array_equal(sparse_stages.pool_mask(jnp.asarray(m)), [[[False, True], [False, False]]])
 
 
 @pytest.mark.parametrize('fraction', [0.05, 0.3, 0.6, 1.0])
 def test_top_fraction_mask_equals_the_top_k_slots(fraction):
   rng = np.random.default_rng(8)
   alpha = jnp.asarray(random_distribution(rng, (16, 40), np.ones((16, 40), bool), ties=True), jnp.float32)
-  keep = sparse.nucleus_mask(alpha, 0.9)
-  _, expected = make_slots(alpha, keep, sparse.capacity(fraction, 40, 1))
-  got = jax.jit(sparse.top_fraction_mask)(alpha, keep, jnp.float32(fraction))
+  keep = sparse_stages.nucleus_mask(alpha, 0.9)
+  _, expected = make_slots(alpha, keep, sparse_stages.capacity(fraction, 40, 1))
+  got = jax.jit(sparse_stages.top_fraction_mask)(alpha, keep, jnp.float32(fraction))
   np.testing.assert_array_equal(got, expected)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from affjax import config_validation, models
-from affjax.data import audio as audio_lib, pipeline, prepare, tokens
-from affjax.models import sparse
+from affjax.data import prepare, records as records_lib
+from affjax.models import sparse_stages
+from affjax.models.audio import spectral, token_mel
 from affjax.models.backbones.vgg import SparseVggTrunk
 from affjax.train import loop, state as state_lib
 from configs import sparse_e2e
@@ -18,10 +19,10 @@ from configs import sparse_e2e
 def test_mel_patches_are_slices_of_the_whole_signal_log_mel():
   rng = np.random.default_rng(1)
   signal = rng.normal(size=16000).astype(np.float32)
-  whole = np.log(np.asarray(audio_lib.mel_spectrogram(signal, 16000, 400, 200, 128, center=False)) + 1e-6)
+  whole = np.log(np.asarray(spectral.mel_spectrogram(signal, 16000, 400, 200, 128, center=False)) + 1e-6)
   starts = np.array([0, 7, 30])  # in mel frames
-  windows = np.stack([signal[s * 200: s * 200 + tokens.PATCH_SAMPLES] for s in starts])
-  got = np.asarray(tokens.mel_patches(jnp.asarray(windows)))
+  windows = np.stack([signal[s * 200: s * 200 + token_mel.PATCH_SAMPLES] for s in starts])
+  got = np.asarray(token_mel.mel_patches(jnp.asarray(windows)))
   assert got.shape == (3, 32, 128)
   for i, s in enumerate(starts):
     np.testing.assert_allclose(got[i], whole[s:s + 32], rtol=1e-4, atol=1e-4)
@@ -82,22 +83,22 @@ def test_padding_does_not_change_valid_frames(smoke_model):
 
 
 def test_trunk_macs_match_the_spec_layer_table():
-  video = sparse.trunk_macs((48, 48, 3), width=64, mlp_hidden=1024, d_model=64)
-  audio = sparse.trunk_macs((128, 32, 1), width=64, mlp_hidden=1024, d_model=64)
+  video = sparse_stages.trunk_macs((48, 48, 3), width=64, mlp_hidden=1024, d_model=64)
+  audio = sparse_stages.trunk_macs((128, 32, 1), width=64, mlp_hidden=1024, d_model=64)
   # spec sparse_e2e §4: dense part, each sparse stage, flatten MLP (M MACs)
   assert video['low_level'] / 1e6 == pytest.approx(96.0, abs=0.05)
   assert [s / 1e6 for s in video['stages']] == pytest.approx([127.4] * 3, abs=0.05)
   assert video['mlp'] / 1e6 == pytest.approx(4.78, abs=0.01)
   assert audio['low_level'] / 1e6 == pytest.approx(157.5, abs=0.05)
   assert [s / 1e6 for s in audio['stages']] == pytest.approx([226.5] * 3, abs=0.05)
-  half = sparse.trunk_macs((48, 48, 3), width=64, mlp_hidden=1024, d_model=64, keep=(0.5, 0.5, 0.5))
+  half = sparse_stages.trunk_macs((48, 48, 3), width=64, mlp_hidden=1024, d_model=64, keep=(0.5, 0.5, 0.5))
   assert half['stages'][0] == pytest.approx(video['stages'][0] / 2)
   assert half['total'] == pytest.approx(video['total'] - sum(video['stages']) / 2 + sum(half['scorers']))
 
 
 def test_trunk_macs_count_what_xla_counts_for_a_gather_block():
   n, h, w, c, f, k = 4, 8, 8, 6, 10, 20
-  block = sparse.VggBlock(f, 'gather')
+  block = sparse_stages.VggBlock(f, 'gather')
   x, active = jnp.zeros((n, h, w, c)), jnp.ones((n, h, w), bool)
   slots = (jnp.tile(jnp.arange(k, dtype=jnp.int32), (n, 1)), jnp.ones((n, k), bool))
   variables = block.init(jax.random.key(0), x, active, jnp.ones((n,), bool), train=False, slots=slots)
@@ -133,7 +134,7 @@ def test_smoke_run_trains_and_evaluates(tiny_tree, tmp_path):
   results = loop.train_and_evaluate(config, tmp_path / 'run')
   metrics = json.loads((tmp_path / 'run' / 'eval' / 'validation' / 'metrics.json').read_text())
   assert metrics == pytest.approx(results['validation'])
-  records = pipeline.open_records(prepare.input_dir(config), 'validation')
+  records = records_lib.open_records(prepare.input_dir(config), 'validation')
   annotated = sum(int(records.source[v.first_record + k]['label_mask'].sum()) for v in records.videos
                   for k in range(v.num_chunks))
   assert np.isfinite(metrics['ccc_mean']) and metrics['num_frames'] == annotated  # every frame, from tokens
@@ -143,8 +144,8 @@ def test_smoke_run_trains_and_evaluates(tiny_tree, tmp_path):
 def test_anneal_from_one_follows_the_linear_schedule():
   for step in range(8):
     expected = 1.0 - (1.0 - 0.6) * min(step / 5, 1.0)
-    assert float(sparse.anneal_from_one(0.6, 5, jnp.asarray(step))) == pytest.approx(expected, abs=1e-7)
-  assert float(sparse.anneal_from_one(0.6, 0, jnp.asarray(0))) == pytest.approx(0.6)
+    assert float(sparse_stages.anneal_from_one(0.6, 5, jnp.asarray(step))) == pytest.approx(expected, abs=1e-7)
+  assert float(sparse_stages.anneal_from_one(0.6, 0, jnp.asarray(0))) == pytest.approx(0.6)
 
 
 def test_top_p_warmup_starts_unpruned_counts_train_steps_and_ends_at_the_target(smoke_model):
@@ -178,7 +179,7 @@ def test_masked_dense_trunk_with_a_capacity_equals_the_gather_trunk(train=True):
   (a, upd_a), (b, upd_b) = run('masked_dense', capacity=jnp.float32(0.3)), run('gather')
   np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6), upd_a, upd_b)
-  caps = [sparse.capacity(0.3, s, s) / s ** 2 for s in (8, 4, 2)]  # ⌈0.3·H·W⌉ sites of each stage's grid
+  caps = [sparse_stages.capacity(0.3, s, s) / s ** 2 for s in (8, 4, 2)]  # ⌈0.3·H·W⌉ sites of each stage's grid
   assert all(float(k) <= c + 1e-6 for k, c in zip(jax.tree.leaves(upd_a['intermediates']), caps))
 
 

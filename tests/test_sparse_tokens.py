@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from affjax.data import affwild2, pipeline, tokens
+from affjax.data import affwild2, records as records_lib
+from affjax.data.views import tokens
+from affjax.models.audio import token_mel
 from affjax.train import losses
 from configs import sparse_e2e
 
@@ -43,7 +45,7 @@ def test_token_frames_and_patches_match_a_direct_loop(fps, rate, num_frames):
   for first in range(0, n, 7):
     window = np.arange(first, first + 16)
     s = tokens.patch_starts(window, rate)
-    assert s[-1] - s[0] + tokens.PATCH_SAMPLES <= tokens.segment_length(16, rate)
+    assert s[-1] - s[0] + token_mel.PATCH_SAMPLES <= tokens.segment_length(16, rate)
 
 
 def test_token_frames_at_25_fps_round_halves_up():
@@ -57,7 +59,7 @@ def loaded_videos(tree, split):
 
 @pytest.mark.parametrize('rate', [10.0, 7.5])
 def test_token_window_loader_equals_direct_reads(tiny_tree, tiny_records, rate):
-  records = pipeline.open_records(tiny_records, 'validation')
+  records = records_lib.open_records(tiny_records, 'validation')
   videos = loaded_videos(tiny_tree, 'validation')
   t = 6
   loader = tokens.TokenWindowLoader(records=records, window=t, rate=rate, image_size=112)
@@ -82,15 +84,15 @@ def test_token_window_loader_equals_direct_reads(tiny_tree, tiny_records, rate):
     pad = 2 * tokens.segment_length(t, rate)
     padded = np.concatenate([np.zeros(pad), video.audio, np.zeros(pad)])
     for i in np.flatnonzero(exists):
-      patch = got['audio'][got['audio_offsets'][i]:got['audio_offsets'][i] + tokens.PATCH_SAMPLES]
-      want = padded[pad + starts[first + i]:pad + starts[first + i] + tokens.PATCH_SAMPLES]
+      patch = got['audio'][got['audio_offsets'][i]:got['audio_offsets'][i] + token_mel.PATCH_SAMPLES]
+      want = padded[pad + starts[first + i]:pad + starts[first + i] + token_mel.PATCH_SAMPLES]
       np.testing.assert_array_equal(patch, want, err_msg=f'{index.name} token {first + i}')
     assert got['audio'].shape == (tokens.segment_length(t, rate),)
   assert len(table)
 
 
 def test_token_predictions_average_windows_and_interpolate_to_frame_times():
-  video = pipeline.VideoIndex(name='v', num_frames=20, fps=25.0, first_record=0, num_chunks=1, num_rows=20)
+  video = records_lib.VideoIndex(name='v', num_frames=20, fps=25.0, first_record=0, num_chunks=1, num_rows=20)
   acc = tokens.TokenPredictions.empty(video, 10.0)
   assert len(acc.counts) == 8  # t = 0.0 ... 0.7 < 20 / 25 = 0.8 s
   rng = np.random.default_rng(0)

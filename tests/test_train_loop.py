@@ -12,7 +12,7 @@ import pytest
 
 from affjax import checkpoint, config_validation, models, parallel
 from affjax.models.backbones import mobilefacenet
-from affjax.data import builder, pipeline
+from affjax.data import builder, pipeline, records as records_lib
 from affjax.train import loop, state as state_lib, step as step_lib
 from configs import cross_attn
 
@@ -44,7 +44,7 @@ def test_sharded_train_step_equals_single_device(tiny_tree, tiny_records, tmp_pa
   """
   assert jax.device_count() == 4  # tests/conftest.py forces 4 host devices
   config = smoke_config(tiny_tree, tmp_path)
-  batch = next(iter(pipeline.train_dataset(pipeline.open_records(tiny_records, 'train'), config)))
+  batch = next(iter(pipeline.train_dataset(records_lib.open_records(tiny_records, 'train'), config)))
   model, tx = models.build_model(config.model), optax.sgd(0.1)
   (params_1, stats_1, loss_1), (params_4, stats_4, loss_4) = (
       one_step_on(devices, model, tx, config, batch) for devices in (jax.devices()[:1], jax.devices()))
@@ -144,7 +144,7 @@ def test_compact_frames_run_trains_on_the_kept_frames_and_evaluates_the_timeline
   results = loop.train_and_evaluate(config, tmp_path / 'run')
   logged = [json.loads(line) for line in (tmp_path / 'run' / 'scalars.jsonl').read_text().splitlines()]
   assert all(np.isfinite(r['train/loss']) for r in logged if 'train/loss' in r)
-  annotated = sum(int(r['label_mask'].sum()) for r in pipeline.open_records(
+  annotated = sum(int(r['label_mask'].sum()) for r in records_lib.open_records(
       str(builder.dataset_dir(config.data.records_dir, 32)), 'validation').source)
   assert results['validation']['num_frames'] == annotated  # evaluation keeps the whole timeline
 
@@ -158,7 +158,7 @@ def test_smoke_run_writes_metrics_abaw_files_events_and_profile(tiny_tree, tmp_p
   metrics = json.loads((tmp_path / 'run' / 'eval' / 'validation' / 'metrics.json').read_text())
   assert set(metrics) == {'ccc_valence', 'ccc_arousal', 'ccc_mean', 'num_frames'}
   assert metrics == pytest.approx(results['validation'])
-  records = pipeline.open_records(str(builder.dataset_dir(config.data.records_dir, 32)), 'validation')
+  records = records_lib.open_records(str(builder.dataset_dir(config.data.records_dir, 32)), 'validation')
   for video in records.videos:
     lines = (tmp_path / 'run' / 'predictions' / 'validation' / f'{video.name}.txt').read_text().splitlines()
     assert lines[0] == 'valence,arousal' and len(lines) - 1 == video.num_rows
@@ -166,7 +166,7 @@ def test_smoke_run_writes_metrics_abaw_files_events_and_profile(tiny_tree, tmp_p
     assert np.all(np.abs(values) <= 1)
   annotated = sum(int(records.source[i]['label_mask'].sum()) for i in range(len(records.source)))
   assert metrics['num_frames'] == annotated  # every annotated frame, faces or not
-  test_videos = pipeline.open_records(str(builder.dataset_dir(config.data.records_dir, 32)), 'test').videos
+  test_videos = records_lib.open_records(str(builder.dataset_dir(config.data.records_dir, 32)), 'test').videos
   assert not (tmp_path / 'run' / 'predictions' / 'test').exists()  # only config.eval.splits are written
   assert test_videos
 

@@ -6,7 +6,7 @@
 A variant is `dense`, `masked_dense@P` or `gather@P/K` (top_p P, capacity K). Each variant's jit train step
 (forward, backward, Adam update) runs on one device on random inputs of the config's shapes: warm-up steps,
 then the median of --repeats timed steps; the dense variant is the baseline of the same run. MACs are the
-trunks' per token (face + mel patch), from `sparse.trunk_macs`, at the config's width and at the spec's 64.
+trunks' per token (face + mel patch), from `sparse_stages.trunk_macs`, at the config's width and at the spec's 64.
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ import jax
 import numpy as np
 
 from affjax import models, parallel
-from affjax.data import tokens
-from affjax.models import sparse
+from affjax.data.views import tokens
+from affjax.models import sparse_stages
+from affjax.models.audio import token_mel
 from affjax.train import optim, state as state_lib, step as step_lib
 from configs import sparse_e2e
 
@@ -30,7 +31,7 @@ def parse_variant(spec: str) -> dict:
   if spec == 'dense':
     return dict(sparse=False, sparse_impl='masked_dense')
   impl, _, levels = spec.partition('@')
-  if impl not in sparse.SPARSE_IMPLS or not levels:
+  if impl not in sparse_stages.SPARSE_IMPLS or not levels:
     raise ValueError(f'variant {spec!r}: expected dense, masked_dense@P or gather@P/K')
   p, _, k = levels.partition('/')
   return dict(sparse=True, sparse_impl=impl, top_p=float(p), top_p_warmup_steps=0,  # time the target top_p
@@ -40,13 +41,13 @@ def parse_variant(spec: str) -> dict:
 def feature_macs(model_cfg, width: int, mlp_hidden: int) -> float:
   """Per-token MACs of both trunks: what the variant computes (masked dense computes every site)."""
   total = 0.0
-  for shape in ((48, 48, 3), (tokens.N_MELS, tokens.PATCH_FRAMES, 1)):
+  for shape in ((48, 48, 3), (token_mel.N_MELS, token_mel.PATCH_FRAMES, 1)):
     keep = None
     if model_cfg.sparse:
       h, w = shape[0] // 2, shape[1] // 2
       keep = tuple(1.0 if model_cfg.sparse_impl == 'masked_dense' else
-                   sparse.capacity(model_cfg.capacity, h >> s, w >> s) / ((h >> s) * (w >> s)) for s in range(3))
-    total += sparse.trunk_macs(shape, width, mlp_hidden, model_cfg.d_model, keep)['total']
+                   sparse_stages.capacity(model_cfg.capacity, h >> s, w >> s) / ((h >> s) * (w >> s)) for s in range(3))
+    total += sparse_stages.trunk_macs(shape, width, mlp_hidden, model_cfg.d_model, keep)['total']
   return total
 
 

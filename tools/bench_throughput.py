@@ -45,13 +45,13 @@ def measure(config, label: str) -> tuple[float, float]:
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from affjax import config_validation, follower_features, models, parallel, profiling  # pylint: disable=g-import-not-at-top
-  from affjax.data import pipeline, prepare  # pylint: disable=g-import-not-at-top
+  from affjax.data import pipeline, prepare, records as records_lib  # pylint: disable=g-import-not-at-top
   from affjax.train import optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
 
   config_validation.validate(config)
   with tempfile.TemporaryDirectory() as workdir:  # LFAN: follower features and statistics, as a run prepares them
     config = follower_features.prepare(config, prepare.input_dir(config), workdir)
-  records = pipeline.open_partition(prepare.input_dir(config), 'train', config)
+  records = records_lib.open_partition(prepare.input_dir(config), 'train', config)
   clip_view = config.data.get('view', 'frames') == 'clips'
   unit = 'clips' if clip_view else 'frames'
   per_window = config.data.num_clips if clip_view else config.data.window

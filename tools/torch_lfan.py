@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from affjax.data import audio, audio_features as af, pipeline
+from affjax.data.views import frames
 from affjax.models import converters
+from affjax.models.audio import mfcc as af, spectral
 from affjax.models.backbones import ir50 as ir50_lib
 
 
@@ -114,16 +115,16 @@ class LeaderFollowerFusion(nn.Module):
 
 
 def frame_mfcc(audio_segment, offsets):
-  """affjax's 39-d MFCC row of each frame (`audio_features.frame_mfcc`) in torch: audio `[B, L]`, offsets `[B, T]`
-  -> `[B, T, 39]`."""
+  """affjax's 39-d MFCC row of each frame (`affjax.models.audio.mfcc.frame_mfcc`) in torch: audio `[B, L]`,
+  offsets `[B, T]` -> `[B, T, 39]`."""
   idx = offsets[..., None] + torch.arange(af.FRAME_MFCC_SAMPLES)
   windows = torch.gather(audio_segment[:, None, :].expand(-1, offsets.shape[1], -1), 2, idx)  # [B, T, W]
   frames = windows.unfold(-1, af.N_FFT, af.HOP_LENGTH)  # [B, T, rows, 512]
-  window = torch.from_numpy(audio.hann_window(af.WIN_LENGTH, af.N_FFT))
+  window = torch.from_numpy(spectral.hann_window(af.WIN_LENGTH, af.N_FFT))
   power = torch.fft.rfft(frames * window, n=af.N_FFT).abs() ** 2
-  mel = power @ torch.from_numpy(audio.mel_filterbank(af.N_FFT, af.SAMPLE_RATE, af.N_MELS))
+  mel = power @ torch.from_numpy(spectral.mel_filterbank(af.N_FFT, af.SAMPLE_RATE, af.N_MELS))
   db = 10 * torch.log10(torch.clamp(mel, min=1e-10))
-  c = db @ torch.from_numpy(audio.dct_basis(af.N_MELS, af.N_CEPSTRA)) * torch.from_numpy(af.lifter_weights())
+  c = db @ torch.from_numpy(spectral.dct_basis(af.N_MELS, af.N_CEPSTRA)) * torch.from_numpy(af.lifter_weights())
 
   def deltas(x):  # HTK regression, width 2, edges repeated, over the rows axis
     xp = torch.cat([x[..., :1, :]] * 2 + [x] + [x[..., -1:, :]] * 2, dim=-2)
@@ -223,11 +224,11 @@ def random_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
   data, b = config.data, config.train.batch_size
   t, s = data.window, data.crop_size
   rng = np.random.default_rng(seed)
-  length = pipeline.audio_segment_length(t, data.audio_window, data.min_fps)
+  length = frames.audio_segment_length(t, data.audio_window, data.min_fps)
   return dict(faces=rng.integers(0, 256, (b, t, s, s, 3), dtype=np.uint8),
               vggish_features=rng.standard_normal((b, t, 128)).astype(np.float32),
               audio=(0.1 * rng.standard_normal((b, length))).astype(np.float32),
-              audio_offsets=np.tile((pipeline.frame_centre_sample(np.arange(t), 30.0)
-                                     - pipeline.frame_centre_sample(0, 30.0)).astype(np.int32), (b, 1)),
+              audio_offsets=np.tile((frames.frame_centre_sample(np.arange(t), 30.0)
+                                     - frames.frame_centre_sample(0, 30.0)).astype(np.int32), (b, 1)),
               labels=rng.uniform(-1, 1, (b, t, 2)).astype(np.float32), label_mask=np.ones((b, t), bool),
               face_mask=np.ones((b, t), bool), mask=np.ones((b, t), bool))

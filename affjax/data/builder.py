@@ -119,7 +119,7 @@ class Affwild2(tfds.core.GeneratorBasedBuilder):
 
 def record_shard_sizes(info: tfds.core.DatasetInfo) -> None:
   """Stores the size of every written shard in the metadata (`shards`: {split: {file name: bytes}}), so that
-  `pipeline.check_shards` can tell a truncated or deleted shard when the records are opened."""
+  `records.check_shards` can tell a truncated or deleted shard when the records are opened."""
   info.metadata['shards'] = {split: {p.name: os.path.getsize(p) for p in split_info.filepaths}
                              for split, split_info in info.splits.items()}
 

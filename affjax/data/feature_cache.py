@@ -3,7 +3,7 @@ like the frame records.
 
 Record i of a split holds the features `<part>_features [C, *shape_part]` (float32) of the frames of record i of
 the frame records it was computed from, with the same masks, labels and metadata (video index), so
-`pipeline.open_records` reads it unchanged and the same window tables address it. A run trains either from it
+`affjax.data.records.open_records` reads it unchanged and the same window tables address it. A run trains either from it
 alone (`config.data.features_dir`: no backbone compute per step; inputs are not augmented) or from the frame
 records with it joined to every window (`config.data.side_features_dir`).
 
@@ -23,11 +23,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
-from affjax.data import builder, pipeline
+from affjax.data import builder, records as records_lib
 
 # (records of one split) -> per chunk, in record order, the example fields it sets: `<part>_features
 # [C, *shape_part]`, and `face_mask [C]` where it differs from the frame record's (the clip view)
-ChunkFeatures = Callable[[pipeline.Records], Iterator[Mapping[str, np.ndarray]]]
+ChunkFeatures = Callable[[records_lib.Records], Iterator[Mapping[str, np.ndarray]]]
 # (batch of chunk inputs) -> {part: [B, C, *shape_part]}
 Extractor = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
 # row (video index, start frame) of a chunk -> the backbones' inputs for its C frames and their face_mask [C]
@@ -36,11 +36,11 @@ ChunkLoader = Callable[[np.ndarray], dict[str, np.ndarray]]
 VideoExtractor = Callable[[np.ndarray, float, int], Mapping[str, np.ndarray]]
 
 
-def window_features(extract: Extractor, make_loader: Callable[[pipeline.Records], ChunkLoader],
+def window_features(extract: Extractor, make_loader: Callable[[records_lib.Records], ChunkLoader],
                     batch_chunks: int = 8) -> ChunkFeatures:
   """Runs `extract` over batches of `batch_chunks` chunks' inputs (`make_loader(records)`)."""
 
-  def features(records: pipeline.Records) -> Iterator[Mapping[str, np.ndarray]]:
+  def features(records: records_lib.Records) -> Iterator[Mapping[str, np.ndarray]]:
     loader = make_loader(records)
     rows = [(i, j * records.chunk_size) for i, v in enumerate(records.videos) for j in range(v.num_chunks)]
     for first in range(0, len(rows), batch_chunks):
@@ -57,7 +57,7 @@ def video_features(extract: VideoExtractor) -> ChunkFeatures:
   """Runs `extract` on each video's whole waveform (its chunks' audio, concatenated) and cuts the result into
   chunks (zeros past the video's last frame)."""
 
-  def features(records: pipeline.Records) -> Iterator[Mapping[str, np.ndarray]]:
+  def features(records: records_lib.Records) -> Iterator[Mapping[str, np.ndarray]]:
     c = records.chunk_size
     for video in records.videos:
       wave = np.concatenate([records.source[video.first_record + j]['audio'] for j in range(video.num_chunks)])
@@ -116,7 +116,7 @@ class Affwild2Features(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str):
     if self._features is None:
       raise ValueError(f'{self.data_dir} is incomplete and no feature function was given to build it')
-    records = pipeline.open_records(self._source, split)
+    records = records_lib.open_records(self._source, split)
     chunks = len(records.source)
     for i, fields in enumerate(tqdm.tqdm(self._features(records), total=chunks, desc=f'features {split}',
                                          unit='chunk')):

@@ -8,14 +8,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from affjax.data import audio_features
-from affjax.models import lfan_model, sparse
+from affjax.models import lfan_model, sparse_stages
 from affjax.models.attention import ATTENTION_IMPLS
+from affjax.models.audio import mfcc
 from affjax.models.av_model import AUDIO_BACKBONES, MODALITIES, VISUAL_BACKBONES, AudioVisualModel
 from affjax.models.backbones.resnet import CONV_IMPLS
-from affjax.models.fusion.sparse import QUERIES, SparseAVModel
 from affjax.models.layers import ACTIVATIONS, DEPTHWISE_IMPLS, lookup
 from affjax.models.rjca_model import RJCAModel
+from affjax.models.sparse_e2e_model import QUERIES, SparseAVModel
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -92,8 +92,8 @@ def _build_sparse_e2e(cfg: ml_collections.ConfigDict) -> nn.Module:
     raise ValueError(f'config.model.capacity={cfg.capacity!r} must be in (0, 1] (fraction of sites per stage)')
   return SparseAVModel(
       width=cfg.width, d_model=cfg.d_model, mlp_hidden=cfg.mlp_hidden, sparse=cfg.sparse,
-      sparse_impl=_field(cfg, 'sparse_impl', sparse.SPARSE_IMPLS), top_p=cfg.top_p, top_p_warmup_steps=warmup,
-      capacity=cfg.capacity, scma_grad=_field(cfg, 'scma_grad', sparse.SCMA_GRADS),
+      sparse_impl=_field(cfg, 'sparse_impl', sparse_stages.SPARSE_IMPLS), top_p=cfg.top_p, top_p_warmup_steps=warmup,
+      capacity=cfg.capacity, scma_grad=_field(cfg, 'scma_grad', sparse_stages.SCMA_GRADS),
       query=_field(cfg, 'query', QUERIES), num_layers=cfg.num_layers, num_heads=cfg.num_heads, d_ff=cfg.d_ff,
       dropout=cfg.dropout, dtype=DTYPES[_field(cfg, 'dtype', DTYPES)])
 
@@ -102,9 +102,9 @@ def _build_lfan(cfg: ml_collections.ConfigDict) -> nn.Module:
   followers = tuple(cfg.followers)
   for i, m in enumerate(followers):
     lookup(lfan_model.FOLLOWERS, m, f'config.model.followers[{i}]')
-  if 'mfcc' in followers and cfg.audio_window != audio_features.FRAME_MFCC_SAMPLES:
+  if 'mfcc' in followers and cfg.audio_window != mfcc.FRAME_MFCC_SAMPLES:
     raise ValueError(f'config.data.audio_window={cfg.audio_window}: the MFCC follower needs '
-                     f'{audio_features.FRAME_MFCC_SAMPLES} samples per frame; set it to that')
+                     f'{mfcc.FRAME_MFCC_SAMPLES} samples per frame; set it to that')
   norm = {}
   for name in followers:
     if name not in cfg.feature_norm or len(cfg.feature_norm[name]) != 2:

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from affjax.data import audio_features
+from affjax.models.audio import mfcc
 from affjax.models.av_model import slice_audio_windows
 from affjax.models.backbones import ir50
 from affjax.models.fusion.lfan import LeaderFollowerFusion
@@ -36,7 +36,7 @@ class LFAN(nn.Module):
   batch: faces `[B, T, S, S, 3]` uint8 (S = 40 as the paper), mask `[B, T]` bool (False = padding), for the
   'vggish' follower vggish_features `[B, T, 128]` (raw VGGish embeddings of each frame's 0.96 s example), and for
   the 'mfcc' follower audio `[B, L]` float32 with audio_offsets `[B, T]` int32 (frame t's centred window of
-  `audio_features.FRAME_MFCC_SAMPLES` samples starts there). Followers are fused in the order of `followers`
+  `mfcc.FRAME_MFCC_SAMPLES` samples starts there). Followers are fused in the order of `followers`
   (the paper: VGGish, then MFCC). `feature_norm` maps a follower to its (mean, std),
   scalars from the training partition. `emotion` 'valence' or 'arousal' builds one regressor output (the paper:
   one model per emotion) and leaves the other column zero.
@@ -83,8 +83,8 @@ class LFAN(nn.Module):
   def _follower_features(self, name: str, batch: Mapping[str, Array]) -> Array:
     """`[B, T, D]` float32 features of one follower modality."""
     if name == 'mfcc':
-      windows = slice_audio_windows(batch['audio'], batch['audio_offsets'], audio_features.FRAME_MFCC_SAMPLES)
-      return audio_features.frame_mfcc(windows)
+      windows = slice_audio_windows(batch['audio'], batch['audio_offsets'], mfcc.FRAME_MFCC_SAMPLES)
+      return mfcc.frame_mfcc(windows)
     if name == 'vggish':
       if 'vggish_features' not in batch:
         raise ValueError('the VGGish follower reads vggish_features from a feature cache joined to the frame records: '

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from affjax.data import clips
+from affjax.models.audio import clip_log_mel
 from affjax.models.backbones.resnet import R2Plus1D18, ResNet18
 from affjax.models.fusion.rjca import RJCAFusion
 
@@ -57,7 +57,7 @@ class RJCAModel(nn.Module):
   def audio_features(self, clip_audio: Array, num_samples: Array, *, train: bool) -> Array:
     """clip_audio `[B, L, N]`, num_samples `[B, L]` -> `[B, L, 512]` (ResNet-18 over the `[64, F, 1]` log-mel)."""
     b, l = clip_audio.shape[:2]
-    mel = clips.clip_log_mel(clip_audio, num_samples)  # [B, L, F, 64]
+    mel = clip_log_mel.clip_log_mel(clip_audio, num_samples)  # [B, L, F, 64]
     x = jnp.swapaxes(mel, -1, -2).reshape(b * l, mel.shape[-1], mel.shape[-2], 1)
     maps = self.audio(x.astype(self.dtype), train=train and 'audio' not in self.frozen)
     return self._backbone_output('audio', maps.astype(jnp.float32).mean(axis=(1, 2)).reshape(b, l, -1))

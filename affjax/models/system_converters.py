@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from affjax.data import audio_features
 from affjax.models import attention, converters, tcn, temporal, torch_convert
+from affjax.models.audio import mfcc
 from affjax.models.backbones import ir50
 from affjax.models.av_model import AUDIO_BACKBONES, VISUAL_BACKBONES
 
@@ -187,9 +187,9 @@ def lfan(state_dict: torch_convert.StateDict, source: str, options: Options) -> 
   tcns = {name: tcn.from_torch(rest, f'{theirs}.')['params']
           for name, theirs in (('visual_tcn', 'temporal'), ('vggish_tcn', 'temporal1'), ('mfcc_tcn', 'temporal2'))}
   inputs = {name: tcns[name]['level0']['conv1']['v'].shape[1] for name in ('vggish_tcn', 'mfcc_tcn')}
-  if inputs != {'vggish_tcn': 128, 'mfcc_tcn': audio_features.MFCC_DIM}:
+  if inputs != {'vggish_tcn': 128, 'mfcc_tcn': mfcc.MFCC_DIM}:
     raise ValueError(f'{source}: temporal1 / temporal2 take {inputs["vggish_tcn"]} / {inputs["mfcc_tcn"]} features, '
-                     f'not VGGish (128) / MFCC ({audio_features.MFCC_DIM}): not the paper\'s followers')
+                     f'not VGGish (128) / MFCC ({mfcc.MFCC_DIM}): not the paper\'s followers')
   fusion = {f'{ours}{m}': rest.dense(f'{theirs}{m + 1}') for m in range(3)
             for ours, theirs in (('key', 'encoder'), ('query', 'encoderQ'), ('value', 'encoderV'))}
   fusion['norm'] = _layer_norm(rest, 'ln')

@@ -16,8 +16,8 @@ import jax
 import tqdm
 
 from affjax import checkpoint, evaluate, models, parallel
-from affjax import logging as affjax_logging
-from affjax.data import pipeline
+from affjax import run_logs
+from affjax.data import pipeline, views
 from affjax.models.backbones import ir50
 from affjax.train import loop, metrics as metrics_lib, optim, release, step as step_lib
 
@@ -72,9 +72,9 @@ def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
                      'cross-validation fold (--config.data.fold=K)')
   loop.announce_outputs(exp, training=True)
   train_iter = iter(pipeline.train_dataset(exp.records('train'), config))
-  writer = affjax_logging.MetricWriter(workdir)
+  writer = run_logs.MetricWriter(workdir)
   try:
-    table = pipeline.window_table(exp.records('train').videos, config.data.window, config.data.train_hop)
+    table, _ = views.of(config).windows(exp.records('train'), config, train=True)
     steps_per_epoch = len(table) // config.train.batch_size
     if steps_per_epoch == 0:
       raise ValueError(f'{len(table)} training windows make no batch of config.train.batch_size='

@@ -13,8 +13,8 @@ import tqdm
 
 from affjax import checkpoint, config_validation, evaluate, follower_features, models, parallel, profiling
 from affjax import workdir_lock
-from affjax import logging as affjax_logging
-from affjax.data import pipeline, prepare
+from affjax import run_logs
+from affjax.data import pipeline, prepare, records as records_lib
 from affjax.train import optim, state as state_lib, step as step_lib
 
 
@@ -26,7 +26,7 @@ def start_process(config) -> None:
   """What every command that trains does first: quiet library logs, join the other hosts if launched so, the
   compilation cache under `config.data.cache_dir` (reruns and resumes load compiled steps instead of recompiling),
   and validate `config` before anything compiles."""
-  affjax_logging.quiet_library_info()
+  run_logs.quiet_library_info()
   parallel.maybe_initialize_distributed()
   jax.config.update('jax_threefry_partitionable', True)
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
@@ -51,8 +51,8 @@ class Experiment:
                                                selection_weights=config.eval.selection_weights)
     self.eval_step = step_lib.make_eval_step(self.model)
 
-  def records(self, split: str) -> pipeline.Records:
-    return pipeline.open_partition(self.records_dir, split, self.config)
+  def records(self, split: str) -> records_lib.Records:
+    return records_lib.open_partition(self.records_dir, split, self.config)
 
   def predict(self, split: str) -> list[evaluate.VideoPredictions]:
     """Predicts every frame of every video of `split` with the current state."""
@@ -162,7 +162,7 @@ def _train(exp: Experiment):
   if start:
     exp.state = exp.checkpoints.restore(start, exp.state, train_iter)
     logging.info('resumed from the checkpoint of step %d', start)
-  writer = affjax_logging.MetricWriter(exp.workdir)
+  writer = run_logs.MetricWriter(exp.workdir)
   writer.drop_rows(lambda row: row['step'] > start or (pending_validation and row['step'] == start and
                                                        any(k.startswith('validation/') for k in row)))
   profiler = profiling.StepProfiler(exp.workdir, first=start + train_cfg.first_profile,
@@ -233,7 +233,7 @@ def _train(exp: Experiment):
   return last_validation
 
 
-def _validate(exp: Experiment, step: int, writer: affjax_logging.MetricWriter, progress: tqdm.tqdm):
+def _validate(exp: Experiment, step: int, writer: run_logs.MetricWriter, progress: tqdm.tqdm):
   """Evaluates the saved state of `step` on the validation split; logs and records its metrics (it then
   competes for best); returns (step, predictions)."""
   videos = exp.predict('validation')
@@ -250,7 +250,7 @@ def state_is_finite(state) -> bool:
   return bool(checkpoint.all_finite((state.params, state.batch_stats, state.opt_state)))
 
 
-def _recover(exp: Experiment, done: int, train_iter, writer: affjax_logging.MetricWriter, rollbacks: int) -> int:
+def _recover(exp: Experiment, done: int, train_iter, writer: run_logs.MetricWriter, rollbacks: int) -> int:
   """After non-finite values (a training loss up to step `done`, or the state about to be saved): deletes the
   checkpoints newer than the newest good one; with `config.train.on_nonfinite='rollback'` (at most
   `config.train.max_rollbacks` times per run) restores that one, skips the batches trained on since it and

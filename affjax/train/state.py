@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from affjax import parallel
-from affjax.data import clips, pipeline, tokens
+from affjax.data import views
 from affjax.models import torch_convert
 
 
@@ -23,29 +23,9 @@ class TrainState:
 
 
 def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
-  """Zeros shaped like a pipeline batch of `batch_size` windows (the model's input signature); from a
-  feature cache (`config.data.features_dir`) its `<part>_features` instead of faces and audio, and with one
-  joined to the frames (`config.data.side_features_dir`) its `<part>_features` too."""
-  d = config.data
-  view = d.get('view', 'frames')
-  t = d.num_clips if view == 'clips' else d.window
-
-  def features(directory: str) -> dict[str, np.ndarray]:
-    shapes = pipeline.open_records(directory, 'train').features
-    return {f'{part}_features': np.zeros((batch_size, t, *shape), np.float32) for part, shape in shapes.items()}
-
-  if d.get('features_dir'):
-    return dict(features(d.features_dir), mask=np.ones((batch_size, t), bool))
-  if view == 'clips':
-    return clips.example_batch(config, batch_size)
-  if view == 'tokens':
-    return tokens.example_batch(config, batch_size)
-  s = d.get('crop_size', 0) or d.image_size
-  return dict(features(d.side_features_dir) if d.get('side_features_dir') else {},
-              faces=np.zeros((batch_size, t, s, s, 3), np.uint8),
-              audio=np.zeros((batch_size, pipeline.audio_segment_length(t, d.audio_window, d.min_fps)),
-                             np.float32),
-              audio_offsets=np.zeros((batch_size, t), np.int32), mask=np.ones((batch_size, t), bool))
+  """Zeros shaped like a pipeline batch of `batch_size` windows of the run's view (the model's input signature;
+  from a feature cache its `<part>_features`)."""
+  return views.of(config).example_batch(config, batch_size)
 
 
 def init_variables(model, config, rng: jax.Array) -> tuple[dict[str, Any], jax.Array]:

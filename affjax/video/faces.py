@@ -7,7 +7,7 @@ wheel (`cv2.data.haarcascades`), so nothing is downloaded at run time.
 Crop convention (Aff-Wild2 `cropped_aligned`, 112x112): a square centred on the detected face box, CROP_SCALE
 times its side, rotated so the eyes are level (when both are found), resampled bilinearly to 112x112; the
 models' own image size is then reached from that crop as the training pipeline reaches it from the released
-JPEGs (`pipeline.decode_face`: a bilinear resize).
+JPEGs (`affjax.data.records.decode_face`: a bilinear resize).
 """
 from __future__ import annotations
 

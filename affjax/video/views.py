@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from affjax import evaluate
-from affjax.data import affwild2, pipeline
+from affjax.data import affwild2, records as records_lib
 
 CHUNK_SIZE = 32
 
@@ -54,12 +54,12 @@ def audio_on_frame_timeline(video: DecodedVideo) -> np.ndarray:
   return np.interp(real, np.arange(len(video.audio)), video.audio, right=0.0).astype(np.float32)
 
 
-class VideoRecords(pipeline.Records):
-  """`pipeline.Records` of one decoded video held in memory (`chunks`, as the builder writes them)."""
+class VideoRecords(records_lib.Records):
+  """`affjax.data.records.Records` of one decoded video held in memory (`chunks`, as the builder writes them)."""
 
   def __init__(self, video: DecodedVideo, chunk_size: int = CHUNK_SIZE):
     n, fps = video.num_frames, video.fps
-    index = pipeline.VideoIndex(name=video.name, num_frames=n, fps=fps, first_record=0,
+    index = records_lib.VideoIndex(name=video.name, num_frames=n, fps=fps, first_record=0,
                                 num_chunks=-(-n // chunk_size), num_rows=n)
     super().__init__(directory='', split='predict', chunk_size=chunk_size, videos=(index,))
     audio = audio_on_frame_timeline(video)

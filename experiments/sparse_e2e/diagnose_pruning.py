@@ -18,14 +18,14 @@ import numpy as np
 import optax
 
 from affjax import models
-from affjax.data import pipeline, prepare
-from affjax.models import sparse
+from affjax.data import pipeline, prepare, records as records_lib
+from affjax.models import sparse_stages
 from affjax.train import losses, optim, state as state_lib
 from configs import sparse_e2e
 
 
 def control_mask(mode: str, fraction: float):
-  """A stand-in for `sparse.nucleus_mask` that ignores α: random sites per token, or one fixed set."""
+  """A stand-in for `sparse_stages.nucleus_mask` that ignores α: random sites per token, or one fixed set."""
   def mask(alpha, p, valid=None):
     del p
     valid = jnp.ones(alpha.shape, bool) if valid is None else valid
@@ -45,18 +45,18 @@ def selection_stats(model, variables, batch, top_p: float, capacity: float | Non
   independent random sets of that fraction would give), and the spread of g over the kept sites; `capacity`:
   the gather stages' truncation (None: masked dense)."""
   _, state = model.apply(variables, batch, train=False, mutable=['intermediates'],
-                         capture_intermediates=lambda mdl, _: isinstance(mdl, sparse.AdditiveScorer))
+                         capture_intermediates=lambda mdl, _: isinstance(mdl, sparse_stages.AdditiveScorer))
   b, t = batch['mask'].shape
   lines = []
   for trunk, valid in (('visual_trunk', batch['face_mask'] & batch['mask']), ('audio_trunk', batch['mask'])):
     valid = np.asarray(valid)
     for stage in range(3):
       alpha = state['intermediates'][trunk][f'scorer{stage}']['__call__'][0]
-      keep = sparse.nucleus_mask(alpha, top_p, alpha > 0)
+      keep = sparse_stages.nucleus_mask(alpha, top_p, alpha > 0)
       if capacity is not None:  # gather: the top ⌈capacity·H·W⌉ sites of the nucleus
-        index, active = sparse.top_k_slots(alpha, keep, sparse.capacity(capacity, alpha.shape[1], 1))
+        index, active = sparse_stages.top_k_slots(alpha, keep, sparse_stages.capacity(capacity, alpha.shape[1], 1))
         keep = jnp.zeros_like(keep).at[jnp.arange(len(keep))[:, None], index].set(active)
-      g = np.asarray(sparse.attention_weights(alpha, keep, 'renorm'))
+      g = np.asarray(sparse_stages.attention_weights(alpha, keep, 'renorm'))
       keep = np.asarray(keep).reshape(b, t, -1)
       q = keep[valid].mean()
       pairs = valid[:, 1:] & valid[:, :-1]
@@ -81,13 +81,13 @@ def main():
   parser.add_argument('--fraction', type=float, default=0.7)
   args = parser.parse_args()
   if args.mask != 'nucleus':
-    sparse.nucleus_mask = control_mask(args.mask, args.fraction)
+    sparse_stages.nucleus_mask = control_mask(args.mask, args.fraction)
   config = sparse_e2e.get_config()
   config.data.num_workers = 0
   config.train.num_steps = max(args.steps, config.optim.warmup_steps + 1)
   config.model.update(top_p=args.top_p, top_p_warmup_steps=args.top_p_warmup_steps, scma_grad=args.scma_grad,
                       sparse=bool(args.sparse), sparse_impl=args.sparse_impl, capacity=args.capacity)
-  it = iter(pipeline.train_dataset(pipeline.open_records(prepare.input_dir(config), 'train'), config))
+  it = iter(pipeline.train_dataset(records_lib.open_records(prepare.input_dir(config), 'train'), config))
   batches = [jax.tree.map(jnp.asarray, next(it)) for _ in range(args.steps)]
   model = models.build_model(config.model)
   tx = optim.make_optimizer(config)
@@ -119,7 +119,7 @@ def main():
             f'{float(aux["ccc_arousal"]):+.3f} ({time.perf_counter() - start:.0f} s)', flush=True)
   print('  gradient norms at the last step: ' + ', '.join(f'{k}: {float(v):.2f}' for k, v in sorted(norms.items())))
   if args.sparse:
-    final_p = float(sparse.anneal_from_one(args.top_p, args.top_p_warmup_steps, jnp.asarray(args.steps)))
+    final_p = float(sparse_stages.anneal_from_one(args.top_p, args.top_p_warmup_steps, jnp.asarray(args.steps)))
     print('at init, last batch:')
     capacity = args.capacity if args.sparse_impl == 'gather' else None
     print('\n'.join(selection_stats(model, variables, batches[-1], final_p, capacity)))

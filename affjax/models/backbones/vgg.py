@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from affjax.models import sparse
+from affjax.models import sparse_stages
 from affjax.models.layers import torch_dense
 
 Array = jax.Array
@@ -32,14 +32,15 @@ class VggLowLevel(nn.Module):
   @nn.compact
   def __call__(self, x: Array, sample_valid: Array, *, train: bool) -> Array:
     n, h, w, c = x.shape
-    kernel = self.param('conv', sparse.he_normal, (5, 5, c, self.width), jnp.float32)
+    kernel = self.param('conv', sparse_stages.he_normal, (5, 5, c, self.width), jnp.float32)
     x = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.astype(self.dtype), (1, 1), ((2, 2), (2, 2)),
                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     every = jnp.broadcast_to(sample_valid[:, None, None], (n, h, w))
-    x = sparse.max_pool2(nn.relu(sparse.MaskedBatchNorm(name='bn')(x, every, train=train)))
+    x = sparse_stages.max_pool2(nn.relu(sparse_stages.MaskedBatchNorm(name='bn')(x, every, train=train)))
     all_sites = jnp.ones(x.shape[:3], bool)
     for i in range(2):
-      x = sparse.VggBlock(self.width, dtype=self.dtype, name=f'block{i}')(x, all_sites, sample_valid, train=train)
+      block = sparse_stages.VggBlock(self.width, dtype=self.dtype, name=f'block{i}')
+      x = block(x, all_sites, sample_valid, train=train)
     return x
 
 
@@ -51,7 +52,7 @@ class SparseVggTrunk(nn.Module):
   a call argument, so that it can follow a schedule); with `impl='gather'` the active set is cut to the
   ⌈capacity·H_l·W_l⌉ sites of highest α (the masked-dense stages make the same cut when the call passes
   `capacity`, e.g. annealed while a gather model warms up); the features are weighted by
-  `sparse.attention_weights` (`scma_grad`), a VGG block runs on the active sites, then a 2x2 max-pool (the
+  `sparse_stages.attention_weights` (`scma_grad`), a VGG block runs on the active sites, then a 2x2 max-pool (the
   active mask is pooled too). `sparse=False` is the dense FE2E trunk (no scorers, all sites).
   Sows each stage's kept fraction of sites (over valid samples) as `intermediates/keep_fraction`.
   """
@@ -74,22 +75,23 @@ class SparseVggTrunk(nn.Module):
     for stage in range(NUM_STAGES):
       slots = None
       if self.sparse:
-        alpha = sparse.AdditiveScorer(f.shape[-1], name=f'scorer{stage}')(f, query, active)
-        keep = sparse.nucleus_mask(jax.lax.stop_gradient(alpha), top_p, active.reshape(n, -1))
+        alpha = sparse_stages.AdditiveScorer(f.shape[-1], name=f'scorer{stage}')(f, query, active)
+        keep = sparse_stages.nucleus_mask(jax.lax.stop_gradient(alpha), top_p, active.reshape(n, -1))
         if self.impl == 'gather':
-          slots = sparse.top_k_slots(jax.lax.stop_gradient(alpha), keep, sparse.capacity(self.capacity, h, w))
+          sites = sparse_stages.capacity(self.capacity, h, w)
+          slots = sparse_stages.top_k_slots(jax.lax.stop_gradient(alpha), keep, sites)
           keep = jnp.zeros_like(keep).at[rows, slots[0]].set(slots[1])
         elif capacity is not None:
-          keep = sparse.top_fraction_mask(jax.lax.stop_gradient(alpha), keep, capacity)
-        weights = sparse.attention_weights(alpha, keep, self.scma_grad).reshape(n, h, w)
+          keep = sparse_stages.top_fraction_mask(jax.lax.stop_gradient(alpha), keep, capacity)
+        weights = sparse_stages.attention_weights(alpha, keep, self.scma_grad).reshape(n, h, w)
         active = keep.reshape(n, h, w)
         self.sow('intermediates', 'keep_fraction',
                  (active.sum((1, 2)) * sample_valid).sum() / jnp.maximum(sample_valid.sum() * h * w, 1))
         f = f * weights[..., None].astype(f.dtype)
       impl = self.impl if self.sparse else 'masked_dense'
-      f = sparse.VggBlock(2 ** (stage + 1) * self.width, impl, self.dtype, name=f'stage{stage}')(
+      f = sparse_stages.VggBlock(2 ** (stage + 1) * self.width, impl, self.dtype, name=f'stage{stage}')(
           f, active, sample_valid, train=train, slots=slots)
-      f, active = sparse.max_pool2(f), sparse.pool_mask(active)
+      f, active = sparse_stages.max_pool2(f), sparse_stages.pool_mask(active)
       h, w = h // 2, w // 2
     e = nn.relu(torch_dense(self.mlp_hidden, f[0].size, dtype=self.dtype, name='mlp0')(f.reshape(n, -1)))
     return torch_dense(self.d_model, self.mlp_hidden, dtype=self.dtype, name='mlp1')(e)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 import numpy as np
 
-from affjax.data import audio
+from affjax.models.audio import spectral
 from affjax.models.layers import torch_bias_init, torch_dense, torch_kernel_init
 from affjax.models.torch_convert import StateDictReader
 
@@ -35,7 +35,7 @@ END_PADDING = SAMPLE_RATE  # the waveform is edge-padded by 1 s at the end
 def log_mel(x: jnp.ndarray) -> jnp.ndarray:
   """`log(mel magnitude + 0.01)` of 16 kHz audio `[..., L]` -> `[..., 1 + (L - 512) // 160, 64]`: 25 ms periodic Hann
   windows (centred in 512-point FFT frames), 10 ms hop, 64 HTK mel bands over 125-7500 Hz."""
-  mel = audio.mel_spectrogram(x, SAMPLE_RATE, N_FFT, HOP, MEL_BANDS, win_length=WIN_LENGTH, f_min=125.0,
+  mel = spectral.mel_spectrogram(x, SAMPLE_RATE, N_FFT, HOP, MEL_BANDS, win_length=WIN_LENGTH, f_min=125.0,
                               f_max=7500.0, center=False, power=1.0, scale='htk')
   return jnp.log(mel + 0.01)
 

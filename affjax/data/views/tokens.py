@@ -3,32 +3,25 @@
 Token j of a video sits at time t_j = j / r (r = `config.model.token_rate_hz`, e.g. 10 per second) and
 exists while t_j lies inside the video (t_j < num_frames / fps). It takes video frame f_j = round(t_j·fps)
 (halves up, clamped to the last frame) for its face, label and masks, and the 32 log-mel frames [c − 16,
-c + 16) around c = round(80·t_j) (n_fft 400, 25 ms Hann, hop 200 = 12.5 ms, 128 mels, power 2,
-log(x + 1e-6); mel frame m is centred on audio sample 200·m; audio outside the video is silence).
+c + 16) around c = round(80·t_j) (`affjax.models.audio.token_mel`; audio outside the video is silence).
 
 On host (grain workers): the window table over token indices, the window loader (faces of the token frames
 only, one contiguous audio segment per window from which each token's patch is sliced on device) and the
 evaluation's per-video token averages, linearly interpolated to every frame time f / fps. On device:
-`mel_patches`.
+`affjax.models.audio.token_mel.mel_patches`.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from affjax.data import affwild2, audio as audio_lib, augment, pipeline
+from affjax.data import affwild2, augment, records as records_lib
+from affjax.data.views import base, predictions
+from affjax.models.audio import token_mel
 
-N_FFT = 400
-HOP = 200
-N_MELS = 128
-PATCH_FRAMES = 32
-PATCH_SAMPLES = N_FFT + (PATCH_FRAMES - 1) * HOP  # 6600 samples: 32 mel frames without centre padding
-MEL_RATE = affwild2.SAMPLE_RATE // HOP  # 80 mel frames per second
-LOG_OFFSET = 1e-6
+NAME = 'tokens'
 
 
 # ----------------------------------------------------------------------------- the timeline
@@ -45,19 +38,19 @@ def token_frames(j: np.ndarray, fps: float, rate: float, num_frames: int) -> np.
 def patch_starts(j: np.ndarray, rate: float) -> np.ndarray:
   """First audio sample (from the video's start; negative before it) of the log-mel patch of tokens `j`:
   mel frames [c − 16, c + 16), c = floor(80·j / rate + 1/2), frame m spanning samples 200·m ± 200."""
-  c = np.floor(np.asarray(j) * MEL_RATE / rate + 0.5).astype(np.int64)
-  return (c - PATCH_FRAMES // 2) * HOP - N_FFT // 2
+  c = np.floor(np.asarray(j) * token_mel.MEL_RATE / rate + 0.5).astype(np.int64)
+  return (c - token_mel.PATCH_FRAMES // 2) * token_mel.HOP - token_mel.N_FFT // 2
 
 
 def segment_length(window: int, rate: float) -> int:
   """Audio samples shipped per window of `window` tokens: every token's patch, from the first one's start."""
-  return PATCH_SAMPLES + HOP * (math.ceil((window - 1) * MEL_RATE / rate) + 1)
+  return token_mel.PATCH_SAMPLES + token_mel.HOP * (math.ceil((window - 1) * token_mel.MEL_RATE / rate) + 1)
 
 
 def window_table(videos, window: int, hop: int, rate: float) -> np.ndarray:
   """[M, 2] int64 rows (video index, first token) of every window of `window` tokens, hop `hop`, in order."""
   rows = [np.stack([np.full(len(s), i), s], axis=1) for i, v in enumerate(videos)
-          for s in [pipeline.window_starts(num_tokens(v.num_frames, v.fps, rate), window, hop)]]
+          for s in [base.window_starts(num_tokens(v.num_frames, v.fps, rate), window, hop)]]
   return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), np.int64)
 
 
@@ -75,10 +68,10 @@ class TokenWindowLoader:
   """Reads one window (video index, first token j0) of `window` tokens and returns, per token: faces
   `[T, S, S, 3]` uint8 (zeros without a face), labels `[T, 2]`, label_mask, face_mask and mask `[T]` (the
   token exists), frames `[T]` (f_j), and audio `[segment_length]` with audio_offsets `[T]` (start of token
-  j's `PATCH_SAMPLES` in it). `augment` (training): `augment.augment_window` kwargs, drawn once per window.
+  j's `token_mel.PATCH_SAMPLES` in it). `augment` (training): `augment.augment_window` kwargs, drawn once per window.
   Picklable for grain workers.
   """
-  records: pipeline.Records
+  records: records_lib.Records
   window: int
   rate: float
   image_size: int
@@ -97,13 +90,13 @@ class TokenWindowLoader:
     # The frames of the tokens and of the segment's samples (a sample lies within one frame of s·fps/sr).
     lo = int(np.clip(min(frames[0], math.floor(s0 * fps / affwild2.SAMPLE_RATE) - 1), 0, n - 1))
     hi = int(np.clip(max(frames[-1], math.ceil(s1 * fps / affwild2.SAMPLE_RATE) + 1), 0, n - 1))
-    chunks, first_chunk, field = pipeline.read_frames(self.records, video, lo, hi - lo + 1)
+    chunks, first_chunk, field = records_lib.read_frames(self.records, video, lo, hi - lo + 1)
     rows = frames - lo
     face_mask = field('face_mask', False)[rows] & mask
     faces = np.zeros((self.window, self.image_size, self.image_size, 3), np.uint8)
     jpegs = field('faces', b'')
     for i in np.flatnonzero(face_mask):
-      faces[i] = pipeline.decode_face(jpegs[rows[i]], self.image_size, video.name, int(frames[i]))
+      faces[i] = records_lib.decode_face(jpegs[rows[i]], self.image_size, video.name, int(frames[i]))
     if self.augment is not None:
       faces = augment.augment_window(faces, rng, **self.augment)
     audio = np.concatenate([ch['audio'] for ch in chunks])
@@ -117,7 +110,7 @@ class TokenWindowLoader:
                 start=np.int32(first))
 
 
-def loader(records: pipeline.Records, config, *, train: bool) -> TokenWindowLoader:
+def loader(records: records_lib.Records, config, *, train: bool) -> TokenWindowLoader:
   return TokenWindowLoader(records=records, window=config.data.window, rate=config.model.token_rate_hz,
                            image_size=config.data.image_size, augment=config.data.augment.to_dict() if train else None)
 
@@ -126,13 +119,13 @@ def loader(records: pipeline.Records, config, *, train: bool) -> TokenWindowLoad
 @dataclasses.dataclass
 class TokenPredictions:
   """Token predictions `[num_tokens, 2]` of one video, averaged over the windows that cover each token."""
-  video: pipeline.VideoIndex
+  video: records_lib.VideoIndex
   rate: float
   sums: np.ndarray
   counts: np.ndarray
 
   @classmethod
-  def empty(cls, video: pipeline.VideoIndex, rate: float) -> 'TokenPredictions':
+  def empty(cls, video: records_lib.VideoIndex, rate: float) -> 'TokenPredictions':
     n = num_tokens(video.num_frames, video.fps, rate)
     return cls(video=video, rate=rate, sums=np.zeros((n, 2)), counts=np.zeros(n))
 
@@ -152,9 +145,42 @@ class TokenPredictions:
     return np.stack([np.interp(times, token_times, mean[:, d]) for d in range(2)], axis=-1)
 
 
-# ----------------------------------------------------------------------------- on device
-def mel_patches(windows: jax.Array) -> jax.Array:
-  """Log-mel patches of the tokens: windows `[..., PATCH_SAMPLES]` (16 kHz) -> `[..., PATCH_FRAMES, N_MELS]`
-  float32."""
-  mel = audio_lib.mel_spectrogram(windows, affwild2.SAMPLE_RATE, N_FFT, HOP, N_MELS, center=False)
-  return jnp.log(mel + LOG_OFFSET)
+@dataclasses.dataclass
+class SplitTokenPredictions:
+  """A split's window predictions of tokens (a `base.SplitPredictions`): averaged per token over the windows,
+  then interpolated to every frame, with the frames' labels and masks read from the records."""
+  records: records_lib.Records
+  per_video: list[TokenPredictions]
+
+  @classmethod
+  def of(cls, records: records_lib.Records, config) -> 'SplitTokenPredictions':
+    return cls(records=records, per_video=[TokenPredictions.empty(v, config.model.token_rate_hz)
+                                           for v in records.videos])
+
+  def add(self, window, pred: np.ndarray) -> None:
+    self.per_video[window['video_index']].add(window['start'], pred, window['mask'])
+
+  def videos(self) -> list[predictions.VideoPredictions]:
+    return [predictions.from_frame_prediction(self.records, v.video, v.frame_prediction()) for v in self.per_video]
+
+
+def windows(records: records_lib.Records, config, *, train: bool) -> tuple[np.ndarray, base.Loader]:
+  """Windows of `data.window` tokens at `data.train_hop` / `data.eval_hop` tokens."""
+  hop = config.data.train_hop if train else config.data.eval_hop
+  return (window_table(records.videos, config.data.window, hop, config.model.token_rate_hz),
+          loader(records, config, train=train))
+
+
+def validate(config) -> None:
+  """Tokens at `model.token_rate_hz` per second, read from the frame records (no feature cache)."""
+  base.require('token_rate_hz' in config.model, 'data.view', NAME,
+               'needs config.model.token_rate_hz (tokens per second)')
+  rate = config.model.token_rate_hz
+  base.require(isinstance(rate, (int, float)) and not isinstance(rate, bool) and math.isfinite(rate) and rate > 0,
+               'model.token_rate_hz', rate, 'must be a finite number > 0')
+  base.require(not config.data.get('features_dir'), 'data.features_dir', config.data.get('features_dir'),
+               'the token view reads faces and audio from the frame records: leave it empty')
+
+
+VIEW = base.View(name=NAME, windows=windows, example_batch=example_batch, predictions=SplitTokenPredictions.of,
+                 validate=validate)

@@ -12,6 +12,7 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
+SAMPLE_RATE = 16000  # of the records' audio (`affjax.data.affwild2.SAMPLE_RATE`), which every front-end reads
 MEL_SCALES = ('htk', 'slaney')
 
 

@@ -15,10 +15,11 @@ import dataclasses
 
 import numpy as np
 
-from affjax.data import augment, pipeline
+from affjax.data import augment, records as records_lib
+from affjax.data.views import base
 
 
-def kept_frames(records: pipeline.Records) -> tuple[np.ndarray, ...]:
+def kept_frames(records: records_lib.Records) -> tuple[np.ndarray, ...]:
   """Per video of `records`, the frame ids `[K]` with a valid label and a face crop."""
   kept = []
   for video in records.videos:
@@ -32,7 +33,7 @@ def window_table(kept: tuple[np.ndarray, ...], window: int, hop: int) -> np.ndar
   """`[M, 2]` rows (video index, position in its kept frames) of the windows of `window` kept frames at `hop`
   covering every kept frame (the last one padded)."""
   rows = [np.stack([np.full(len(s), i), s], axis=1)
-          for i, k in enumerate(kept) if len(k) for s in [pipeline.window_starts(len(k), window, hop)]]
+          for i, k in enumerate(kept) if len(k) for s in [base.window_starts(len(k), window, hop)]]
   return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), np.int64)
 
 
@@ -40,7 +41,7 @@ def window_table(kept: tuple[np.ndarray, ...], window: int, hop: int) -> np.ndar
 class CompactWindowLoader:
   """One compacted window: the outputs of `frame_loader` (a loader of 1-frame windows, no augmentation) for each
   of its frames, stacked; the audio segments concatenated, each frame's `audio_offsets` pointing into its own."""
-  frame_loader: pipeline.WindowLoader | pipeline.FeatureWindowLoader
+  frame_loader: base.Loader  # of 1-frame windows (`frames.loader`): `records` and the window's arrays
   kept: tuple[np.ndarray, ...]
   window: int
   augment: dict | None = None  # augment.augment_window kwargs, drawn once per window
@@ -59,12 +60,17 @@ class CompactWindowLoader:
     return dict(out, video_index=parts[0]['video_index'], start=np.int32(frames[0]))
 
 
-def view(records: pipeline.Records, config, frame_loader) -> tuple[np.ndarray, CompactWindowLoader]:
+def validate(config) -> None:
+  """The compacted windows take no crop."""
+  if config.compat.get('compact_frames', False):
+    base.require(not config.data.get('crop_size', 0), 'data.crop_size', config.data.get('crop_size', 0),
+                 'config.compat.compact_frames reproduces the Karas et al. windows, which take no crop: set '
+                 'config.data.crop_size=0 or the compat flag to False')
+
+
+def windows(records: records_lib.Records, config, frame_loader) -> tuple[np.ndarray, CompactWindowLoader]:
   """(window table, loader) of the compacted training windows of `records` for `config`, reading frames with
   `frame_loader` (1-frame windows, not augmented)."""
-  if config.data.get('crop_size', 0):
-    raise ValueError('config.compat.compact_frames reproduces the Karas et al. windows, which take no crop: '
-                     'set config.data.crop_size=0 or the compat flag to False')
   kept = kept_frames(records)
   augmentation = None if records.features else config.data.augment.to_dict()
   loader = CompactWindowLoader(frame_loader=frame_loader, kept=kept, window=config.data.window, augment=augmentation)

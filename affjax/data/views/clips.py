@@ -1,5 +1,5 @@
 """Clip views of a video (RJCA, `../shared/specs/rjca.md` §5): windows of L clips of 32 frames, 8 frames
-sampled per clip, one audio span and one log-mel spectrogram per clip.
+sampled per clip, one audio span per clip (its log-mel spectrogram: `affjax.models.audio.clip_log_mel`).
 
 Every frame is the last frame of exactly one clip. Window (g, j) of a video (group g, offset j in [0, 32))
 has clip i (i in [0, L)) ending at frame `e = g * L * 32 + j + 32 * i` (0-based) and spanning frames
@@ -15,15 +15,15 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax.numpy as jnp
 import numpy as np
 
-from affjax.data import affwild2, audio, augment, pipeline
+from affjax.data import affwild2, augment, records as records_lib
+from affjax.data.views import base, features, predictions
+from affjax.models.audio import clip_log_mel
 
 CLIP_LENGTH = 32  # frames spanned by a clip
 FRAMES_PER_CLIP = 8  # frames sampled from a clip
-# Reference log-mel scaling: (dB + 14.8) / 19.895.
-LOG_MEL_OFFSET, LOG_MEL_SCALE = 14.8, 19.895
+NAME = 'clips'
 
 
 def sampling_step(num_available: int) -> int:
@@ -69,11 +69,6 @@ def clip_frames(ends: np.ndarray, face_mask: np.ndarray, first_frame: int = 0) -
   return frames, has_face
 
 
-def log_mel_samples(num_frames: int, hop: int) -> int:
-  """Waveform samples whose centred spectrogram has `num_frames` frames: (num_frames - 1) * hop."""
-  return (num_frames - 1) * hop
-
-
 def clip_audio(samples: np.ndarray, samples_start: int, end: int, fps: float, length: int) -> tuple[np.ndarray, int]:
   """The audio of the clip ending at frame `end`, right-aligned in `length` zeros.
 
@@ -91,30 +86,6 @@ def clip_audio(samples: np.ndarray, samples_start: int, end: int, fps: float, le
   return out, len(span)
 
 
-def clip_log_mel(waveforms: jnp.ndarray, num_samples: jnp.ndarray, *, sample_rate: int = affwild2.SAMPLE_RATE,
-                 n_mels: int = 64, window_ms: float = 20.0, hop_ms: float = 10.0, min_seconds: float = 1.03,
-                 top_db: float = 80.0) -> jnp.ndarray:
-  """Per-clip log-mel spectrograms `[..., F, n_mels]` of right-aligned clip audio `waveforms [..., S]`
-  (S = (F - 1) * hop) holding `num_samples [...]` samples of the clip.
-
-  Power mel spectrogram (periodic Hann of `window_ms` centred in the next power-of-two FFT, hop `hop_ms`,
-  centre/reflect padding, HTK mels up to sr/2), dB clamped `top_db` below the clip's maximum, then
-  (dB + 14.8) / 19.895. A clip shorter than `min_seconds` is silence-padded on the left to it (the
-  reference pads to 1.03 s: 104 frames); the frames before that are 0 (left padding after scaling).
-  """
-  win, hop = round(sample_rate * window_ms / 1000), round(sample_rate * hop_ms / 1000)
-  n_fft = 1 << (win - 1).bit_length()
-  spec = audio.mel_spectrogram(waveforms, sample_rate, n_fft, hop, n_mels, win_length=win)
-  frames = spec.shape[-2]
-  if waveforms.shape[-1] != log_mel_samples(frames, hop):
-    raise ValueError(f'clip audio of {waveforms.shape[-1]} samples: expected (frames - 1) * hop samples')
-  min_samples = round(min_seconds * sample_rate / hop) * hop
-  num_valid = 1 + jnp.maximum(num_samples, min_samples) // hop
-  valid = (jnp.arange(frames) >= frames - num_valid[..., None])[..., None]
-  db = audio.to_db(jnp.where(valid, spec, 0.0), top_db=top_db)  # padding frames never set the maximum
-  return jnp.where(valid, (db + LOG_MEL_OFFSET) / LOG_MEL_SCALE, 0.0)
-
-
 # ----------------------------------------------------------------------------- the clip-view pipeline
 def window_table(videos, num_clips: int) -> np.ndarray:
   """[M, 2] int64 rows (video index, window number) of every clip window of every video, in order."""
@@ -125,12 +96,15 @@ def window_table(videos, num_clips: int) -> np.ndarray:
 
 def clip_audio_samples(config) -> int:
   """Samples of each clip's audio buffer: its log-mel has `data.audio_frames` frames at a 10 ms hop."""
-  return log_mel_samples(config.data.audio_frames, round(affwild2.SAMPLE_RATE * 0.01))
+  return clip_log_mel.log_mel_samples(config.data.audio_frames, clip_log_mel.hop_samples())
 
 
 def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
-  """Zeros shaped like a clip-view batch (the RJCA model's input signature)."""
+  """Zeros shaped like a clip-view batch (the RJCA model's input signature); from a feature cache
+  (`data.features_dir`) its `<part>_features` instead of faces and audio."""
   num_clips, size = config.data.num_clips, config.data.image_size
+  if config.data.get('features_dir'):
+    return features.example_batch(config.data.features_dir, batch_size, num_clips)
   return dict(faces=np.zeros((batch_size, num_clips, FRAMES_PER_CLIP, size, size, 3), np.uint8),
               clip_audio=np.zeros((batch_size, num_clips, clip_audio_samples(config)), np.float32),
               clip_audio_samples=np.zeros((batch_size, num_clips), np.int32),
@@ -146,7 +120,7 @@ class ClipWindowLoader:
 
   `augment` (training): dict(brightness=b, contrast=c): one factor each, U(1 -+ b), U(1 -+ c), per clip.
   """
-  records: pipeline.Records
+  records: records_lib.Records
   num_clips: int
   image_size: int
   audio_samples: int
@@ -175,7 +149,7 @@ class ClipWindowLoader:
       for i in np.flatnonzero(has_face):
         for k, f in enumerate(frames[i]):
           if f not in decoded:
-            decoded[f] = pipeline.decode_face(jpegs[f - base], self.image_size, video.name, int(f))
+            decoded[f] = records_lib.decode_face(jpegs[f - base], self.image_size, video.name, int(f))
           faces[i, k] = decoded[f]
         if self.augment is not None:
           faces[i] = augment.color_jitter(faces[i], rng, saturation=0.0, **self.augment)
@@ -208,14 +182,14 @@ class ChunkClipLoader:
 class ClipFeatureLoader:
   """Reads one clip window of a clip-view feature cache: `<part>_features [L, ...]` of its clips (stored at
   their last frames), labels, label_mask, face_mask, mask, frames (as `ClipWindowLoader`); no augmentation."""
-  records: pipeline.Records
+  records: records_lib.Records
   num_clips: int
 
   def __call__(self, row: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     del rng  # cached features are not augmented
     video_index, window = int(row[0]), int(row[1])
     ends = clip_ends(window, self.num_clips)
-    _, _, field = pipeline.read_frames(self.records, self.records.videos[video_index], int(ends[0]),
+    _, _, field = records_lib.read_frames(self.records, self.records.videos[video_index], int(ends[0]),
                                        int(ends[-1] - ends[0]) + 1)
     at = ends - ends[0]
     exists = field('frame_mask', False)[at]
@@ -225,7 +199,7 @@ class ClipFeatureLoader:
                 video_index=np.int32(video_index))
 
 
-def loader(records: pipeline.Records, config, *, train: bool) -> ClipWindowLoader | ClipFeatureLoader:
+def loader(records: records_lib.Records, config, *, train: bool) -> ClipWindowLoader | ClipFeatureLoader:
   """The window loader of the clip view: from the frame records, or from a clip-view feature cache."""
   if records.features:
     return ClipFeatureLoader(records=records, num_clips=config.data.num_clips)
@@ -233,3 +207,35 @@ def loader(records: pipeline.Records, config, *, train: bool) -> ClipWindowLoade
   jitter = dict(brightness=data.augment.brightness, contrast=data.augment.contrast) if train else None
   return ClipWindowLoader(records=records, num_clips=data.num_clips, image_size=data.image_size,
                           audio_samples=clip_audio_samples(config), augment=jitter)
+
+
+def windows(records: records_lib.Records, config, *, train: bool) -> tuple[np.ndarray, base.Loader]:
+  """Every clip window of `data.num_clips` clips (`window_table`) and its loader (`loader`)."""
+  features.check_view(records, NAME)
+  return window_table(records.videos, config.data.num_clips), loader(records, config, train=train)
+
+
+def validate(config) -> None:
+  """RJCA clip windows (`data.view = 'clips'`)."""
+  data = config.data
+  base.require(isinstance(data.num_clips, int) and not isinstance(data.num_clips, bool) and data.num_clips > 0,
+               'data.num_clips', data.num_clips, 'must be an integer > 0')
+  base.require(data.image_size % 16 == 0, 'data.image_size', data.image_size,
+               'must be a multiple of 16 (R(2+1)D-18 maps S x S faces to S/16 x S/16 positions; 112 gives 7 x 7)')
+  base.require(data.audio_frames >= 104, 'data.audio_frames', data.audio_frames,
+               'must be >= 104 (clips are padded to 1.03 s = 104 log-mel frames)')
+  if config.compat.get('audio_guidance_on_position_axis'):
+    base.require(data.image_size == 112, 'data.image_size', data.image_size,
+                 'compat.audio_guidance_on_position_axis needs the 49 positions of 112 px faces')
+
+
+def chunk_loader(records: records_lib.Records, config) -> ChunkClipLoader:
+  """The loader of the clips that end at the frames of one chunk (not augmented)."""
+  return ChunkClipLoader(ClipWindowLoader(records=records, num_clips=1, image_size=config.data.image_size,
+                                          audio_samples=clip_audio_samples(config)))
+
+
+VIEW = base.View(name=NAME, windows=windows, example_batch=example_batch,
+                 predictions=lambda records, config: predictions.OnFrames.of(records, lambda window: window['frames']),
+                 validate=validate, chunk_loader=chunk_loader,
+                 backbone_inputs=('faces', 'clip_audio', 'clip_audio_samples'))

@@ -1,7 +1,7 @@
 """The sparse end-to-end audio-visual model (spec sparse_e2e §5): VGG trunks with cross-modal sparse stages,
 per-modality Transformer encoders over tokens, late weighted fusion, per-frame valence/arousal.
 
-    window of T tokens (`affjax.data.tokens`): face 48x48x3, log-mel patch 128x32x1 per token
+    window of T tokens (`affjax.data.views.tokens`): face 48x48x3, log-mel patch 128x32x1 per token
     low level (dense) per modality; query = GAP of the other modality's low level (`query='cross'`)
     sparse stages + flatten MLP -> e_m [B, T, d]; + PE -> post-LN encoder layers -> h_m; z_m = Dense(2)(h_m)
     y = tanh(w_a z_a + face_valid · w_v z_v)  [B, T, 2], per token (evaluation interpolates it to every frame)
@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from affjax.data import tokens
-from affjax.models import sparse
+from affjax.models import sparse_stages
+from affjax.models.audio import token_mel
 from affjax.models.av_model import slice_audio_windows
 from affjax.models.backbones.vgg import SparseVggTrunk, VggLowLevel
 from affjax.models.fusion.cross_attn import PostLNEncoderLayer
@@ -51,7 +51,7 @@ class SparseAVModel(nn.Module):
   """Per-frame valence/arousal from faces and audio through sparse VGG trunks.
 
   `__call__(batch, train=...)` with a token-view batch: faces `[B, T, 48, 48, 3]` uint8, audio `[B, L]`,
-  audio_offsets `[B, T]` (start of token t's `tokens.PATCH_SAMPLES` in the segment), mask `[B, T]` bool
+  audio_offsets `[B, T]` (start of token t's `token_mel.PATCH_SAMPLES` in the segment), mask `[B, T]` bool
   (padding is a tail), face_mask `[B, T]` bool (absent: every token has a face) -> {'va': `[B, T, 2]` float32
   in (-1, 1), per token}.
 
@@ -89,9 +89,9 @@ class SparseAVModel(nn.Module):
     if not self.top_p_warmup_steps:
       return dict(top_p=self.top_p)
     steps = self.variable('batch_stats', 'train_steps', lambda: jnp.zeros((), jnp.int32))
-    pruning = dict(top_p=sparse.anneal_from_one(self.top_p, self.top_p_warmup_steps, steps.value))
+    pruning = dict(top_p=sparse_stages.anneal_from_one(self.top_p, self.top_p_warmup_steps, steps.value))
     if self.warmup_phase and self.sparse_impl == 'gather':
-      pruning['capacity'] = sparse.anneal_from_one(self.capacity, self.top_p_warmup_steps, steps.value)
+      pruning['capacity'] = sparse_stages.anneal_from_one(self.capacity, self.top_p_warmup_steps, steps.value)
     if train and not self.is_initializing():
       steps.value = steps.value + 1
     return pruning
@@ -119,13 +119,13 @@ class SparseAVModel(nn.Module):
 
     faces = batch['faces'].reshape(n, *batch['faces'].shape[2:]).astype(jnp.float32) / 255.0
     site_face = jnp.broadcast_to(flat_face[:, None, None], faces.shape[:3])
-    faces = sparse.MaskedBatchNorm(affine=False, name='face_norm')(faces, site_face, train=train)
+    faces = sparse_stages.MaskedBatchNorm(affine=False, name='face_norm')(faces, site_face, train=train)
     faces = jnp.where(flat_face[:, None, None, None], faces, 0)  # a missing face is the mean face
 
-    windows = slice_audio_windows(batch['audio'], batch['audio_offsets'], tokens.PATCH_SAMPLES)
-    mel = tokens.mel_patches(windows).reshape(n, tokens.PATCH_FRAMES, tokens.N_MELS)
+    windows = slice_audio_windows(batch['audio'], batch['audio_offsets'], token_mel.PATCH_SAMPLES)
+    mel = token_mel.mel_patches(windows).reshape(n, token_mel.PATCH_FRAMES, token_mel.N_MELS)
     site_valid = jnp.broadcast_to(flat_valid[:, None], mel.shape[:2])
-    mel = sparse.MaskedBatchNorm(affine=False, name='mel_norm')(mel, site_valid, train=train)  # per mel bin
+    mel = sparse_stages.MaskedBatchNorm(affine=False, name='mel_norm')(mel, site_valid, train=train)  # per mel bin
     mel = jnp.swapaxes(mel, 1, 2)[..., None]  # [N, 128 mels, 32 frames, 1]
 
     fv = VggLowLevel(self.width, self.dtype, name='visual_low')(faces, flat_face, train=train)

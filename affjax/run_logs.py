@@ -1,7 +1,9 @@
-"""TensorBoard scalars and images (tensorboardX), written by process 0 only."""
+"""What a run logs: TensorBoard scalars and images (tensorboardX) and `scalars.jsonl`, written by process 0 only,
+and the INFO lines of chatty libraries left out of the log."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 
@@ -64,10 +66,9 @@ _CHATTY_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/grain/', '/jax/_src/'
 
 def quiet_library_info() -> None:
   """Drops INFO lines of orbax, TFDS, grain and jax internals (dozens per checkpoint); warnings still show."""
-  import logging as std_logging  # pylint: disable=g-import-not-at-top
 
-  def keep(record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or not any(s in record.pathname for s in _CHATTY_LIBRARIES)
+  def keep(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not any(s in record.pathname for s in _CHATTY_LIBRARIES)
 
-  for handler in std_logging.getLogger().handlers:
+  for handler in logging.getLogger().handlers:
     handler.addFilter(keep)

@@ -1,4 +1,4 @@
-"""LFAN's per-video-frame MFCC features (spec lfan 3.1), in jax.numpy on `affjax.data.audio`'s blocks.
+"""LFAN's per-video-frame MFCC features (spec lfan 3.1), in jax.numpy on `affjax.models.audio.spectral`'s blocks.
 
 openSMILE-like `MFCC12_0_D_A`: 13 cepstra c0..c12 of a 26-band HTK mel power spectrum in dB (25 ms periodic Hann
 window in a 512-point FFT, 10 ms hop), liftered with L = 22, followed by their regression deltas and the deltas
@@ -14,9 +14,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from affjax.data import audio
+from affjax.models.audio import spectral
 
-SAMPLE_RATE = 16000
+SAMPLE_RATE = spectral.SAMPLE_RATE
 WIN_LENGTH = 400  # 25 ms
 HOP_LENGTH = 160  # 10 ms
 N_FFT = 512
@@ -37,15 +37,15 @@ def lifter_weights(n: int = N_CEPSTRA, lifter: int = LIFTER) -> np.ndarray:
 
 def mfcc(x: jnp.ndarray) -> jnp.ndarray:
   """Liftered MFCCs c0..c12 of `x [..., N]` (16 kHz, no centre padding): `[..., 1 + (N - 512) // 160, 13]`."""
-  mel = audio.mel_spectrogram(x, SAMPLE_RATE, N_FFT, HOP_LENGTH, N_MELS, win_length=WIN_LENGTH, center=False)
-  return audio.dct_ii(audio.to_db(mel, top_db=None), N_CEPSTRA) * lifter_weights()
+  mel = spectral.mel_spectrogram(x, SAMPLE_RATE, N_FFT, HOP_LENGTH, N_MELS, win_length=WIN_LENGTH, center=False)
+  return spectral.dct_ii(spectral.to_db(mel, top_db=None), N_CEPSTRA) * lifter_weights()
 
 
 def mfcc_with_deltas(x: jnp.ndarray) -> jnp.ndarray:
   """`[..., rows, 39]`: MFCCs, their deltas and the deltas of the deltas (edge rows repeated at the ends)."""
   c = mfcc(x)
-  d = audio.deltas(c, DELTA_WIDTH, axis=-2)
-  return jnp.concatenate([c, d, audio.deltas(d, DELTA_WIDTH, axis=-2)], axis=-1)
+  d = spectral.deltas(c, DELTA_WIDTH, axis=-2)
+  return jnp.concatenate([c, d, spectral.deltas(d, DELTA_WIDTH, axis=-2)], axis=-1)
 
 
 def frame_mfcc(windows: jnp.ndarray) -> jnp.ndarray:
