@@ -140,24 +140,24 @@ class ClipWindowLoader:
       first, last = max(int(ends[0]) - CLIP_LENGTH + 1, 0), min(int(ends[-1]), video.num_frames - 1)
       c = self.records.chunk_size
       chunks = [self.records.source[video.first_record + k] for k in range(first // c, last // c + 1)]
-      base = first // c * c
+      chunk_start = first // c * c
       field = lambda name: np.concatenate([ch[name] for ch in chunks])
       face_mask = field('face_mask') & field('frame_mask')
-      frames, has_face = clip_frames(ends, face_mask, first_frame=base)
+      frames, has_face = clip_frames(ends, face_mask, first_frame=chunk_start)
       has_face &= exists
       jpegs, decoded = field('faces'), {}
       for i in np.flatnonzero(has_face):
         for k, f in enumerate(frames[i]):
           if f not in decoded:
-            decoded[f] = records_lib.decode_face(jpegs[f - base], self.image_size, video.name, int(f))
+            decoded[f] = records_lib.decode_face(jpegs[f - chunk_start], self.image_size, video.name, int(f))
           faces[i, k] = decoded[f]
         if self.augment is not None:
           faces[i] = augment.color_jitter(faces[i], rng, saturation=0.0, **self.augment)
-      samples, samples_start = field('audio'), affwild2.frame_boundary_sample(base, video.fps)
+      samples, samples_start = field('audio'), affwild2.frame_boundary_sample(chunk_start, video.fps)
       for i in np.flatnonzero(exists):
         audio_buffers[i], audio_lengths[i] = clip_audio(samples, samples_start, int(ends[i]), video.fps,
                                                         self.audio_samples)
-      rows = ends[exists] - base
+      rows = ends[exists] - chunk_start
       labels[exists], label_mask[exists] = field('labels')[rows], field('label_mask')[rows]
     return dict(faces=faces, clip_audio=audio_buffers, clip_audio_samples=audio_lengths, labels=labels,
                 label_mask=label_mask, face_mask=has_face, mask=exists, frames=ends.astype(np.int32),
