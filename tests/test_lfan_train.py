@@ -155,3 +155,21 @@ def test_epoch_recipe_rolls_back_to_the_last_good_epoch_and_is_profiled(tiny_tre
   assert [r['step'] for r in rows if 'train/loss' in r] == list(range(1, 2 * first_epoch + 1))  # rolled back: once
   assert all(np.isfinite(r['train/loss']) for r in rows if 'train/loss' in r)
   assert list((tmp_path / 'run' / 'plugins' / 'profile').glob('*/*.xplane.pb'))
+
+
+def test_eval_of_a_checkpoint_without_recipe_state_scores_that_state(tiny_tree, tmp_path):
+  """`--mode=eval` of an LFAN run whose checkpoint holds the state alone (as `tools/convert_torch.py --out_workdir`
+  writes one) scores that state."""
+  config = lfan.get_config('smoke,visual')
+  config.data.manual_dir, config.data.records_dir = str(tiny_tree), str(tmp_path / 'records')
+  exp = loop.Experiment(config, tmp_path / 'run')
+  try:
+    exp.checkpoints.save(0, exp.state, None)
+    exp.checkpoints.wait()
+    assert exp.checkpoints.has_item(0, 'state') and not exp.checkpoints.has_item(0, recipe_epochs.RECIPE_ITEM)
+    expected = evaluate.split_metrics(exp.predict('validation'))
+  finally:
+    exp.close()
+  results = loop.evaluate_only(config, tmp_path / 'run')
+  assert results['validation'] == pytest.approx(expected)
+  assert json.loads((tmp_path / 'run' / 'eval' / 'summary.json').read_text())['step'] == 0

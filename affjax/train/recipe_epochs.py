@@ -44,9 +44,13 @@ class EpochRecipe:
                        f'{config.train.batch_size}; lower it')
     self.num_steps = config.train.num_epochs * self.steps_per_epoch
     latest = exp.checkpoints.latest_step()
-    self._load(None if latest is None else exp.checkpoints.restore_json(latest, RECIPE_ITEM))
+    self._load(exp.checkpoints.restore_json(latest, RECIPE_ITEM) if self._has_recipe_state(latest) else None)
     self._best = None  # {'params', 'batch_stats'} on the host; with `_best_step`, restored with the state
     self._train_step = step_lib.make_train_step(exp.model, exp.tx, config)
+
+  def _has_recipe_state(self, step: int | None) -> bool:
+    """Whether a checkpoint of `step` exists and holds the recipe's state (a converted model's holds none)."""
+    return step is not None and self._exp.checkpoints.has_item(step, RECIPE_ITEM)
 
   def _load(self, saved: dict | None) -> None:
     """The recipe state of a checkpoint's item `recipe` (None: a fresh run's), the best weights aside."""
@@ -135,12 +139,13 @@ class EpochRecipe:
     return {'train/epoch': self.epoch, 'train/released': self._ctl.released}
 
   def final_state(self) -> int:
-    """Loads the best weights (from the latest checkpoint, if this process has not trained); returns their step."""
+    """Loads the best weights (from the latest checkpoint, if this process has not trained; a converted model's
+    state, if that holds no recipe state); returns their step."""
     exp = self._exp
     if self._best is None:
       latest = exp.checkpoints.latest_step()
-      if latest is None:
-        raise FileNotFoundError(f'no checkpoint under {exp.workdir}/checkpoints: train first (--mode=train)')
+      if not self._has_recipe_state(latest):
+        return exp.restore_for_evaluation()
       self._restore(latest, None)
     exp.state = exp.state.replace(**jax.device_put(self._best, parallel.replicated(exp.mesh)))
     return self._best_step
