@@ -137,6 +137,10 @@ class Checkpointer:
     args.update({name: ocp.args.StandardRestore(_abstract(item)) for name, item in (tree_items or {}).items()})
     return dict(self._manager.restore(step, args=ocp.args.Composite(**args)))
 
+  def has_item(self, step: int, name: str) -> bool:
+    """Whether the checkpoint of `step` holds the item `name` (a converted model's holds the state alone)."""
+    return (self.directory / str(step) / name).is_dir()
+
   def restore_json(self, step: int, name: str) -> dict:
     """The JSON item `name` of the checkpoint of `step` alone."""
     return self._manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.JsonRestore()}))[name]

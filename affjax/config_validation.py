@@ -109,8 +109,6 @@ def validate(config) -> None:
            "must be 'stop' or 'rollback'")
   _require(isinstance(train.max_rollbacks, int) and train.max_rollbacks >= 0, 'train.max_rollbacks',
            train.max_rollbacks, 'must be an integer >= 0')
-  _require(train.on_nonfinite == 'stop' or train.get('recipe', 'steps') == 'steps', 'train.on_nonfinite',
-           train.on_nonfinite, "'rollback' is for the steps recipe; the epochs recipe stops ('stop')")
   if 'modalities' in model:
     modalities = tuple(model.modalities)
     _require(len(modalities) > 0 and set(modalities) <= set(_MODALITIES) and len(set(modalities)) == len(modalities),

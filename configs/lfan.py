@@ -65,7 +65,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   optim.host_learning_rate = True  # set per epoch by the plateau schedule
 
   train = config.train
-  train.recipe = 'epochs'  # affjax.train.epochs: plateau, revert to best, gradual release, early stopping
+  train.recipe = 'epochs'  # affjax.train.recipe_epochs: plateau, revert to best, gradual release, early stopping
   train.num_epochs = 2  # the paper: up to 100 (`:paper`)
   train.plateau_patience = 5
   train.plateau_factor = 0.1

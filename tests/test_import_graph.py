@@ -85,17 +85,9 @@ def test_finds_a_cycle_through_lazy_and_relative_imports(tmp_path):
   assert find_cycle(import_graph(pkg)) is None
 
 
-# The one cycle left to another step of issue 15: `train.loop` imports `train.epochs` lazily, which imports it back;
-# merging the two loops removes it, and then this exception (the test fails until it is deleted).
-KNOWN_EXCEPTION = ('affjax.train.loop', 'affjax.train.epochs')
-
-
 def test_affjax_has_no_import_cycle():
   graph = import_graph()
   assert len(graph) > 50 and 'affjax.train.loop' in graph['affjax.main']  # a lazy import
-  importer, imported = KNOWN_EXCEPTION
-  assert imported in graph.get(importer, ()), f'the import {importer} -> {imported} is gone: delete KNOWN_EXCEPTION'
-  graph[importer].discard(imported)
   cycle = find_cycle(graph)
   assert cycle is None, 'import cycle: ' + ' -> '.join(cycle)
 

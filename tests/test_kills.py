@@ -10,8 +10,8 @@ import jax
 import numpy as np
 
 from affjax import checkpoint
-from affjax.train import epochs
 from configs import lfan
+from test_lfan_train import saved_recipe
 from test_multihost import ROOT, command
 from test_nonfinite import saved_steps
 from test_train_loop import final_checkpoint, smoke_config
@@ -79,7 +79,7 @@ def test_epoch_recipe_killed_right_after_an_epochs_checkpoint_resumes_equal_to_u
   resumed = run_args(args(tmp_path / 'killed'))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'resumed after epoch 1' in resumed.stderr
-  assert epochs.saved_recipe(tmp_path / 'killed') == epochs.saved_recipe(tmp_path / 'straight')
+  assert saved_recipe(tmp_path / 'killed') == saved_recipe(tmp_path / 'straight')
   (step_a, a), (step_b, b) = (final_checkpoint(config, tmp_path / w) for w in ('straight', 'killed'))
   assert step_a == step_b == 2 * first_epoch
   jax.tree.map(np.testing.assert_array_equal, a, b)

@@ -1,16 +1,27 @@
 """LFAN training pieces: per-window CCC loss, window crops, frozen groups in the optimiser, and a smoke run."""
 import json
+import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from affjax import config_validation
+from affjax import checkpoint, config_validation, evaluate
 from affjax.data import augment, builder, records as records_lib
 from affjax.models import lfan_model
-from affjax.train import loop, losses, optim
+from affjax.train import loop, losses, optim, recipe_epochs
 from configs import lfan
+from test_nonfinite import poison, saved_steps
+
+
+def saved_recipe(workdir) -> dict:
+  """The epoch recipe's state in the latest checkpoint under `workdir`."""
+  checkpoints = checkpoint.Checkpointer(workdir)
+  try:
+    return checkpoints.restore_json(checkpoints.latest_step(), recipe_epochs.RECIPE_ITEM)
+  finally:
+    checkpoints.close()
 
 
 def _np_ccc(p, t):
@@ -74,6 +85,19 @@ def test_lfan_smoke_run_writes_metrics_and_abaw_files(tiny_tree, tmp_path):
   for video in records.videos:
     lines = (tmp_path / 'run' / 'predictions' / 'validation' / f'{video.name}.txt').read_text().splitlines()
     assert lines[0] == 'valence,arousal' and len(lines) - 1 == video.num_rows
+  # the one training loop gives the epoch recipe the summary and the throughput scalars of every recipe
+  recipe = saved_recipe(tmp_path / 'run')
+  summary = json.loads((tmp_path / 'run' / 'eval' / 'summary.json').read_text())
+  assert summary == dict(step=recipe['best_step'], validation=pytest.approx(results['validation']))
+  last = max(saved_steps(tmp_path / 'run'))
+  assert recipe['epoch'] == 2 and last % 2 == 0
+  rows = [json.loads(line) for line in (tmp_path / 'run' / 'scalars.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in rows if 'train/loss' in r] == list(range(1, last + 1))  # log_every=1
+  perf = [r for r in rows if 'perf/frames_per_s' in r]
+  assert len(perf) == last and all(r['perf/frames_per_s'] > 0 and r['perf/steps_per_s'] > 0 and
+                                   0 <= r['perf/data_wait_fraction'] <= 1 for r in perf)
+  assert [(r['step'], r['train/epoch']) for r in rows if 'train/epoch' in r] == [(last // 2, 1), (last, 2)]
+  assert [r['step'] for r in rows if 'validation/ccc_mean' in r] == [last // 2, last]
 
 
 def test_lfan_config_errors_name_the_field():
@@ -94,19 +118,58 @@ def test_epoch_recipe_releases_after_plateau_and_resumes(tiny_tree, tmp_path, mo
   """A flat validation CCC (patience 0, one cut per release): epoch 1 is the best, epoch 2 cuts and releases the
   next IR-50 group (LR back to the initial value, a fresh plateau scheduler); rerunning with one more epoch resumes
   at epoch 3, where the fresh scheduler's first metric is its best: no cut, no release."""
-  from affjax.train import epochs  # pylint: disable=g-import-not-at-top
   flat = dict(ccc_valence=0.1, ccc_arousal=0.1, ccc_mean=0.1, num_frames=1)
-  monkeypatch.setattr(epochs.evaluate, 'split_metrics', lambda videos: dict(flat))
+  monkeypatch.setattr(evaluate, 'split_metrics', lambda videos: dict(flat))
   config = lfan.get_config('smoke,visual')  # the recipe alone: no follower features to prepare
   config.data.manual_dir = str(tiny_tree)
   config.data.records_dir = str(tmp_path / 'records')
   results = loop.train_and_evaluate(config, tmp_path / 'run')
-  recipe = epochs.saved_recipe(tmp_path / 'run')
+  recipe = saved_recipe(tmp_path / 'run')
   assert recipe['epoch'] == 2 and recipe['controller']['released'] == 2
   assert recipe['controller']['scheduler']['lr'] == config.optim.learning_rate
   assert results['validation'] == flat
   config.train.num_epochs = 3
   loop.train_and_evaluate(config, tmp_path / 'run')
-  recipe = epochs.saved_recipe(tmp_path / 'run')
+  recipe = saved_recipe(tmp_path / 'run')
   assert recipe['epoch'] == 3 and recipe['controller']['released'] == 2
   assert recipe['controller']['scheduler']['best'] == 0.1 and recipe['controller']['cuts'] == 0
+
+
+def test_epoch_recipe_rolls_back_to_the_last_good_epoch_and_is_profiled(tiny_tree, tmp_path, monkeypatch, caplog):
+  """The epoch recipe on the one training loop: a non-finite loss in epoch 2 rolls back to the checkpoint of epoch 1
+  (its recipe state and best weights with it), skips the batches trained on since and goes on; the profiler traces
+  the first step of the run."""
+  config = lfan.get_config('smoke,visual')
+  config.data.manual_dir, config.data.records_dir = str(tiny_tree), str(tmp_path / 'records')
+  config.train.update(num_epochs=1, on_nonfinite='rollback')
+  loop.train_and_evaluate(config, tmp_path / 'run')
+  first_epoch, = saved_steps(tmp_path / 'run')
+  config.train.update(num_epochs=2, profile_steps=1, first_profile=0)
+  poison(monkeypatch, calls={2})  # the second step of epoch 2: by then the checkpoint of epoch 1 is good
+  with caplog.at_level(logging.WARNING):
+    loop.train_and_evaluate(config, tmp_path / 'run')
+  assert f'rolled back to the checkpoint of step {first_epoch} and skipped the 2 batches' in caplog.text
+  recipe = saved_recipe(tmp_path / 'run')
+  assert recipe['epoch'] == 2 and max(saved_steps(tmp_path / 'run')) == 2 * first_epoch
+  rows = [json.loads(line) for line in (tmp_path / 'run' / 'scalars.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in rows if 'train/loss' in r] == list(range(1, 2 * first_epoch + 1))  # rolled back: once
+  assert all(np.isfinite(r['train/loss']) for r in rows if 'train/loss' in r)
+  assert list((tmp_path / 'run' / 'plugins' / 'profile').glob('*/*.xplane.pb'))
+
+
+def test_eval_of_a_checkpoint_without_recipe_state_scores_that_state(tiny_tree, tmp_path):
+  """`--mode=eval` of an LFAN run whose checkpoint holds the state alone (as `tools/convert_torch.py --out_workdir`
+  writes one) scores that state."""
+  config = lfan.get_config('smoke,visual')
+  config.data.manual_dir, config.data.records_dir = str(tiny_tree), str(tmp_path / 'records')
+  exp = loop.Experiment(config, tmp_path / 'run')
+  try:
+    exp.checkpoints.save(0, exp.state, None)
+    exp.checkpoints.wait()
+    assert exp.checkpoints.has_item(0, 'state') and not exp.checkpoints.has_item(0, recipe_epochs.RECIPE_ITEM)
+    expected = evaluate.split_metrics(exp.predict('validation'))
+  finally:
+    exp.close()
+  results = loop.evaluate_only(config, tmp_path / 'run')
+  assert results['validation'] == pytest.approx(expected)
+  assert json.loads((tmp_path / 'run' / 'eval' / 'summary.json').read_text())['step'] == 0

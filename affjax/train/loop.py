@@ -1,4 +1,16 @@
-"""The whole run: train, evaluate, checkpoint; resumable by rerunning the same command on the same workdir."""
+"""The whole run: one training loop for every recipe, then the evaluation of the best weights; resumable by rerunning
+the same command on the same workdir.
+
+The loop (`_train`) runs the compiled train step and its periodic actions: log (train scalars, learning rate,
+throughput), check for non-finite values (stop, or roll back: `config.train.on_nonfinite`), checkpoint, validate,
+profile (`config.train.profile_steps`). A recipe, named by `config.train.recipe`, supplies what differs as hooks:
+`affjax.train.recipe_steps` (the learning rate as a function of the step, warm-up and fine-tuning steps; the
+default) and `affjax.train.recipe_epochs` (LFAN: plateau schedule, revert to best, gradual release, early stop).
+A recipe has `num_steps`, `stopped`, `validation_steers` (its validation changes the state it saves, so it runs
+before the save), `validation_cadence` (words), `logs/saves/evaluates(done)`, `train_step(step)`,
+`learning_rate(step)`, `checkpoint_items()` (its state, saved in each checkpoint), `restore(step, train_iter)`,
+`after_validation(done, metrics)` and `final_state()` (the weights to score at the end).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +27,10 @@ from affjax import checkpoint, config_validation, evaluate, follower_features, m
 from affjax import workdir_lock
 from affjax import run_logs
 from affjax.data import pipeline, prepare, records as records_lib
-from affjax.train import optim, state as state_lib, step as step_lib
+from affjax.train import optim, recipe_epochs, recipe_steps, state as state_lib, step as step_lib
+
+RECIPES = {'steps': recipe_steps.StepRecipe, 'epochs': recipe_epochs.EpochRecipe}
+Recipe = recipe_steps.StepRecipe | recipe_epochs.EpochRecipe
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -71,17 +86,23 @@ class Experiment:
     self.checkpoints.close()
 
 
+def make_recipe(exp: Experiment) -> Recipe:
+  """The hooks of the recipe `config.train.recipe` names ('steps' by default) on `exp`."""
+  name = exp.config.train.get('recipe', 'steps')
+  if name not in RECIPES:
+    raise ValueError(f'config.train.recipe={name!r} is not one of {sorted(RECIPES)}')
+  return RECIPES[name](exp)
+
+
 def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
-  """Trains config.train.num_steps steps (resuming from the latest checkpoint), then evaluates the best one;
-  `config.train.recipe='epochs'` runs the epoch recipe of `affjax.train.epochs` instead."""
+  """Trains with the recipe `config.train.recipe` names (resuming from the latest checkpoint), then evaluates the
+  best weights."""
   with workdir_lock.hold(workdir):
-    if config.train.get('recipe', 'steps') == 'epochs':
-      from affjax.train import epochs  # pylint: disable=g-import-not-at-top  (epochs builds on this module)
-      return epochs.train_and_evaluate(config, workdir)
     exp = Experiment(config, workdir)
     try:
-      announce_outputs(exp, training=True)
-      return _final_evaluation(exp, last_validation=_train(exp))
+      recipe = make_recipe(exp)
+      announce_outputs(exp, recipe)
+      return _final_evaluation(exp, recipe, last_validation=_train(exp, recipe))
     finally:
       exp.close()
 
@@ -90,21 +111,22 @@ def evaluate_only(config, workdir) -> dict[str, dict[str, float] | None]:
   with workdir_lock.hold(workdir):
     exp = Experiment(config, workdir)
     try:
-      announce_outputs(exp, training=False)
-      return _final_evaluation(exp)
+      recipe = make_recipe(exp)
+      announce_outputs(exp)
+      return _final_evaluation(exp, recipe)
     finally:
       exp.close()
 
 
-def announce_outputs(exp: Experiment, training: bool) -> str:
+def announce_outputs(exp: Experiment, recipe: Recipe | None = None) -> str:
   """Logs once what the run will and will not produce from the splits the records hold (a split may be empty: no
-  test list yet, no validation set); returns the message."""
+  test list yet, no validation set), training with `recipe` or (None) evaluating only; returns the message."""
   count = {split: len(exp.records(split).videos) for split in ('train', 'validation', 'test')}
   will, wont = [], []
-  if training:
+  if recipe is not None:
     will.append(f'training on {count["train"]} videos')
     if count['validation']:
-      will.append(f'validation every {exp.config.train.eval_every} steps')
+      will.append(f'validation {recipe.validation_cadence}')
     else:
       wont.append('evaluation during training (no validation videos: the last checkpoint is used)')
   for split in ('train', 'validation', 'test'):
@@ -124,12 +146,14 @@ def announce_outputs(exp: Experiment, training: bool) -> str:
   return message
 
 
-def _final_evaluation(exp: Experiment, last_validation=None) -> dict[str, dict[str, float] | None]:
-  """Scores the best checkpoint on config.eval.splits and writes metrics and ABAW files (process 0).
+def _final_evaluation(exp: Experiment, recipe: Recipe, last_validation=None) -> dict[str, dict[str, float] | None]:
+  """Scores the recipe's final weights (the best by validation) on config.eval.splits and writes metrics and ABAW
+  files (process 0).
 
-  `last_validation` = (step, predictions) of the evaluation that ended training, reused if that step is best.
+  `last_validation` = (step, predictions, metrics) of the evaluation that ended training, reused if that step's
+  weights are the ones scored.
   """
-  step = exp.restore_for_evaluation()
+  step = recipe.final_state()
   results = {}
   for split in exp.config.eval.splits:
     if not exp.records(split).videos:
@@ -145,73 +169,65 @@ def _final_evaluation(exp: Experiment, last_validation=None) -> dict[str, dict[s
   return results
 
 
-def _train(exp: Experiment):
-  """Trains to config.train.num_steps; returns (step, validation predictions) of its last evaluation, if any.
+def _train(exp: Experiment, recipe: Recipe):
+  """Trains to `recipe.num_steps` or until the recipe stops; returns (step, validation predictions, metrics) of its
+  last evaluation, if any.
 
-  Every checkpoint is saved before the evaluation of its step (a failing evaluation costs no training; a run
-  stopped during one evaluates that step first when resumed). Non-finite values stop the run or roll it back
-  (`config.train.on_nonfinite`), see `_recover`."""
+  After each step, the actions the recipe asks for: log, checkpoint (once the non-finite check passed), validate.
+  A checkpoint is saved before the validation of its step (a failing evaluation costs no training; a run stopped
+  during one validates that step first when resumed), unless `recipe.validation_steers`. Non-finite values stop
+  the run or roll it back (`config.train.on_nonfinite`), see `_recover`."""
   config, train_cfg = exp.config, exp.config.train
-  has_validation = bool(exp.records('validation').videos)
-  evaluates = lambda done: has_validation and (done % train_cfg.eval_every == 0 or done == train_cfg.num_steps)
   start = exp.checkpoints.latest_step() or 0
-  pending_validation = bool(start) and evaluates(start) and exp.checkpoints.metrics(start) is None
-  if start >= train_cfg.num_steps and not pending_validation:
+  pending_validation = (bool(start) and not recipe.validation_steers and recipe.evaluates(start) and
+                        exp.checkpoints.metrics(start) is None)
+  if (start >= recipe.num_steps or recipe.stopped) and not pending_validation:
     return None
   train_iter = iter(pipeline.train_dataset(exp.records('train'), config))
   if start:
-    exp.state = exp.checkpoints.restore(start, exp.state, train_iter)
-    logging.info('resumed from the checkpoint of step %d', start)
+    recipe.restore(start, train_iter)
   writer = run_logs.MetricWriter(exp.workdir)
   writer.drop_rows(lambda row: row['step'] > start or (pending_validation and row['step'] == start and
                                                        any(k.startswith('validation/') for k in row)))
   profiler = profiling.StepProfiler(exp.workdir, first=start + train_cfg.first_profile,
                                     num_steps=train_cfg.profile_steps)
-  train_step = step_lib.make_train_step(exp.model, exp.tx, config)
-  unfreeze = train_cfg.unfreeze_step
-  if unfreeze:  # second stage of fine-tuning: the same state, every backbone in training mode
-    finetune_step = step_lib.make_train_step(exp.model.clone(frozen=()), exp.tx, config)
-  warmup = models.warmup_model(exp.model, config.model)  # e.g. sparse_e2e gather: masked-dense stages first
-  if warmup:
-    warmup_step = step_lib.make_train_step(warmup[0], exp.tx, config)
-  lr_schedule = optim.run_schedule(config)
   frames_per_step = train_cfg.batch_size * config.data.window
-  progress = tqdm.tqdm(total=train_cfg.num_steps, initial=start, desc='train', unit='step',
+  progress = tqdm.tqdm(total=recipe.num_steps, initial=start, desc='train', unit='step',
                        disable=jax.process_index() != 0, dynamic_ncols=True)
-  last_validation = _validate(exp, start, writer, progress) if pending_validation else None
+  last_validation = None
+  if pending_validation:
+    last_validation = _validate(exp, recipe, start, writer, progress)
+    exp.checkpoints.record_metrics(start, last_validation[2])
   rollbacks, step = 0, start
   with jax.set_mesh(exp.mesh):
     zero_acc = lambda: jax.device_put(step_lib.zero_accumulator(), parallel.replicated(exp.mesh))
     acc = zero_acc()
     window_start, data_wait = time.perf_counter(), 0.0
     try:
-      while step < train_cfg.num_steps:
+      while step < recipe.num_steps and not recipe.stopped:
         t = time.perf_counter()
         batch = parallel.to_global(next(train_iter), exp.mesh)
         data_wait += time.perf_counter() - t
         profiler.before_step(step)
         with jax.profiler.StepTraceAnnotation('train', step_num=step), jax.transfer_guard('disallow'):
-          step_fn = finetune_step if unfreeze and step >= unfreeze else train_step
-          exp.state, acc = (warmup_step if warmup and step < warmup[1] else step_fn)(exp.state, acc, batch)
+          exp.state, acc = recipe.train_step(step)(exp.state, acc, batch)
         profiler.after_step(step, acc)
         progress.update()
         step = done = step + 1
-        last = done == train_cfg.num_steps
-        evaluate_now = evaluates(done)
-        save = done % train_cfg.checkpoint_every == 0 or last or evaluate_now
-        if done % train_cfg.log_every == 0 or last or save:
+        log, save, validate = recipe.logs(done), recipe.saves(done), recipe.evaluates(done)
+        if log or save:
           logged = jax.device_get(acc)
           if logged['nonfinite'] or (save and not state_is_finite(exp.state)):
-            step, rollbacks = _recover(exp, done, train_iter, writer, rollbacks), rollbacks + 1
+            step, rollbacks = _recover(exp, recipe, done, train_iter, writer, rollbacks), rollbacks + 1
             progress.n = step
             acc, window_start, data_wait = zero_acc(), time.perf_counter(), 0.0
             continue
           exp.checkpoints.mark_good_before(done)
-        if done % train_cfg.log_every == 0 or last:
+        if log:
           elapsed = time.perf_counter() - window_start
           scalars = {f'train/{k}': v / logged['steps'] for k, v in logged.items()
                      if k not in ('steps', 'nonfinite')}
-          scalars.update({'train/learning_rate': float(lr_schedule(done - 1)),
+          scalars.update({'train/learning_rate': recipe.learning_rate(done - 1),
                           'perf/steps_per_s': logged['steps'] / elapsed,
                           'perf/frames_per_s': logged['steps'] * frames_per_step / elapsed,
                           'perf/data_wait_fraction': data_wait / elapsed})
@@ -219,11 +235,15 @@ def _train(exp: Experiment):
           progress.set_postfix(loss=f"{scalars['train/loss']:.3f}", fps=f"{scalars['perf/frames_per_s']:.0f}")
           acc = zero_acc()
           window_start, data_wait = time.perf_counter(), 0.0
+        if validate and recipe.validation_steers:
+          last_validation = _validate(exp, recipe, done, writer, progress)
         if save:
-          exp.checkpoints.save(done, exp.state, train_iter)
-        if evaluate_now:
+          exp.checkpoints.save(done, exp.state, train_iter, **recipe.checkpoint_items())
+        if validate and not recipe.validation_steers:
           exp.checkpoints.wait()  # on disk before an evaluation that may fail or be killed
-          last_validation = _validate(exp, done, writer, progress)
+          last_validation = _validate(exp, recipe, done, writer, progress)
+        if validate:
+          exp.checkpoints.record_metrics(done, last_validation[2])  # the saved step competes for best
           window_start = time.perf_counter()  # evaluation time is not training throughput
     finally:
       progress.close()
@@ -233,16 +253,18 @@ def _train(exp: Experiment):
   return last_validation
 
 
-def _validate(exp: Experiment, step: int, writer: run_logs.MetricWriter, progress: tqdm.tqdm):
-  """Evaluates the saved state of `step` on the validation split; logs and records its metrics (it then
-  competes for best); returns (step, predictions)."""
+def _validate(exp: Experiment, recipe: Recipe, step: int, writer: run_logs.MetricWriter, progress: tqdm.tqdm):
+  """Evaluates the state of `step` on the validation split, logs its metrics and hands them to the recipe; returns
+  (step, predictions, metrics)."""
   videos = exp.predict('validation')
   metrics = evaluate.split_metrics(videos)
   writer.scalars(step, {f'validation/{k}': v for k, v in metrics.items()})
   writer.image(step, 'validation/trace', evaluate.trace_image(videos[0]))
-  exp.checkpoints.record_metrics(step, metrics)
   progress.write(f'step {step}: validation ' + ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
-  return step, videos
+  recipe_scalars = recipe.after_validation(step, metrics)
+  if recipe_scalars:
+    writer.scalars(step, recipe_scalars)
+  return step, videos, metrics
 
 
 def state_is_finite(state) -> bool:
@@ -250,15 +272,17 @@ def state_is_finite(state) -> bool:
   return bool(checkpoint.all_finite((state.params, state.batch_stats, state.opt_state)))
 
 
-def _recover(exp: Experiment, done: int, train_iter, writer: run_logs.MetricWriter, rollbacks: int) -> int:
+def _recover(exp: Experiment, recipe: Recipe, done: int, train_iter, writer: run_logs.MetricWriter,
+             rollbacks: int) -> int:
   """After non-finite values (a training loss up to step `done`, or the state about to be saved): deletes the
   checkpoints newer than the newest good one; with `config.train.on_nonfinite='rollback'` (at most
-  `config.train.max_rollbacks` times per run) restores that one, skips the batches trained on since it and
-  returns its step to go on from; else raises NonFiniteLossError naming it."""
+  `config.train.max_rollbacks` times per run) restores that one (the state, the iterator and the recipe's state),
+  skips the batches trained on since it and returns its step to go on from; else raises NonFiniteLossError naming
+  it."""
   train_cfg = exp.config.train
   good = exp.checkpoints.discard_after_good()
   if train_cfg.on_nonfinite == 'rollback' and good is not None and rollbacks < train_cfg.max_rollbacks:
-    exp.state = exp.checkpoints.restore(good, exp.state, train_iter)
+    recipe.restore(good, train_iter)
     for _ in range(done - good):
       next(train_iter)
     writer.drop_rows(lambda row: row['step'] > good)
