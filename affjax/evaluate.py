@@ -88,8 +88,8 @@ def predict_split(state, eval_step, records: pipeline.Records, config, mesh) -> 
 
   In the token view (`data.view = 'tokens'`) the predictions are of tokens: averaged per token over the
   windows, then interpolated to every frame (`tokens.TokenPredictions`)."""
-  smooth = tuple(config.eval.get('smooth', (0, 0)))
-  token_view = config.data.get('view', 'frames') == 'tokens'
+  smooth = tuple(config.eval.smooth)
+  token_view = config.data.view == 'tokens'
   videos = [tokens.TokenPredictions.empty(v, config.model.token_rate_hz) if token_view else
             dataclasses.replace(VideoPredictions.empty(v), smooth=smooth) for v in records.videos]
   dataset, _ = pipeline.eval_dataset(records, config)

@@ -21,7 +21,7 @@ MODEL_INPUTS = {'frames': ('faces', 'audio', 'audio_offsets', 'mask'),
 
 
 def _view(config) -> str:
-  return config.data.get('view', 'frames')
+  return config.data.view
 
 
 def _backbone_features(model, config) -> Callable:
@@ -45,7 +45,7 @@ def make_extractor(config) -> tuple[Callable[[dict[str, np.ndarray]], dict[str, 
   """(batch of chunk inputs -> {part: [B, T, ...]} float32 features of the config's backbones in inference mode,
   {part: per-frame shape}). The backbones carry `model.pretrained`'s weights, or the initialisation of
   `config.seed` that a frozen inline run starts from too."""
-  model = models.build_model(config.model)
+  model = models.build_model(config.model, config.compat)
   state = state_lib.initial_state(model, optax.identity(), config, parallel.make_mesh(), config.seed)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   extract = jax.jit(_backbone_features(model, config))
@@ -63,13 +63,13 @@ def chunk_loader(config) -> Callable[[pipeline.Records], feature_cache.ChunkLoad
         records=records, num_clips=1, image_size=data.image_size, audio_samples=clips.clip_audio_samples(config)))
   return lambda records: pipeline.WindowLoader(records=records, window=records.chunk_size, image_size=data.image_size,
                                                audio_window=data.audio_window, min_fps=data.min_fps,
-                                               integer_fps=config.compat.get('integer_fps', False))
+                                               integer_fps=config.compat.integer_fps)
 
 
 def build_cache(config, out: str, batch_chunks: int = 8):
   """Builds (once) the feature cache of `config`'s backbones under `out`; returns its dataset directory,
   the value for `config.data.features_dir`."""
-  if config.data.get('features_dir'):
+  if config.data.features_dir:
     raise ValueError(f'config.data.features_dir={config.data.features_dir!r}: a feature cache is built from the '
                      'frame records; leave it empty')
   extract, shapes = make_extractor(config)

@@ -62,9 +62,6 @@ class CompactWindowLoader:
 def view(records: pipeline.Records, config, frame_loader) -> tuple[np.ndarray, CompactWindowLoader]:
   """(window table, loader) of the compacted training windows of `records` for `config`, reading frames with
   `frame_loader` (1-frame windows, not augmented)."""
-  if config.data.get('crop_size', 0):
-    raise ValueError('config.compat.compact_frames reproduces the Karas et al. windows, which take no crop: '
-                     'set config.data.crop_size=0 or the compat flag to False')
   kept = kept_frames(records)
   augmentation = None if records.features else config.data.augment.to_dict()
   loader = CompactWindowLoader(frame_loader=frame_loader, kept=kept, window=config.data.window, augment=augmentation)

@@ -167,7 +167,7 @@ def open_records(directory: str, split: str, fold: int = -1, side_directory: str
 def open_partition(directory: str, split: str, config) -> Records:
   """The `split` partition of a run: `config.data.fold`'s, with the feature cache `config.data.side_features_dir`
   joined to the frame records."""
-  return open_records(directory, split, config.data.get('fold', -1), config.data.get('side_features_dir', ''))
+  return open_records(directory, split, config.data.fold, config.data.side_features_dir)
 
 
 def annotation_rows(num_frames: int, report: dict[str, int]) -> int:
@@ -321,8 +321,8 @@ def _loader(records: Records, config, *, augmented: bool, window: int) -> Window
     return FeatureWindowLoader(records=records, window=window)
   return WindowLoader(records=records, window=window, image_size=data.image_size,
                       audio_window=data.audio_window, min_fps=data.min_fps,
-                      augment=data.augment.to_dict() if augmented else None, crop_size=data.get('crop_size', 0),
-                      integer_fps=config.compat.get('integer_fps', False))
+                      augment=data.augment.to_dict() if augmented else None, crop_size=data.crop_size,
+                      integer_fps=config.compat.integer_fps)
 
 
 def _view(records: Records, config, *, train: bool):
@@ -330,7 +330,7 @@ def _view(records: Records, config, *, train: bool):
   'clips' (RJCA windows of `data.num_clips` clips, `affjax.data.clips`) or 'tokens' (windows of T tokens at
   `model.token_rate_hz`, `affjax.data.tokens`); training windows of kept frames only with
   `config.compat.compact_frames` (`affjax.data.compact`)."""
-  view = config.data.get('view', 'frames')
+  view = config.data.view
   if records.features and records.view != view:
     raise ValueError(f'config.data.view={view!r}, but the feature cache {records.directory} holds features of the '
                      f'{records.view!r} view: build one with tools/cache_features.py and this config')
@@ -344,7 +344,7 @@ def _view(records: Records, config, *, train: bool):
     return table, tokens.loader(records, config, train=train)
   if view != 'frames':
     raise ValueError(f"config.data.view={view!r} is not one of ['frames', 'clips', 'tokens']")
-  if train and config.compat.get('compact_frames', False):
+  if train and config.compat.compact_frames:
     from affjax.data import compact  # pylint: disable=g-import-not-at-top  (compact builds on this module)
     return compact.view(records, config, _loader(records, config, augmented=False, window=1))
   return (window_table(records.videos, config.data.window, hop),

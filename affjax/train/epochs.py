@@ -46,7 +46,7 @@ def _controller(config, saved: dict | None) -> release.EpochController:
 
 def _rebuild_for_release(exp: loop.Experiment, config, best) -> None:
   """New model and optimiser at `config.model.released`, state reset to `best` with a fresh optimiser state."""
-  exp.model = models.build_model(config.model)
+  exp.model = models.build_model(config.model, config.compat)
   exp.tx = optim.make_optimizer(config, models.param_labels(config.model))
   exp.eval_step = step_lib.make_eval_step(exp.model)
   repl = parallel.replicated(exp.mesh)

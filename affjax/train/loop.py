@@ -44,7 +44,7 @@ class Experiment:
     self.records_dir = prepare.input_dir(config)
     self.config = config = follower_features.prepare(config, self.records_dir, self.workdir)
     self.mesh = parallel.make_mesh()
-    self.model = models.build_model(config.model)
+    self.model = models.build_model(config.model, config.compat)
     self.tx = optim.make_optimizer(config, models.param_labels(config.model))
     self.state = state_lib.initial_state(self.model, self.tx, config, self.mesh, config.seed)
     self.checkpoints = checkpoint.Checkpointer(self.workdir, keep=config.train.keep_checkpoints,
@@ -75,7 +75,7 @@ def train_and_evaluate(config, workdir) -> dict[str, dict[str, float] | None]:
   """Trains config.train.num_steps steps (resuming from the latest checkpoint), then evaluates the best one;
   `config.train.recipe='epochs'` runs the epoch recipe of `affjax.train.epochs` instead."""
   with workdir_lock.hold(workdir):
-    if config.train.get('recipe', 'steps') == 'epochs':
+    if config.train.recipe == 'epochs':
       from affjax.train import epochs  # pylint: disable=g-import-not-at-top  (epochs builds on this module)
       return epochs.train_and_evaluate(config, workdir)
     exp = Experiment(config, workdir)

@@ -27,21 +27,21 @@ def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   feature cache (`config.data.features_dir`) its `<part>_features` instead of faces and audio, and with one
   joined to the frames (`config.data.side_features_dir`) its `<part>_features` too."""
   d = config.data
-  view = d.get('view', 'frames')
+  view = d.view
   t = d.num_clips if view == 'clips' else d.window
 
   def features(directory: str) -> dict[str, np.ndarray]:
     shapes = pipeline.open_records(directory, 'train').features
     return {f'{part}_features': np.zeros((batch_size, t, *shape), np.float32) for part, shape in shapes.items()}
 
-  if d.get('features_dir'):
+  if d.features_dir:
     return dict(features(d.features_dir), mask=np.ones((batch_size, t), bool))
   if view == 'clips':
     return clips.example_batch(config, batch_size)
   if view == 'tokens':
     return tokens.example_batch(config, batch_size)
-  s = d.get('crop_size', 0) or d.image_size
-  return dict(features(d.side_features_dir) if d.get('side_features_dir') else {},
+  s = d.crop_size or d.image_size
+  return dict(features(d.side_features_dir) if d.side_features_dir else {},
               faces=np.zeros((batch_size, t, s, s, 3), np.uint8),
               audio=np.zeros((batch_size, pipeline.audio_segment_length(t, d.audio_window, d.min_fps)),
                              np.float32),
@@ -70,7 +70,7 @@ def initial_state(model, tx, config, mesh: jax.sharding.Mesh, seed: int) -> Trai
   """The train state replicated over `mesh`, with the converted checkpoints `config.model.pretrained` names."""
   abstract, _ = jax.eval_shape(lambda r: init_variables(model, config, r), jax.random.key(seed))
   cached = example_batch(config, 1)  # parts that come from a feature cache have no backbone to load
-  parts = {part: path for part, path in config.model.get('pretrained', {}).items() if f'{part}_features' not in cached}
+  parts = {part: path for part, path in config.model.pretrained.items() if f'{part}_features' not in cached}
   pretrained = torch_convert.load_pretrained(parts, abstract)
   with jax.set_mesh(mesh):
     return jax.jit(lambda r, p: create_state(model, tx, config, r, p),
