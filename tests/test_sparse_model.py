@@ -151,8 +151,8 @@ def test_top_p_warmup_starts_unpruned_counts_train_steps_and_ends_at_the_target(
   config, batch, variables = smoke_model
   config = config.copy_and_resolve_references()
   config.model.update(top_p=0.5, top_p_warmup_steps=4)
-  shapes = jax.eval_shape(lambda: models.build_model(config.model, config.compat).init({'params': jax.random.key(0)}, batch,
-                                                                        train=False))
+  model = models.build_model(config.model, config.compat)
+  shapes = jax.eval_shape(lambda: model.init({'params': jax.random.key(0)}, batch, train=False))
   assert shapes['batch_stats']['train_steps'].shape == ()
   warm = apply_fn(config, 'masked_dense', True)
   keep_at = {}
