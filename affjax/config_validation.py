@@ -8,6 +8,7 @@ import pathlib
 import jax
 from absl import logging
 
+from affjax import models
 from affjax.data import views
 from affjax.train import optim as optim_lib
 
@@ -90,7 +91,7 @@ def validate(config) -> None:
              'is not a directory: give the root of the Aff-Wild2 release (holding cropped_aligned/, '
              'annotations/ and the videos), or leave it empty to use the synthetic tree')
   _require(data.num_workers >= 0, 'data.num_workers', data.num_workers, 'must be >= 0')
-  _require(data.get('fold', -1) in range(-1, 6), 'data.fold', data.get('fold', -1),
+  _require(data.fold in range(-1, 6), 'data.fold', data.fold,
            'must be -1 (the official partitions) or a cross-validation fold 0..5')
   devices = jax.device_count()
   for field in ('train.batch_size', 'eval.batch_size'):
@@ -109,17 +110,18 @@ def validate(config) -> None:
            "must be 'stop' or 'rollback'")
   _require(isinstance(train.max_rollbacks, int) and train.max_rollbacks >= 0, 'train.max_rollbacks',
            train.max_rollbacks, 'must be an integer >= 0')
-  if 'modalities' in model:
-    modalities = tuple(model.modalities)
-    _require(len(modalities) > 0 and set(modalities) <= set(_MODALITIES) and len(set(modalities)) == len(modalities),
-             'model.modalities', modalities, f'must be a non-empty subset of {_MODALITIES}')
-    if 'visual' in modalities and model.get('visual_backbone') == 'mobilefacenet':
+  _require(train.recipe in ('steps', 'epochs'), 'train.recipe', train.recipe, "must be 'steps' or 'epochs'")
+  modalities = tuple(model.modalities)
+  _require(len(modalities) > 0 and set(modalities) <= set(_MODALITIES) and len(set(modalities)) == len(modalities),
+           'model.modalities', modalities, f'must be a non-empty subset of {_MODALITIES}')
+  if 'visual' in modalities and 'visual_backbone' in model:  # the per-frame face backbones (configs/audio_visual.py)
+    if model.visual_backbone == 'mobilefacenet':
       _require(data.image_size == 112, 'data.image_size', data.image_size,
                'MobileFaceNet needs 112x112 faces: set config.data.image_size=112')
-    if 'visual' in modalities and str(model.get('visual_backbone')).startswith('vggface2_'):
+    if model.visual_backbone.startswith('vggface2_'):
       _require(data.image_size >= 195, 'data.image_size', data.image_size,
                'the VGGFace2 ResNets need faces of at least 195 px (native 224): set config.data.image_size=224')
-  crop = data.get('crop_size', 0)
+  crop = data.crop_size
   _require(0 <= crop <= data.image_size, 'data.crop_size', crop,
            f'must be in [0, config.data.image_size={data.image_size}] (0 = no crop)')
   _validate_view(config)
@@ -127,6 +129,7 @@ def validate(config) -> None:
   for split in config.eval.splits:
     _require(split in ('train', 'validation', 'test'), 'eval.splits', tuple(config.eval.splits),
              "every split must be one of 'train', 'validation', 'test'")
+  _validate_model(config)
 
 
 def _validate_optimizer(config) -> None:
@@ -142,8 +145,8 @@ def _validate_optimizer(config) -> None:
   _require(isinstance(optim.restart_period, int) and optim.restart_period >= 0, 'optim.restart_period',
            optim.restart_period, 'must be an integer >= 0 (0 = one cosine decay over the run)')
   for flag in ('coupled_weight_decay', 'host_learning_rate'):
-    _require(isinstance(optim.get(flag, False), bool), f'optim.{flag}', optim.get(flag), 'must be True or False')
-  schedule = optim.get('schedule', 'cosine')
+    _require(isinstance(optim[flag], bool), f'optim.{flag}', optim[flag], 'must be True or False')
+  schedule = optim.schedule
   _require(schedule in optim_lib.SCHEDULES, 'optim.schedule', schedule, f'must be one of {optim_lib.SCHEDULES}')
   if schedule == 'epoch_step':
     _positive(config, 'optim.steps_per_epoch', 'optim.decay_every_epochs', 'optim.decay_factor')
@@ -153,24 +156,25 @@ def _validate_optimizer(config) -> None:
 def _validate_training_scheme(config) -> None:
   """Frozen parts, two-stage fine-tuning, pretrained files and the auxiliary head fit together."""
   model, train = config.model, config.train
-  modalities, frozen = tuple(model.get('modalities', ())), tuple(model.get('frozen', ()))
+  modalities, frozen = tuple(model.modalities), tuple(model.frozen)
   _require(set(frozen) <= set(modalities), 'model.frozen', frozen,
            f'can only name backbones the model has: {modalities}')
   _require(0 <= train.unfreeze_step < train.num_steps, 'train.unfreeze_step', train.unfreeze_step,
            f'must be in [0, config.train.num_steps={train.num_steps})')
   _require(not train.unfreeze_step or frozen, 'train.unfreeze_step', train.unfreeze_step,
            'two-stage fine-tuning needs frozen backbones in config.model.frozen, e.g. ("visual", "audio")')
-  for part, path in model.get('pretrained', {}).items():
+  for part, path in model.pretrained.items():
     _require(not path or pathlib.Path(path).expanduser().is_file(), f'model.pretrained.{part}', path,
              'is not a file: give the .msgpack that tools/convert_torch.py wrote, or leave it empty')
   for part in frozen:
-    if not model.get('pretrained', {}).get(part):
+    if not model.pretrained.get(part):
       logging.warning('config.model.frozen holds %r, which has no pretrained weights (config.model.pretrained.%s): '
                       'its random features stay fixed', part, part)
   _require(config.loss.aux_weight >= 0, 'loss.aux_weight', config.loss.aux_weight, 'must be >= 0')
-  needs_aux = config.loss.aux_weight > 0 or config.compat.get('arousal_ccc_on_cat_logit', False)
-  _require(not needs_aux or model.get('aux_classes', 0) == 24, 'model.aux_classes', model.get('aux_classes', 0),
-           'must be 24 when config.loss.aux_weight > 0 or config.compat.arousal_ccc_on_cat_logit is set')
+  if config.loss.aux_weight > 0 or config.compat.arousal_ccc_on_cat_logit:
+    _require('aux_classes' in model and model.aux_classes == 24, 'model.aux_classes', model.get('aux_classes'),
+             'must be 24 when config.loss.aux_weight > 0 or config.compat.arousal_ccc_on_cat_logit is set (a model '
+             'with the auxiliary 24-class head: configs/audio_visual.py)')
 
 
 def _validate_view(config) -> None:
@@ -179,3 +183,18 @@ def _validate_view(config) -> None:
     views.of(config).validate(config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+
+
+def _validate_model(config) -> None:
+  """The checks of the model's builder (names, sizes, the compat flags it implements) before any record or feature
+  is built: builds the Linen module, which initialises nothing. Follower statistics that a run computes from its
+  records (LFAN's `model.feature_norm` entries left `()`, affjax.follower_features) stand in as (0, 1)."""
+  model = config.model.copy_and_resolve_references()
+  if 'feature_norm' in model:
+    for name, value in model.feature_norm.items():
+      if not tuple(value):
+        model.feature_norm[name] = (0.0, 1.0)
+  try:
+    models.build_model(model, config.compat)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e

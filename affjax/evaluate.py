@@ -19,7 +19,7 @@ from affjax.train import metrics
 def predict_split(state, eval_step, records: records_lib.Records, config, mesh) -> list[VideoPredictions]:
   """Runs `eval_step` over every window of every video of `records` (every process takes its share); the run's
   view (`affjax.data.views`) maps the window predictions back to the frames, `eval.smooth` smooths them."""
-  smooth = tuple(config.eval.get('smooth', (0, 0)))
+  smooth = tuple(config.eval.smooth)
   split = views.of(config).predictions(records, config)
   dataset, _ = pipeline.eval_dataset(records, config)
   iterator = iter(dataset)

@@ -39,7 +39,7 @@ def make_extractor(config) -> tuple[Callable[[dict[str, np.ndarray]], dict[str, 
   """(batch of chunk inputs -> {part: [B, T, ...]} float32 features of the config's backbones in inference mode,
   {part: per-frame shape}). The backbones carry `model.pretrained`'s weights, or the initialisation of
   `config.seed` that a frozen inline run starts from too."""
-  model = models.build_model(config.model)
+  model = models.build_model(config.model, config.compat)
   state = state_lib.initial_state(model, optax.identity(), config, parallel.make_mesh(), config.seed)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   extract = jax.jit(_backbone_features(model, config))
@@ -60,7 +60,7 @@ def chunk_loader(config) -> Callable[[records_lib.Records], feature_cache.ChunkL
 def build_cache(config, out: str, batch_chunks: int = 8):
   """Builds (once) the feature cache of `config`'s backbones under `out`; returns its dataset directory,
   the value for `config.data.features_dir`."""
-  if config.data.get('features_dir'):
+  if config.data.features_dir:
     raise ValueError(f'config.data.features_dir={config.data.features_dir!r}: a feature cache is built from the '
                      'frame records; leave it empty')
   loader = chunk_loader(config)

@@ -36,7 +36,7 @@ def vggish_variables(config) -> dict:
   net = vggish.VGGish()
   example = jnp.zeros((1, vggish.EXAMPLE_FRAMES, vggish.MEL_BANDS), jnp.float32)
   abstract = jax.eval_shape(net.init, jax.random.key(config.seed), example)
-  path = config.model.get('pretrained', {}).get('vggish', '')
+  path = config.model.pretrained.vggish
   if path:
     return torch_convert.load_pretrained({'vggish': path}, {'params': {'vggish': abstract['params']}})['vggish']
   logging.warning('config.model.pretrained.vggish is empty: the VGGish features come from random weights (seed %d)',
@@ -63,7 +63,7 @@ def vggish_extractor(config) -> feature_cache.VideoExtractor:
 def default_vggish_dir(config, records_dir: str) -> pathlib.Path:
   """Next to the frame records (`<records base>/affwild2/chunk<C>/<version>`): `<records base>/vggish-<tag of the
   chunk size and the weights>`."""
-  weights = config.model.get('pretrained', {}).get('vggish', '') or f'random-seed{config.seed}'
+  weights = config.model.pretrained.vggish or f'random-seed{config.seed}'
   base = pathlib.Path(records_dir).absolute()
   return base.parents[2] / f'vggish-{base.parent.name}-{prepare_lib.tag(dict(weights=weights))}'
 
@@ -126,7 +126,7 @@ def prepare(config: ml_collections.ConfigDict, records_dir: str, workdir) -> ml_
   """`config` with the followers' inputs ready: the VGGish feature records (built under `cache_dir` on first use
   unless `data.side_features_dir` names them) and every empty `model.feature_norm` entry set to the statistics of
   the training partition, computed once per workdir (`<workdir>/feature_norm.json`). Other models: unchanged."""
-  followers = tuple(config.model.get('followers', ()))
+  followers = tuple(config.model.followers) if 'followers' in config.model else ()  # LFAN's
   if not followers:
     return config
   config = config.copy_and_resolve_references()

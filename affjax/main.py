@@ -36,14 +36,14 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   del argv
   # nothing heavy at import: grain workers re-import this module
-  from affjax import workdir_lock  # pylint: disable=g-import-not-at-top
+  from affjax import config_validation, workdir_lock  # pylint: disable=g-import-not-at-top
   from affjax.train import loop  # pylint: disable=g-import-not-at-top
 
-  loop.start_process(_CONFIG.value)
   run = loop.train_and_evaluate if _MODE.value == 'train' else loop.evaluate_only
   try:
+    loop.start_process(_CONFIG.value)  # validates the config: a bad value stops here, before anything is written
     run(_CONFIG.value, _WORKDIR.value)
-  except (workdir_lock.WorkdirBusyError, workdir_lock.WorkdirNotSharedError) as e:
+  except (config_validation.ConfigError, workdir_lock.WorkdirBusyError, workdir_lock.WorkdirNotSharedError) as e:
     sys.exit(f'error: {e}')
 
 

@@ -22,10 +22,10 @@ def export_backbones(config, workdir: str, out: str) -> dict[str, pathlib.Path]:
     state = jax.device_get(exp.state)
   finally:
     exp.close()
-  parts = [part for part in config.model.get('pretrained', {}) if part in state.params]
+  parts = [part for part in config.model.pretrained if part in state.params]
   if not parts:
     raise ValueError(f'{workdir} (step {step}) holds none of the backbones config.model.pretrained names '
-                     f'({sorted(config.model.get("pretrained", {}))}) in its parts {sorted(state.params)}: was it '
+                     f'({sorted(config.model.pretrained)}) in its parts {sorted(state.params)}: was it '
                      'trained from a feature cache?')
   out_dir = pathlib.Path(out).expanduser()
   out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 Zhao19 backbones, the fusion `name` picks (cross_attn | self_attn | lstm), the V/A head and the optional
 24-class auxiliary head, and the training schemes. `configs/{cross_attn,self_attn,lstm}.py` build on it.
 
-Variants (comma-separated, e.g. `configs/lstm.py:smoke,frozen`):
+Variants (comma-separated, e.g. `configs/lstm.py:smoke,frozen`; applied in the order of `VARIANTS`, whatever the
+order given: configs/variants.py):
   smoke      a few steps on a tiny synthetic tree (tests, install checks)
   audio      audio only; `visual`: faces only (ablations)
   frozen     backbones frozen (BatchNorm running averages, no gradients, held by the optimiser's mask)
@@ -14,9 +15,8 @@ Variants (comma-separated, e.g. `configs/lstm.py:smoke,frozen`):
 """
 import ml_collections
 
-from configs import base
+from configs import base, variants
 
-VARIANTS = ('smoke', 'audio', 'visual', 'frozen', 'finetune', 'aux', 'paper')
 AFFWILD2_STEPS_PER_EPOCH = 12_500  # ~1.6 M training frames in windows of 8, batch 16
 
 
@@ -24,7 +24,6 @@ def audio_visual_config(name: str) -> ml_collections.ConfigDict:
   config = base.get_base_config()
   model = config.model
   model.name = name
-  model.modalities = ('audio', 'visual')
   model.visual_backbone = 'mobilefacenet'  # or inceptionresnetv1 (112/160 px), vggface2_resnet50 / _senet50 (224 px)
   model.audio_backbone = 'zhao19'
   model.audio_window = config.data.get_ref('audio_window')
@@ -36,13 +35,8 @@ def audio_visual_config(name: str) -> ml_collections.ConfigDict:
   model.act = 'gelu'
   model.num_bins = 1  # > 1: V/A as the expectation over a softmax on num_bins bins in [-1, 1]
   model.aux_classes = 0  # 24: the auxiliary discretised head (train it with loss.aux_weight > 0)
-  model.frozen = ()  # backbones held fixed, e.g. ('visual', 'audio'); see train.unfreeze_step
-  model.pretrained = ml_collections.ConfigDict({'visual': '', 'audio': ''})  # tools/convert_torch.py outputs
-  config.compat.arousal_ccc_on_cat_logit = False  # rnn_attn bug 1: arousal CCC scored on logit 1 of the 24-class head
+  model.pretrained.update(visual='', audio='')  # tools/convert_torch.py outputs
   config.compat.vggface2_rgb01_norm = False  # rnn_attn bug 7: [0,1] RGB minus the BGR mean / 255 (VGGFace2 nets)
-  config.compat.integer_fps = False  # rnn_attn bug 18: audio centres from the frame rate rounded (29.97 -> 30)
-  config.compat.compact_frames = False  # rnn_attn bug 15: training windows of annotated frames with a face only
-  model.compat_vggface2_rgb01_norm = config.compat.get_ref('vggface2_rgb01_norm')
 
   # Sized for the default run on a 2-core CPU (MobileFaceNet trains at ~8 frames/s there): ~15 minutes of
   # training. On GPUs raise train.batch_size (16 in the paper's recipe) and num_steps.
@@ -53,41 +47,51 @@ def audio_visual_config(name: str) -> ml_collections.ConfigDict:
   return config
 
 
-def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
-  """Applies the comma-separated variants of `arg` (see the module docstring) to `config`."""
-  variants = [a.strip() for a in arg.split(',') if a.strip()]
-  for variant in variants:
-    if variant not in VARIANTS:
-      raise ValueError(f'unknown config variant {variant!r} in get_config({arg!r}); known variants: {VARIANTS}')
-  if 'paper' in variants:
-    config.model.update(d_embedding=128, num_layers=4)
-    _update_present(config.model, d_ff=128, num_heads=4, n_ca=4, n_cv=4)
-    config.optim.update(learning_rate=3e-4, weight_decay=1e-2, warmup_steps=0, restart_period=200)
-    config.loss.update(ccc_weights=(0.375, 0.125), mse_weight=0.5)  # 0.5 [0.75 (1 - CCC_v) + 0.25 (1 - CCC_a)]
-    config.eval.selection_weights = (0.75, 0.25)  # the grid's selection metric
-    epoch = AFFWILD2_STEPS_PER_EPOCH
-    base.set_run_length(config, batch_size=16, eval_batch_size=64, num_steps=10 * epoch, log_every=100,
-                        eval_every=epoch, checkpoint_every=epoch // 5)
-    config.train.dtype = 'bfloat16'
-  if 'smoke' in variants:
-    base.use_tiny_synthetic_tree(config)
-    config.data.window = 8
-    config.model.update(d_embedding=16, num_layers=1)
-    _update_present(config.model, d_ff=16, num_heads=2, n_ca=1, n_cv=1)
-    config.train.update(batch_size=4, num_steps=6, log_every=2, eval_every=3, checkpoint_every=3)
-    config.optim.warmup_steps = 2
-    config.eval.batch_size = 4
-  for modality in ('audio', 'visual'):
-    if modality in variants:
-      config.model.modalities = (modality,)
-  if 'frozen' in variants or 'finetune' in variants:
-    config.model.frozen = tuple(config.model.modalities)
-  if 'finetune' in variants:
-    config.train.unfreeze_step = config.train.num_steps // 2
-  if 'aux' in variants:
-    config.model.aux_classes = 24
-    config.loss.aux_weight = 1.0
-  return config
+def _paper(config: ml_collections.ConfigDict) -> None:
+  config.model.update(d_embedding=128, num_layers=4)
+  _update_present(config.model, d_ff=128, num_heads=4, n_ca=4, n_cv=4)
+  config.optim.update(learning_rate=3e-4, weight_decay=1e-2, warmup_steps=0, restart_period=200)
+  config.loss.update(ccc_weights=(0.375, 0.125), mse_weight=0.5)  # 0.5 [0.75 (1 - CCC_v) + 0.25 (1 - CCC_a)]
+  config.eval.selection_weights = (0.75, 0.25)  # the grid's selection metric
+  epoch = AFFWILD2_STEPS_PER_EPOCH
+  base.set_run_length(config, batch_size=16, eval_batch_size=64, num_steps=10 * epoch, log_every=100,
+                      eval_every=epoch, checkpoint_every=epoch // 5)
+  config.train.dtype = 'bfloat16'
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  base.use_tiny_synthetic_tree(config)
+  config.data.window = 8
+  config.model.update(d_embedding=16, num_layers=1)
+  _update_present(config.model, d_ff=16, num_heads=2, n_ca=1, n_cv=1)
+  config.train.update(batch_size=4, num_steps=6, log_every=2, eval_every=3, checkpoint_every=3)
+  config.optim.warmup_steps = 2
+  config.eval.batch_size = 4
+
+
+def _frozen(config: ml_collections.ConfigDict) -> None:
+  config.model.frozen = tuple(config.model.modalities)
+
+
+def _finetune(config: ml_collections.ConfigDict) -> None:
+  _frozen(config)
+  config.train.unfreeze_step = config.train.num_steps // 2
+
+
+def _aux(config: ml_collections.ConfigDict) -> None:
+  config.model.aux_classes = 24
+  config.loss.aux_weight = 1.0
+
+
+def _one_modality(modality: str) -> variants.Variant:
+  def variant(config: ml_collections.ConfigDict) -> None:
+    config.model.modalities = (modality,)
+  return variant
+
+
+# in the order they apply (configs/variants.py): the sizes first, then the modality, then what builds on both
+VARIANTS = (('paper', _paper), ('smoke', _smoke), ('audio', _one_modality('audio')),
+            ('visual', _one_modality('visual')), ('frozen', _frozen), ('finetune', _finetune), ('aux', _aux))
 
 
 def _update_present(section: ml_collections.ConfigDict, **values) -> None:

@@ -8,13 +8,12 @@ configs/audio_visual.py), e.g.
 """
 import ml_collections
 
-from configs import audio_visual
+from configs import audio_visual, variants
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config = audio_visual.audio_visual_config('cross_attn')
   config.compat.multv2_reference_layers = False  # rnn_attn bug 2: no query residual, every layer reads the inputs
   config.model.update(d_ff=128, num_heads=4, n_ca=2, n_cv=2, gated=False,
-                      attention_impl='xla',  # or 'cudnn' on GPUs with bfloat16
-                      compat_reference_layers=config.compat.get_ref('multv2_reference_layers'))
-  return audio_visual.apply_variants(config, arg)
+                      attention_impl='xla')  # or 'cudnn' on GPUs with bfloat16
+  return variants.apply(config, arg, audio_visual.VARIANTS)

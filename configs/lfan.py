@@ -1,6 +1,7 @@
 """Leader-follower attentive fusion: IR-50 + causal TCNs over 300-frame windows (Zhang et al., ABAW2 2021).
 
-Spec `../shared/specs/lfan.md`. Variants through `get_config(arg)`, comma-separated:
+Spec `../shared/specs/lfan.md`. Variants through `get_config(arg)`, comma-separated (applied in the order of
+`VARIANTS`, whatever the order given: configs/variants.py):
   configs/lfan.py             the default run, sized for a CPU: the paper's model with a one-unit-per-stage IR-50
                               whose three release groups train from epoch 0 (the paper starts with the head of a
                               pretrained IR-50; none exists for synthetic faces), lr 1e-3, two epochs (synthetic
@@ -14,7 +15,7 @@ Cross-validation: `--config.data.fold=K` (K in 0..5) trains fold K; `tools/train
 import ml_collections
 
 from affjax.models.audio import mfcc
-from configs import base
+from configs import base, variants
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -38,7 +39,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # (mean, std) per follower; () = the training partition's (the fold's), computed at the start of a run
   model.feature_norm = ml_collections.ConfigDict(dict(vggish=(), mfcc=()))
   # converted weights (tools/convert_torch.py --network=ir50 | vggish); '' = random initialisation
-  model.pretrained = ml_collections.ConfigDict(dict(visual='', vggish=''))
+  model.pretrained.update(visual='', vggish='')
   model.audio_window = data.get_ref('audio_window')
   model.visual_channels = (128, 128, 128, 128)
   model.follower_channels = (32, 32, 32, 32)
@@ -52,8 +53,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   model.released = 3
   model.ir50_units = (1, 1, 1, 1)  # units per stage; the paper's IR-50 is (3, 4, 14, 3) (`:paper`)
   model.dtype = config.train.get_ref('dtype')
-  model.compat_follower_qv_from_key = config.compat.get_ref('follower_qv_from_key')
-  model.compat_frozen_bn_train_mode = config.compat.get_ref('frozen_bn_train_mode')
 
   config.loss.per_window = True  # 1 - CCC per window, averaged over windows (spec lfan 4)
 
@@ -78,33 +77,40 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   # 12 steps of 2 windows (the epoch recipe ignores num_steps).
   base.set_run_length(config, batch_size=2, eval_batch_size=4, num_steps=40, log_every=5,
                       eval_every=20, checkpoint_every=20)
-  return apply_variants(config, arg)
+  return variants.apply(config, arg, VARIANTS)
 
 
-def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
-  """Applies the comma-separated variants of `arg` (smoke, paper, valence, arousal, visual) to `config`."""
-  for variant in filter(None, (a.strip() for a in arg.split(','))):
-    if variant == 'smoke':
-      base.use_tiny_synthetic_tree(config)
-      config.data.update(image_size=32, crop_size=16, window=16, train_hop=16, eval_hop=8)  # IR-50 at 16 x 16
-      config.model.update(visual_channels=(16, 16), follower_channels=(8, 8), fusion_dim=8, ir50_units=(1, 1, 1, 1),
-                          released=1)  # the head first, so that a smoke run goes through a release
-      config.train.update(batch_size=4, num_steps=3, log_every=1, eval_every=3, checkpoint_every=1, num_epochs=2,
-                          plateau_patience=0, cuts_per_release=1)
-      config.eval.batch_size = 4
-      config.optim.learning_rate = 1e-4
-    elif variant == 'paper':
-      config.model.update(ir50_units=(3, 4, 14, 3), released=1)
-      config.train.update(batch_size=8, num_epochs=100)
-      config.eval.batch_size = 8
-      config.optim.learning_rate = 1e-5
-    elif variant in ('valence', 'arousal'):
-      config.model.emotion = variant
-      config.loss.ccc_weights = (1.0, 0.0) if variant == 'valence' else (0.0, 1.0)
-      config.eval.selection_weights = config.loss.ccc_weights
-    elif variant == 'visual':
-      config.model.followers = ()
-    else:
-      raise ValueError(f'unknown config variant {variant!r} in get_config({arg!r}); '
-                       'known variants: smoke, paper, valence, arousal, visual')
-  return config
+def _paper(config: ml_collections.ConfigDict) -> None:
+  config.model.update(ir50_units=(3, 4, 14, 3), released=1)
+  config.train.update(batch_size=8, num_epochs=100)
+  config.eval.batch_size = 8
+  config.optim.learning_rate = 1e-5
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  base.use_tiny_synthetic_tree(config)
+  config.data.update(image_size=32, crop_size=16, window=16, train_hop=16, eval_hop=8)  # IR-50 at 16 x 16
+  config.model.update(visual_channels=(16, 16), follower_channels=(8, 8), fusion_dim=8, ir50_units=(1, 1, 1, 1),
+                      released=1)  # the head first, so that a smoke run goes through a release
+  config.train.update(batch_size=4, num_steps=3, log_every=1, eval_every=3, checkpoint_every=1, num_epochs=2,
+                      plateau_patience=0, cuts_per_release=1)
+  config.eval.batch_size = 4
+  config.optim.learning_rate = 1e-4
+
+
+def _one_emotion(emotion: str) -> variants.Variant:
+  def variant(config: ml_collections.ConfigDict) -> None:
+    config.model.emotion = emotion
+    config.loss.ccc_weights = (1.0, 0.0) if emotion == 'valence' else (0.0, 1.0)
+    config.eval.selection_weights = config.loss.ccc_weights
+  return variant
+
+
+def _visual(config: ml_collections.ConfigDict) -> None:
+  config.model.followers = ()
+
+
+# in the order they apply (configs/variants.py): `:paper,smoke` and `:smoke,paper` are both the paper's run at
+# smoke size
+VARIANTS = (('paper', _paper), ('smoke', _smoke), ('valence', _one_emotion('valence')),
+            ('arousal', _one_emotion('arousal')), ('visual', _visual))

@@ -7,10 +7,10 @@ that with low-complexity backbones trained end to end the LSTM can beat attentio
 """
 import ml_collections
 
-from configs import audio_visual
+from configs import audio_visual, variants
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config = audio_visual.audio_visual_config('lstm')
   config.model.bidirectional = False
-  return audio_visual.apply_variants(config, arg)
+  return variants.apply(config, arg, audio_visual.VARIANTS)

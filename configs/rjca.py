@@ -1,5 +1,6 @@
 """Recursive joint cross-attention (RJCA, Praveen et al., ICASSP 2023; `../shared/specs/rjca.md`) over
-R(2+1)D-18 (faces) and ResNet-18 (log-mel) clip backbones. Variants through `get_config(arg)`:
+R(2+1)D-18 (faces) and ResNet-18 (log-mel) clip backbones. Variants through `get_config(arg)`, comma-separated
+(applied in the order of `VARIANTS`, whatever the order given: configs/variants.py):
   configs/rjca.py          the default run (sized for a CPU on the synthetic tree; see below)
   configs/rjca.py:smoke    a few steps on a tiny synthetic tree, for tests and install checks
   configs/rjca.py:jca      one joint co-attention iteration (K = 1: JCA, the released code)
@@ -17,7 +18,7 @@ backbones with the fusion, end to end, at lr 1e-3 for 150 steps (`experiments/de
 """
 import ml_collections
 
-from configs import base
+from configs import base, variants
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -34,21 +35,15 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   model = config.model
   model.name = 'rjca'
-  model.modalities = ('audio', 'visual')
   model.num_iterations = 3  # K joint co-attention iterations (1 = JCA)
   model.share_iteration_weights = False
   model.features = 512
   model.lstm_dropout = 0.1
   model.attention_dropout = 0.6
   model.head_dropout = 0.6
-  model.frozen = ()  # parts held fixed (running-average BatchNorm, no gradient): the paper freezes ('visual', 'audio')
   model.dtype = config.train.get_ref('dtype')
   model.conv_impl = 'auto'  # backbone convolutions: 'xla', 'taps' (one matmul over the taps) or 'auto' (taps on CPU)
-  model.compat_scrambled_spatial_view = config.compat.get_ref('scrambled_spatial_view')
-  model.compat_audio_guidance_on_position_axis = config.compat.get_ref('audio_guidance_on_position_axis')
-  model.pretrained = ml_collections.ConfigDict(dict(visual='', audio=''))
-
-  config.eval.smooth = (0, 0)  # moving-average sizes (valence, arousal) over whole videos; the reference: (20, 50)
+  model.pretrained.update(visual='', audio='')
 
   config.loss.ccc_weights = (1.0, 1.0)  # (1 - CCC_V) + (1 - CCC_A)
   config.optim.learning_rate = 1e-3  # Adam, no weight decay; the spec's 1e-4 (`:paper`) for the frozen backbones
@@ -65,35 +60,35 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   data.num_clips = 4
   base.set_run_length(config, batch_size=4, eval_batch_size=8, num_steps=150, log_every=10,
                       eval_every=150, checkpoint_every=50)
-  return apply_variants(config, arg)
-
-
-def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
-  """Applies the comma-separated variants of `arg` (smoke, jca, frozen, paper) to `config`."""
-  for variant in filter(None, (a.strip() for a in arg.split(','))):
-    if variant == 'smoke':
-      base.use_tiny_synthetic_tree(config)
-      config.data.update(num_clips=2, image_size=32, audio_frames=104)  # layer 4: 2 x 2 positions
-      config.model.features = 32
-      config.train.update(batch_size=4, num_steps=2, log_every=1, eval_every=2, checkpoint_every=2)
-      config.eval.batch_size = 8
-    elif variant == 'jca':
-      config.model.num_iterations = 1
-    elif variant == 'frozen':
-      freeze_backbones(config)
-    elif variant == 'paper':
-      freeze_backbones(config)
-      config.data.update(num_clips=16, image_size=112)
-      config.train.update(batch_size=64, dtype='bfloat16')
-      config.optim.steps_per_epoch = 1370  # ~88 k Aff-Wild2 training windows (frames / 16) / 64
-      config.eval.batch_size = 64
-    else:
-      raise ValueError(f'unknown config variant {variant!r} in get_config({arg!r}); '
-                       'known variants: smoke, jca, frozen, paper')
-  return config
+  return variants.apply(config, arg, VARIANTS)
 
 
 def freeze_backbones(config: ml_collections.ConfigDict) -> None:
   """The paper's recipe over pretrained backbones: both held fixed, Adam at 1e-4."""
   config.model.frozen = ('visual', 'audio')
   config.optim.learning_rate = 1e-4
+
+
+def _paper(config: ml_collections.ConfigDict) -> None:
+  freeze_backbones(config)
+  config.data.update(num_clips=16, image_size=112)
+  config.train.update(batch_size=64, dtype='bfloat16')
+  config.optim.steps_per_epoch = 1370  # ~88 k Aff-Wild2 training windows (frames / 16) / 64
+  config.eval.batch_size = 64
+
+
+def _jca(config: ml_collections.ConfigDict) -> None:
+  config.model.num_iterations = 1
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  base.use_tiny_synthetic_tree(config)
+  config.data.update(num_clips=2, image_size=32, audio_frames=104)  # layer 4: 2 x 2 positions
+  config.model.features = 32
+  config.train.update(batch_size=4, num_steps=2, log_every=1, eval_every=2, checkpoint_every=2)
+  config.eval.batch_size = 8
+
+
+# in the order they apply (configs/variants.py): `:paper,smoke` and `:smoke,paper` are both the paper's run at
+# smoke size
+VARIANTS = (('paper', _paper), ('frozen', freeze_backbones), ('jca', _jca), ('smoke', _smoke))

@@ -2,7 +2,8 @@
 
 Spec `../shared/specs/sparse_e2e.md` §5: VGG trunks on 48x48 faces and 128x32 log-mel patches, whose last
 three stages run only on the sites a cross-modal additive attention keeps (nucleus top-p, per frame).
-Variants through `get_config(arg)`, comma-separated:
+Variants through `get_config(arg)`, comma-separated (applied in the order of `VARIANTS`, whatever the order given:
+configs/variants.py):
   configs/sparse_e2e.py            the default run (sparse, masked-dense stages; sized for a 2-core CPU)
   configs/sparse_e2e.py:smoke      a few steps on a tiny synthetic tree, for tests and install checks
   configs/sparse_e2e.py:gather     fixed-capacity gather/matmul/scatter stages (real FLOP savings)
@@ -14,7 +15,7 @@ few steps Adam at 1e-3 with a cosine decay instead of a constant 5e-5 (`:full` k
 """
 import ml_collections
 
-from configs import base
+from configs import base, variants
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -30,7 +31,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   model = config.model
   model.name = 'sparse_e2e'
-  model.modalities = ('audio', 'visual')
   model.image_size = data.get_ref('image_size')
   model.token_rate_hz = 10.0  # token j at t = j / 10 s takes frame round(t·fps) and the log-mel around t
   model.width = 8  # 64 in the spec; 8 keeps the default run on a 2-core CPU (1/64 of the trunk conv MACs)
@@ -63,30 +63,34 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.optim.warmup_steps = 10
   base.set_run_length(config, batch_size=4, eval_batch_size=8, num_steps=400, log_every=10,
                       eval_every=200, checkpoint_every=50)
-  return apply_variants(config, arg)
+  return variants.apply(config, arg, VARIANTS)
 
 
-def apply_variants(config: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
-  """Applies the comma-separated variants of `arg` (smoke, gather, dense, full) to `config`."""
-  for variant in filter(None, (a.strip() for a in arg.split(','))):
-    if variant == 'smoke':
-      base.use_tiny_synthetic_tree(config)
-      config.data.update(window=4, train_hop=4, eval_hop=2)
-      config.model.update(width=4, d_model=8, mlp_hidden=16, num_layers=1, num_heads=2, d_ff=16)
-      config.train.update(batch_size=4, num_steps=6, log_every=2, eval_every=3, checkpoint_every=3)
-      config.optim.warmup_steps = 2
-      config.model.top_p_warmup_steps = 3
-      config.eval.batch_size = 4
-    elif variant == 'gather':
-      config.model.sparse_impl = 'gather'
-    elif variant == 'dense':
-      config.model.sparse = False
-    elif variant == 'full':
-      config.model.update(width=64, mlp_hidden=1024, num_layers=4, d_ff=2048, top_p_warmup_steps=2000)
-      config.optim.update(learning_rate=5e-5, warmup_steps=0, restart_period=10**9)  # ~constant: no schedule
-      config.train.update(batch_size=8, num_steps=20000, eval_every=1000, checkpoint_every=1000)
-      config.data.update(window=128, train_hop=128, eval_hop=64)  # tokens
-    else:
-      raise ValueError(f'unknown config variant {variant!r} in get_config({arg!r}); '
-                       'known variants: smoke, gather, dense, full')
-  return config
+def _full(config: ml_collections.ConfigDict) -> None:
+  config.model.update(width=64, mlp_hidden=1024, num_layers=4, d_ff=2048, top_p_warmup_steps=2000)
+  config.optim.update(learning_rate=5e-5, warmup_steps=0, restart_period=10**9)  # ~constant: no schedule
+  config.train.update(batch_size=8, num_steps=20000, eval_every=1000, checkpoint_every=1000)
+  config.data.update(window=128, train_hop=128, eval_hop=64)  # tokens
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  base.use_tiny_synthetic_tree(config)
+  config.data.update(window=4, train_hop=4, eval_hop=2)
+  config.model.update(width=4, d_model=8, mlp_hidden=16, num_layers=1, num_heads=2, d_ff=16)
+  config.train.update(batch_size=4, num_steps=6, log_every=2, eval_every=3, checkpoint_every=3)
+  config.optim.warmup_steps = 2
+  config.model.top_p_warmup_steps = 3
+  config.eval.batch_size = 4
+
+
+def _gather(config: ml_collections.ConfigDict) -> None:
+  config.model.sparse_impl = 'gather'
+
+
+def _dense(config: ml_collections.ConfigDict) -> None:
+  config.model.sparse = False
+
+
+# in the order they apply (configs/variants.py): `:full,smoke` and `:smoke,full` are both the spec's model at
+# smoke size
+VARIANTS = (('full', _full), ('smoke', _smoke), ('gather', _gather), ('dense', _dense))

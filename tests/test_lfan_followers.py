@@ -138,7 +138,7 @@ def test_vggish_follower_without_its_features_says_how_to_get_them():
   from affjax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   batch = state_lib.example_batch(config, 1)
   with pytest.raises(ValueError, match='side_features_dir'):
-    jax.eval_shape(lambda: models.build_model(config.model).init(jax.random.key(0), batch, train=False))
+    jax.eval_shape(lambda: models.build_model(config.model, config.compat).init(jax.random.key(0), batch, train=False))
   config.model.feature_norm.vggish = ()
   with pytest.raises(ValueError, match=r'config.model.feature_norm.vggish=\(\)'):
-    models.build_model(config.model)
+    models.build_model(config.model, config.compat)

@@ -191,6 +191,7 @@ def test_lfan_matches_pytorch_with_converted_weights():
   with torch.no_grad():
     ref = net({k: torch.from_numpy(v.astype(np.int64) if k == 'audio_offsets' else v) for k, v in batch.items()})
   variables = torch_lfan.flax_variables(net)
-  out = jax.jit(functools.partial(models.build_model(config.model).apply, train=False))(variables, batch)['va']
+  model = models.build_model(config.model, config.compat)
+  out = jax.jit(functools.partial(model.apply, train=False))(variables, batch)['va']
   assert out.shape == (2, config.data.window, 2)
   np.testing.assert_allclose(np.asarray(out), ref.numpy(), rtol=1e-4, atol=1e-4)

@@ -111,7 +111,7 @@ def test_lfan_config_errors_name_the_field():
   config = lfan.get_config('smoke')
   config.data.audio_window = 1000
   with pytest.raises(ValueError, match='config.data.audio_window=1000'):
-    models.build_model(config.model)
+    models.build_model(config.model, config.compat)
 
 
 def test_epoch_recipe_releases_after_plateau_and_resumes(tiny_tree, tmp_path, monkeypatch):

@@ -399,10 +399,13 @@ def _model_config(**overrides):
   cfg = ml_collections.ConfigDict(dict(
       name='cross_attn', modalities=('audio', 'visual'), visual_backbone='mobilefacenet', audio_backbone='zhao19',
       audio_window=10560, d_embedding=16, d_ff=8, num_heads=2, n_ca=1, n_cv=1, num_layers=1, dropout=0.3, act='gelu',
-      gated=False, attention_impl='xla', depthwise_impl='auto', dtype='float32', compat_reference_layers=False,
-      num_bins=1, aux_classes=0, frozen=()))
+      gated=False, attention_impl='xla', depthwise_impl='auto', dtype='float32', num_bins=1,
+      aux_classes=0, frozen=()))
   cfg.update(overrides)
   return cfg
+
+
+_COMPAT = ml_collections.ConfigDict(dict(multv2_reference_layers=False, vggface2_rgb01_norm=False))
 
 
 def _av_batch(b=2, t=3, window=10560, hop=533):
@@ -419,7 +422,7 @@ def av_model():
 
   `step(batch)` -> (variables, train-mode output, updated BN statistics): init (fixed key) and one
   train-mode forward (dropout with a fixed key) in a single compiled function, so reruns are exact."""
-  model = build_model(_model_config())
+  model = build_model(_model_config(), _COMPAT)
 
   def init_and_train_forward(batch):
     variables = model.init(KEY, batch, train=False)
@@ -458,7 +461,7 @@ def test_av_model_train_step_and_padding(av_model):
 def test_single_modality_models(modality, inputs, width):
   """Built from a config and traced (eval_shape) without the other modality's inputs; the code they run
   is the two-modality model's backbone path plus the fusion's single-modality path, both run elsewhere."""
-  model = build_model(_model_config(modalities=(modality,)))
+  model = build_model(_model_config(modalities=(modality,)), _COMPAT)
   batch = {k: v for k, v in _av_batch().items() if k in inputs + ('mask',)}
   out, variables = jax.eval_shape(functools.partial(model.init_with_output, train=False), KEY, batch)
   assert set(variables['params']) == {modality, 'fusion', 'va'}
@@ -484,5 +487,5 @@ def test_fusion_single_modality_runs_and_masks():
     ('dtype', 'float16', "['float32', 'bfloat16']")])
 def test_build_model_rejects_unknown_names(field, value, allowed):
   with pytest.raises(ValueError) as err:
-    build_model(_model_config(**{field: value}))
+    build_model(_model_config(**{field: value}), _COMPAT)
   assert str(err.value) == f'config.model.{field}={value!r} is not one of {allowed}'

@@ -160,7 +160,7 @@ def _random_run(workdir):
   from affjax.train import optim, state as state_lib  # pylint: disable=g-import-not-at-top
   from configs import cross_attn  # pylint: disable=g-import-not-at-top
   config = cross_attn.get_config('smoke')
-  model, mesh = models.build_model(config.model), parallel.make_mesh()
+  model, mesh = models.build_model(config.model, config.compat), parallel.make_mesh()
   state = state_lib.initial_state(model, optim.make_optimizer(config), config, mesh, seed=1)
   saver = checkpoint.Checkpointer(workdir)
   saver.save(1, state, None)
@@ -203,7 +203,7 @@ def test_a_video_is_predicted_as_evaluation_predicts_its_records(system, tiny_tr
   from affjax.train import optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
   from affjax.video import run as run_lib  # pylint: disable=g-import-not-at-top
   config = importlib.import_module(f'configs.{system}').get_config('smoke')
-  model, mesh = models.build_model(config.model), parallel.make_mesh()
+  model, mesh = models.build_model(config.model, config.compat), parallel.make_mesh()
   state = state_lib.initial_state(model, optim.make_optimizer(config), config, mesh, seed=2)
   run = run_lib.LoadedRun(config=config, mesh=mesh, state=state, eval_step=step_lib.make_eval_step(model), step=0)
   records = records_lib.open_records(tiny_records, 'validation')

@@ -3,13 +3,13 @@ import dataclasses
 import io
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from affjax.data import affwild2, builder, pipeline, records as records_lib
 from affjax.data.views import base, compact, frames as frame_view
+from configs import base as config_base
 
 W = 10560
 
@@ -98,11 +98,11 @@ def test_fps_below_min_fps_is_a_config_error(tiny_records):
 
 
 def small_config(**data):
-  config = ml_collections.ConfigDict(dict(
-      seed=0, data=dict(window=8, train_hop=8, eval_hop=4, image_size=112, audio_window=W, min_fps=24.0,
-                        num_workers=0, worker_buffer_size=2,
-                        augment=dict(brightness=0.2, contrast=0.2, saturation=0.2, flip=True)),
-      train=dict(batch_size=4), eval=dict(batch_size=4), compat=dict()))
+  config = config_base.get_base_config()  # the schema's defaults (no crop, no compat quirk) for what is not set here
+  config.data.update(window=8, train_hop=8, eval_hop=4, image_size=112, audio_window=W, min_fps=24.0, num_workers=0,
+                     worker_buffer_size=2)
+  config.data.augment.update(brightness=0.2, contrast=0.2, saturation=0.2, flip=True)
+  config.train.batch_size = config.eval.batch_size = 4
   config.data.update(data)
   return config
 

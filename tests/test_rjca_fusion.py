@@ -173,7 +173,7 @@ def test_clips_past_the_end_do_not_reach_the_predictions_of_the_others():
   from affjax import models  # pylint: disable=g-import-not-at-top
   from configs import rjca as rjca_config  # pylint: disable=g-import-not-at-top
   config = rjca_config.get_config('smoke')
-  model = models.build_model(config.model)
+  model = models.build_model(config.model, config.compat)
   rng = np.random.default_rng(7)
   mask = np.array([[True, True], [True, False]])
   batch = dict(visual_features=rng.standard_normal((2, 2, 4, 512)).astype(np.float32),

@@ -45,7 +45,7 @@ def test_sharded_train_step_equals_single_device(tiny_tree, tiny_records, tmp_pa
   assert jax.device_count() == 4  # tests/conftest.py forces 4 host devices
   config = smoke_config(tiny_tree, tmp_path)
   batch = next(iter(pipeline.train_dataset(records_lib.open_records(tiny_records, 'train'), config)))
-  model, tx = models.build_model(config.model), optax.sgd(0.1)
+  model, tx = models.build_model(config.model, config.compat), optax.sgd(0.1)
   (params_1, stats_1, loss_1), (params_4, stats_4, loss_4) = (
       one_step_on(devices, model, tx, config, batch) for devices in (jax.devices()[:1], jax.devices()))
   assert float(loss_1) == pytest.approx(float(loss_4), rel=1e-5)
@@ -203,7 +203,7 @@ def test_unknown_field_is_one_line_naming_the_closest_fields(tmp_path):
   assert run.returncode != 0
   assert run.stderr.strip().splitlines() == [
       "--config.optim.weightdecay=0.1: no such field: config.optim has no 'weightdecay' "
-      '(closest: optim.weight_decay)']
+      '(closest: optim.weight_decay, optim.coupled_weight_decay)']  # declared in configs/base.py for every system
 
 
 def test_unknown_variant_is_named():

@@ -62,7 +62,7 @@ def test_va_loss_combines_weighted_ccc_and_mse():
 
 
 def test_schedule_warmup_then_cosine_with_restarts():
-  cfg = ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=10, restart_period=100))
+  cfg = ml_collections.ConfigDict(dict(schedule='cosine', learning_rate=1e-3, warmup_steps=10, restart_period=100))
   schedule = optim.learning_rate_schedule(cfg, num_steps=500)
   assert float(schedule(0)) == pytest.approx(1e-4)
   assert float(schedule(9)) == pytest.approx(1e-3)

@@ -28,7 +28,7 @@ def jax_step(config, batch):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from affjax import models, parallel  # pylint: disable=g-import-not-at-top
   from affjax.train import optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
-  model = models.build_model(config.model)
+  model = models.build_model(config.model, config.compat)
   tx = optim.make_optimizer(config, models.param_labels(config.model))
   mesh = parallel.make_mesh()
   with jax.set_mesh(mesh):

@@ -34,7 +34,7 @@ def main(argv):
 
   config = _CONFIG.value
   loop.start_process(config)
-  model, mesh = models.build_model(config.model), parallel.make_mesh()
+  model, mesh = models.build_model(config.model, config.compat), parallel.make_mesh()
   state = state_lib.initial_state(model, optim.make_optimizer(config, models.param_labels(config.model)), config,
                                   mesh, config.seed)
   run = run_lib.LoadedRun(config=config, mesh=mesh, state=state, eval_step=step_lib.make_eval_step(model), step=0)

@@ -66,7 +66,7 @@ def random_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray
 
 def time_variant(config, batch, repeats: int, warmup: int) -> float:
   mesh = jax.make_mesh((1,), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
-  model = models.build_model(config.model)
+  model = models.build_model(config.model, config.compat)
   tx = optim.make_optimizer(config)
   state = state_lib.initial_state(model, tx, config, mesh, config.seed)
   train_step = step_lib.make_train_step(model, tx, config)

@@ -82,7 +82,7 @@ def measure(config, label: str) -> tuple[float, float]:
         f'{pipeline_rate:.1f} {unit}/s |', flush=True)
 
   mesh = parallel.make_mesh()
-  model = models.build_model(config.model)
+  model = models.build_model(config.model, config.compat)
   tx = optim.make_optimizer(config, models.param_labels(config.model))
   state = state_lib.initial_state(model, tx, config, mesh, seed=0)
   with jax.set_mesh(mesh):

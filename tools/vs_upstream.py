@@ -229,7 +229,7 @@ def _affjax_runner(case: Case, config):
   from affjax import models, parallel  # pylint: disable=g-import-not-at-top
   from affjax.train import optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh()
-  model = models.build_model(config.model)
+  model = models.build_model(config.model, config.compat)
   tx = optim.make_optimizer(config, models.param_labels(config.model))
   state = state_lib.initial_state(model, tx, config, mesh, seed=0)
   with jax.set_mesh(mesh):

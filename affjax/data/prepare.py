@@ -51,7 +51,7 @@ def sync_processes(what: str) -> None:
 def input_dir(config) -> str:
   """The records a run reads: the feature cache `config.data.features_dir` when given (checked against the
   configured tree as it is now), else the frame records of the configured source (built on first use)."""
-  features_dir = config.data.get('features_dir')
+  features_dir = config.data.features_dir
   if not features_dir:
     return records_dir(config)
   if jax.process_index() == 0:

@@ -160,7 +160,7 @@ def open_records(directory: str, split: str, fold: int = -1, side_directory: str
 def open_partition(directory: str, split: str, config) -> Records:
   """The `split` partition of a run: `config.data.fold`'s, with the feature cache `config.data.side_features_dir`
   joined to the frame records."""
-  return open_records(directory, split, config.data.get('fold', -1), config.data.get('side_features_dir', ''))
+  return open_records(directory, split, config.data.fold, config.data.side_features_dir)
 
 
 def annotation_rows(num_frames: int, report: dict[str, int]) -> int:

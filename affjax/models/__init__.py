@@ -1,4 +1,4 @@
-"""Model registry: `build_model(config.model)` maps `config.model.name` to a Linen module."""
+"""Model registry: `build_model(config.model, config.compat)` maps `config.model.name` to a Linen module."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _field(cfg: ml_collections.ConfigDict, name: str, allowed) -> object:
   return lookup(tuple(allowed), cfg[name], f'config.model.{name}')
 
 
-def _fusion_kwargs(cfg: ml_collections.ConfigDict) -> dict[str, object]:
+def _fusion_kwargs(cfg: ml_collections.ConfigDict, compat: ml_collections.ConfigDict) -> dict[str, object]:
   """The fusion module's fields for `cfg.name` (cross_attn | self_attn | lstm)."""
   common = dict(d_embedding=cfg.d_embedding, dropout=cfg.dropout, act=_field(cfg, 'act', ACTIVATIONS))
   if cfg.name == 'lstm':
@@ -35,10 +35,10 @@ def _fusion_kwargs(cfg: ml_collections.ConfigDict) -> dict[str, object]:
   if cfg.name == 'self_attn':
     return attention
   return dict(attention, n_ca=cfg.n_ca, n_cv=cfg.n_cv, gated=cfg.gated,
-              compat_reference_layers=cfg.compat_reference_layers)
+              compat_reference_layers=compat.multv2_reference_layers)
 
 
-def _build_audio_visual(cfg: ml_collections.ConfigDict) -> nn.Module:
+def _build_audio_visual(cfg: ml_collections.ConfigDict, compat: ml_collections.ConfigDict) -> nn.Module:
   """Per-frame backbones + the fusion `cfg.name` names + heads (the Karas et al. study's models)."""
   modalities = tuple(cfg.modalities)
   if not modalities:
@@ -53,28 +53,29 @@ def _build_audio_visual(cfg: ml_collections.ConfigDict) -> nn.Module:
       audio_backbone=_field(cfg, 'audio_backbone', AUDIO_BACKBONES),
       audio_window=cfg.audio_window,
       depthwise_impl=_field(cfg, 'depthwise_impl', DEPTHWISE_IMPLS),
-      compat_vggface2_rgb01_norm=cfg.get('compat_vggface2_rgb01_norm', False),
+      compat_vggface2_rgb01_norm=compat.vggface2_rgb01_norm,
       fusion_name=cfg.name,
-      fusion=_fusion_kwargs(cfg),
+      fusion=_fusion_kwargs(cfg, compat),
       num_bins=cfg.num_bins,
       aux_classes=cfg.aux_classes,
       frozen=tuple(cfg.frozen),
       dtype=DTYPES[_field(cfg, 'dtype', DTYPES)])
 
 
-def _build_rjca(cfg: ml_collections.ConfigDict) -> nn.Module:
+def _build_rjca(cfg: ml_collections.ConfigDict, compat: ml_collections.ConfigDict) -> nn.Module:
   fusion = dict(
       num_iterations=cfg.num_iterations, share_iteration_weights=cfg.share_iteration_weights,
       features=cfg.features, lstm_dropout=cfg.lstm_dropout, attention_dropout=cfg.attention_dropout,
-      head_dropout=cfg.head_dropout, compat_scrambled_spatial_view=cfg.compat_scrambled_spatial_view,
-      compat_audio_guidance_on_position_axis=cfg.compat_audio_guidance_on_position_axis)
+      head_dropout=cfg.head_dropout, compat_scrambled_spatial_view=compat.scrambled_spatial_view,
+      compat_audio_guidance_on_position_axis=compat.audio_guidance_on_position_axis)
   if cfg.num_iterations < 1:
     raise ValueError(f'config.model.num_iterations={cfg.num_iterations} must be >= 1 (1 = JCA)')
   return RJCAModel(fusion_config=fusion, frozen=tuple(cfg.frozen), dtype=DTYPES[_field(cfg, 'dtype', DTYPES)],
                    conv_impl=_field(cfg, 'conv_impl', CONV_IMPLS))
 
 
-def _build_sparse_e2e(cfg: ml_collections.ConfigDict) -> nn.Module:
+def _build_sparse_e2e(cfg: ml_collections.ConfigDict, compat: ml_collections.ConfigDict) -> nn.Module:
+  del compat  # the sparse model reproduces no reference quirk
   if tuple(cfg.modalities) != MODALITIES:
     raise ValueError(f'config.model.modalities={tuple(cfg.modalities)} must be {MODALITIES}: the sparse stages of '
                      'each modality are queried by the other')
@@ -98,7 +99,7 @@ def _build_sparse_e2e(cfg: ml_collections.ConfigDict) -> nn.Module:
       dropout=cfg.dropout, dtype=DTYPES[_field(cfg, 'dtype', DTYPES)])
 
 
-def _build_lfan(cfg: ml_collections.ConfigDict) -> nn.Module:
+def _build_lfan(cfg: ml_collections.ConfigDict, compat: ml_collections.ConfigDict) -> nn.Module:
   followers = tuple(cfg.followers)
   for i, m in enumerate(followers):
     lookup(lfan_model.FOLLOWERS, m, f'config.model.followers[{i}]')
@@ -119,11 +120,11 @@ def _build_lfan(cfg: ml_collections.ConfigDict) -> nn.Module:
       kernel_size=cfg.kernel_size, tcn_dropout=cfg.tcn_dropout, fusion_dim=cfg.fusion_dim,
       emotion=_field(cfg, 'emotion', lfan_model.EMOTIONS), released=cfg.released, ir50_units=tuple(cfg.ir50_units),
       feature_norm=norm,
-      compat_follower_qv_from_key=cfg.compat_follower_qv_from_key,
-      compat_frozen_bn_train_mode=cfg.compat_frozen_bn_train_mode, dtype=DTYPES[_field(cfg, 'dtype', DTYPES)])
+      compat_follower_qv_from_key=compat.follower_qv_from_key, compat_frozen_bn_train_mode=compat.frozen_bn_train_mode,
+      dtype=DTYPES[_field(cfg, 'dtype', DTYPES)])
 
 
-MODELS: dict[str, Callable[[ml_collections.ConfigDict], nn.Module]] = {
+MODELS: dict[str, Callable[[ml_collections.ConfigDict, ml_collections.ConfigDict], nn.Module]] = {
     'cross_attn': _build_audio_visual,
     'self_attn': _build_audio_visual,
     'lstm': _build_audio_visual,
@@ -151,7 +152,8 @@ def param_labels(model_config: ml_collections.ConfigDict) -> Callable | None:
   return None
 
 
-def build_model(model_config: ml_collections.ConfigDict) -> nn.Module:
-  """The Linen module `model_config.name` names, built from the config's fields; unknown names raise
-  ValueError naming the field (e.g. "config.model.visual_backbone='x' is not one of [...]")."""
-  return MODELS[_field(model_config, 'name', MODELS)](model_config)
+def build_model(model_config: ml_collections.ConfigDict, compat: ml_collections.ConfigDict) -> nn.Module:
+  """The Linen module `model_config.name` names, built from the config's fields and the reference quirks of
+  `compat` (`config.compat`) its layers implement; unknown names raise ValueError naming the field (e.g.
+  "config.model.visual_backbone='x' is not one of [...]")."""
+  return MODELS[_field(model_config, 'name', MODELS)](model_config, compat)

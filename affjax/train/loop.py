@@ -59,7 +59,7 @@ class Experiment:
     self.records_dir = prepare.input_dir(config)
     self.config = config = follower_features.prepare(config, self.records_dir, self.workdir)
     self.mesh = parallel.make_mesh()
-    self.model = models.build_model(config.model)
+    self.model = models.build_model(config.model, config.compat)
     self.tx = optim.make_optimizer(config, models.param_labels(config.model))
     self.state = state_lib.initial_state(self.model, self.tx, config, self.mesh, config.seed)
     self.checkpoints = checkpoint.Checkpointer(self.workdir, keep=config.train.keep_checkpoints,
@@ -88,7 +88,7 @@ class Experiment:
 
 def make_recipe(exp: Experiment) -> Recipe:
   """The hooks of the recipe `config.train.recipe` names ('steps' by default) on `exp`."""
-  name = exp.config.train.get('recipe', 'steps')
+  name = exp.config.train.recipe
   if name not in RECIPES:
     raise ValueError(f'config.train.recipe={name!r} is not one of {sorted(RECIPES)}')
   return RECIPES[name](exp)

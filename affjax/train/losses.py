@@ -90,9 +90,9 @@ def model_loss(out: dict[str, jnp.ndarray], labels: jnp.ndarray, mask: jnp.ndarr
   va = out['va']
   ccc_pred = va.at[..., 1].set(out['cat'][..., 1]) if compat_arousal_ccc_on_cat_logit else None
   loss, aux = va_loss(va, labels, mask, ccc_weights=tuple(loss_cfg.ccc_weights), mse_weight=loss_cfg.mse_weight,
-                      per_window=loss_cfg.get('per_window', False), ccc_pred=ccc_pred)
+                      per_window=loss_cfg.per_window, ccc_pred=ccc_pred)
   aux['aux_ce'] = jnp.zeros((), jnp.float32)
-  if loss_cfg.get('aux_weight', 0.0):
+  if loss_cfg.aux_weight:
     aux['aux_ce'] = weighted_cross_entropy(out['cat'], discretise_va(labels), mask)
     loss = loss + loss_cfg.aux_weight * aux['aux_ce']
   return loss, aux

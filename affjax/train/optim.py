@@ -27,7 +27,7 @@ def epoch_step_schedule(optim) -> optax.Schedule:
 def learning_rate_schedule(optim, num_steps: int) -> optax.Schedule:
   """`epoch_step_schedule` if optim.schedule is 'epoch_step'; by default linear warm-up over `warmup_steps`,
   then `lr (1 + cos(pi (t mod T0) / T0)) / 2` where t counts steps after warm-up and T0 = `restart_period` (0: one period spanning the rest of the run)."""
-  schedule_name = optim.get('schedule', 'cosine')
+  schedule_name = optim.schedule
   if schedule_name not in SCHEDULES:
     raise ValueError(f'config.optim.schedule={schedule_name!r} is not one of {list(SCHEDULES)}')
   if schedule_name == 'epoch_step':
@@ -69,13 +69,13 @@ def make_optimizer(config, param_labels=None) -> optax.GradientTransformation:
   weight decay either): for the whole run, or with `train.unfreeze_step > 0` until that step; from then on
   they train at `optim.finetune_learning_rate` with Adam moments that start there.
   """
-  optim, unfreeze = config.optim, config.train.get('unfreeze_step', 0)
-  frozen = tuple(config.model.get('frozen', ()))
+  optim, unfreeze = config.optim, config.train.unfreeze_step
+  frozen = tuple(config.model.frozen)
   if param_labels is None and frozen:
     param_labels = lambda params: {k: 'frozen' if k in frozen else 'train' for k in params}
 
   def adam(learning_rate):
-    if optim.get('coupled_weight_decay', False):
+    if optim.coupled_weight_decay:
       return optax.chain(optax.add_decayed_weights(optim.weight_decay),
                          optax.adam(learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps))
     return optax.adamw(learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay)
@@ -90,7 +90,7 @@ def make_optimizer(config, param_labels=None) -> optax.GradientTransformation:
       tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), tx)
     return tx
 
-  if optim.get('host_learning_rate', False):
+  if optim.host_learning_rate:
     return optax.inject_hyperparams(build)(learning_rate=optim.learning_rate)
   return build(run_schedule(config))
 

@@ -108,7 +108,7 @@ class EpochRecipe:
     optimiser state."""
     exp, config = self._exp, self._exp.config
     config.model.released = self._ctl.released
-    exp.model = models.build_model(config.model)
+    exp.model = models.build_model(config.model, config.compat)
     exp.tx = optim.make_optimizer(config, models.param_labels(config.model))
     exp.eval_step = step_lib.make_eval_step(exp.model)
     self._train_step = step_lib.make_train_step(exp.model, exp.tx, config)

@@ -50,7 +50,7 @@ def initial_state(model, tx, config, mesh: jax.sharding.Mesh, seed: int) -> Trai
   """The train state replicated over `mesh`, with the converted checkpoints `config.model.pretrained` names."""
   abstract, _ = jax.eval_shape(lambda r: init_variables(model, config, r), jax.random.key(seed))
   cached = example_batch(config, 1)  # parts that come from a feature cache have no backbone to load
-  parts = {part: path for part, path in config.model.get('pretrained', {}).items() if f'{part}_features' not in cached}
+  parts = {part: path for part, path in config.model.pretrained.items() if f'{part}_features' not in cached}
   pretrained = torch_convert.load_pretrained(parts, abstract)
   with jax.set_mesh(mesh):
     return jax.jit(lambda r, p: create_state(model, tx, config, r, p),

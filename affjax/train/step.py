@@ -27,7 +27,7 @@ def zero_accumulator() -> dict[str, jax.Array]:
 def make_train_step(model, tx: optax.GradientTransformation, config):
   """(state, accumulator, batch) -> (state, accumulator); state and accumulator are donated."""
   loss_cfg, require_face = config.loss, config.data.require_face
-  compat_arousal = config.compat.get('arousal_ccc_on_cat_logit', False)
+  compat_arousal = config.compat.arousal_ccc_on_cat_logit
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def train_step(state, acc, batch):

@@ -21,12 +21,12 @@ class LoadedRun:
 
   @property
   def needs_audio(self) -> bool:
-    return 'audio' in self.config.model.get('modalities', ('audio', 'visual'))
+    return 'audio' in self.config.model.modalities
 
 
 def load_run(config, workdir) -> LoadedRun:
   workdir = pathlib.Path(workdir).expanduser().absolute()
-  model = models.build_model(config.model)
+  model = models.build_model(config.model, config.compat)
   mesh = parallel.make_mesh()
   tx = optim.make_optimizer(config, models.param_labels(config.model))
   state = state_lib.initial_state(model, tx, config, mesh, config.seed)

@@ -89,7 +89,7 @@ def main():
                       sparse=bool(args.sparse), sparse_impl=args.sparse_impl, capacity=args.capacity)
   it = iter(pipeline.train_dataset(records_lib.open_records(prepare.input_dir(config), 'train'), config))
   batches = [jax.tree.map(jnp.asarray, next(it)) for _ in range(args.steps)]
-  model = models.build_model(config.model)
+  model = models.build_model(config.model, config.compat)
   tx = optim.make_optimizer(config)
   variables, rng = state_lib.init_variables(model, config, jax.random.key(config.seed))
   params, stats, opt = variables['params'], variables['batch_stats'], tx.init(variables['params'])

@@ -103,7 +103,7 @@ def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   """Zeros shaped like a clip-view batch (the RJCA model's input signature); from a feature cache
   (`data.features_dir`) its `<part>_features` instead of faces and audio."""
   num_clips, size = config.data.num_clips, config.data.image_size
-  if config.data.get('features_dir'):
+  if config.data.features_dir:
     return features.example_batch(config.data.features_dir, batch_size, num_clips)
   return dict(faces=np.zeros((batch_size, num_clips, FRAMES_PER_CLIP, size, size, 3), np.uint8),
               clip_audio=np.zeros((batch_size, num_clips, clip_audio_samples(config)), np.float32),
@@ -224,7 +224,7 @@ def validate(config) -> None:
                'must be a multiple of 16 (R(2+1)D-18 maps S x S faces to S/16 x S/16 positions; 112 gives 7 x 7)')
   base.require(data.audio_frames >= 104, 'data.audio_frames', data.audio_frames,
                'must be >= 104 (clips are padded to 1.03 s = 104 log-mel frames)')
-  if config.compat.get('audio_guidance_on_position_axis'):
+  if config.compat.audio_guidance_on_position_axis:
     base.require(data.image_size == 112, 'data.image_size', data.image_size,
                  'compat.audio_guidance_on_position_axis needs the 49 positions of 112 px faces')
 

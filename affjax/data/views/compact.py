@@ -62,8 +62,8 @@ class CompactWindowLoader:
 
 def validate(config) -> None:
   """The compacted windows take no crop."""
-  if config.compat.get('compact_frames', False):
-    base.require(not config.data.get('crop_size', 0), 'data.crop_size', config.data.get('crop_size', 0),
+  if config.compat.compact_frames:
+    base.require(not config.data.crop_size, 'data.crop_size', config.data.crop_size,
                  'config.compat.compact_frames reproduces the Karas et al. windows, which take no crop: set '
                  'config.data.crop_size=0 or the compat flag to False')
 

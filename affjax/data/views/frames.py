@@ -94,15 +94,15 @@ def loader(records: records_lib.Records, config, *, augmented: bool,
     return features.FeatureWindowLoader(records=records, window=window)
   return WindowLoader(records=records, window=window, image_size=data.image_size,
                       audio_window=data.audio_window, min_fps=data.min_fps,
-                      augment=data.augment.to_dict() if augmented else None, crop_size=data.get('crop_size', 0),
-                      integer_fps=config.compat.get('integer_fps', False))
+                      augment=data.augment.to_dict() if augmented else None, crop_size=data.crop_size,
+                      integer_fps=config.compat.integer_fps)
 
 
 def windows(records: records_lib.Records, config, *, train: bool) -> tuple[np.ndarray, base.Loader]:
   """Windows of `data.window` frames at `data.train_hop` / `data.eval_hop`; the training windows of kept frames
   only with `config.compat.compact_frames`."""
   features.check_view(records, NAME)
-  if train and config.compat.get('compact_frames', False):
+  if train and config.compat.compact_frames:
     return compact.windows(records, config, loader(records, config, augmented=False, window=1))
   hop = config.data.train_hop if train else config.data.eval_hop
   return (window_table(records.videos, config.data.window, hop),
@@ -114,10 +114,10 @@ def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   its `<part>_features` instead of faces and audio, and with one joined to the frames (`data.side_features_dir`)
   its `<part>_features` too."""
   d, t = config.data, config.data.window
-  if d.get('features_dir'):
+  if d.features_dir:
     return features.example_batch(d.features_dir, batch_size, t)
-  s = d.get('crop_size', 0) or d.image_size
-  return dict(features.feature_zeros(d.side_features_dir, batch_size, t) if d.get('side_features_dir') else {},
+  s = d.crop_size or d.image_size
+  return dict(features.feature_zeros(d.side_features_dir, batch_size, t) if d.side_features_dir else {},
               faces=np.zeros((batch_size, t, s, s, 3), np.uint8),
               audio=np.zeros((batch_size, audio_segment_length(t, d.audio_window, d.min_fps)), np.float32),
               audio_offsets=np.zeros((batch_size, t), np.int32), mask=np.ones((batch_size, t), bool))
@@ -138,7 +138,7 @@ def chunk_loader(records: records_lib.Records, config) -> WindowLoader:
   data = config.data
   return WindowLoader(records=records, window=records.chunk_size, image_size=data.image_size,
                       audio_window=data.audio_window, min_fps=data.min_fps,
-                      integer_fps=config.compat.get('integer_fps', False))
+                      integer_fps=config.compat.integer_fps)
 
 
 VIEW = base.View(name=NAME, windows=windows, example_batch=example_batch,

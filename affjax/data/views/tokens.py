@@ -178,7 +178,7 @@ def validate(config) -> None:
   rate = config.model.token_rate_hz
   base.require(isinstance(rate, (int, float)) and not isinstance(rate, bool) and math.isfinite(rate) and rate > 0,
                'model.token_rate_hz', rate, 'must be a finite number > 0')
-  base.require(not config.data.get('features_dir'), 'data.features_dir', config.data.get('features_dir'),
+  base.require(not config.data.features_dir, 'data.features_dir', config.data.features_dir,
                'the token view reads faces and audio from the frame records: leave it empty')
 
 
