@@ -12,7 +12,7 @@ import jax
 import tqdm
 
 from affjax import checkpoint, config_validation, evaluate, follower_features, models, parallel, profiling
-from affjax import workdir_lock
+from affjax import cpu_runtime, workdir_lock
 from affjax import logging as affjax_logging
 from affjax.data import pipeline, prepare
 from affjax.train import optim, state as state_lib, step as step_lib
@@ -23,10 +23,12 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def start_process(config) -> None:
-  """What every command that trains does first: quiet library logs, join the other hosts if launched so, the
-  compilation cache under `config.data.cache_dir` (reruns and resumes load compiled steps instead of recompiling),
-  and validate `config` before anything compiles."""
+  """What every command that trains does first: quiet library logs, the CPU runtime settings
+  (`cpu_runtime.configure`), join the other hosts if launched so, the compilation cache under
+  `config.data.cache_dir` (reruns and resumes load compiled steps instead of recompiling), and validate
+  `config` before anything compiles."""
   affjax_logging.quiet_library_info()
+  cpu_runtime.configure()  # before jax starts its threads
   parallel.maybe_initialize_distributed()
   jax.config.update('jax_threefry_partitionable', True)
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
