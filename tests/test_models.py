@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from affjax.models import build_model
+from affjax.models import build_model, layers
 from affjax.models.attention import MultiHeadAttention, dot_product_attention
 from affjax.models.attention import from_torch as attention_from_torch
 from affjax.models.av_model import AudioVisualModel, slice_audio_windows
@@ -114,6 +114,41 @@ def test_multihead_attention_matches_torch():
   assert params['query']['kernel'].shape == (e, heads, e // heads) and params['out']['kernel'].shape == (heads, e // heads, e)
   out = jax.jit(mha.apply)({'params': params}, xq, xkv, key_mask=key_mask)
   np.testing.assert_allclose(np.asarray(out), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- convolution
+@pytest.mark.parametrize('kernel,strides', [((7, 7), (2, 2)), ((1, 1), (2, 2)), ((1, 3, 3), (1, 2, 2)),
+                                            ((3, 1, 1), (2, 1, 1)), ((3, 3), (2, 2)), ((3,), (1,)), ((6,), (2,))])
+@pytest.mark.parametrize('cin', [1, 3])
+def test_conv_taps_and_matmul_kernel_gradient_match_xla(kernel, strides, cin):
+  """`conv_taps` (RJCA's CPU default) and `layers.conv_general_dilated` (on CPU XLA's convolution with the kernel
+  gradient as one matmul over the taps) against lax.conv_general_dilated: outputs and both gradients, with odd
+  and even sizes and strides, one input channel (Zhao19's first conv) or several."""
+  rng = np.random.default_rng(3)
+  spatial = (5, 4, 7)[3 - len(kernel):]
+  x = jnp.asarray(rng.standard_normal((2, *spatial, cin)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((*kernel, cin, 4)), jnp.float32)
+  padding = [(k // 2, k // 2) for k in kernel]
+  dims = 'DHW'[3 - len(kernel):]
+  numbers = jax.lax.conv_dimension_numbers(x.shape, w.shape, (f'N{dims}C', f'{dims}IO', f'N{dims}C'))
+  reference = lambda x, w: jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=numbers)
+  cotangent = jnp.asarray(rng.standard_normal(reference(x, w).shape), jnp.float32)
+  expected = (reference(x, w), *jax.grad(lambda x, w: (reference(x, w) * cotangent).sum(), argnums=(0, 1))(x, w))
+  for conv in (lambda x, w: layers.conv_taps(x, w, strides, padding),
+               lambda x, w: layers.conv_general_dilated(x, w, strides, padding, dimension_numbers=numbers)):
+    got = (conv(x, w), *jax.jit(jax.grad(lambda x, w, f=conv: (f(x, w) * cotangent).sum(), argnums=(0, 1)))(x, w))
+    for a, b in zip(got, expected):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_nn_conv_takes_the_matmul_kernel_gradient_on_cpu():
+  """What `nn.Conv` passes to its `conv_general_dilated` selects the custom VJP on CPU (not the fallback)."""
+  conv = nn.Conv(4, (3,), padding=((1, 1),), conv_general_dilated=layers.conv_general_dilated)
+  x = jnp.ones((2, 9, 1))
+  variables = conv.init(KEY, x)
+  jaxpr = str(jax.make_jaxpr(conv.apply)(variables, x))
+  assert ('custom_vjp_call' in jaxpr) == (jax.default_backend() == 'cpu')
+  np.testing.assert_array_equal(conv.apply(variables, x), nn.Conv(4, (3,), padding=((1, 1),)).apply(variables, x))
 
 
 # ----------------------------------------------------------------------------- depthwise conv

@@ -98,27 +98,6 @@ def test_r2plus1d18_matches_torchvision(torchvision, tsav_checkpoint, conv_impl)
   assert _relative_error(out, expected) < 1e-5
 
 
-@pytest.mark.parametrize('kernel,strides', [((7, 7), (2, 2)), ((1, 1), (2, 2)), ((1, 3, 3), (1, 2, 2)),
-                                            ((3, 1, 1), (2, 1, 1))])
-def test_conv_taps_matches_xla_convolution_and_its_gradients(kernel, strides):
-  """`conv_taps` (the CPU default) against lax.conv_general_dilated: outputs and both gradients, with odd and
-  even sizes and strides."""
-  rng = np.random.default_rng(3)
-  spatial = (5, 4, 7)[3 - len(kernel):]
-  x = jnp.asarray(rng.standard_normal((2, *spatial, 3)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((*kernel, 3, 4)), jnp.float32)
-  padding = [(k // 2, k // 2) for k in kernel]
-  dims = 'DHW'[3 - len(kernel):]
-  reference = lambda x, w: jax.lax.conv_general_dilated(x, w, strides, padding,
-                                                        dimension_numbers=(f'N{dims}C', f'{dims}IO', f'N{dims}C'))
-  taps = lambda x, w: resnet.conv_taps(x, w, strides, padding)
-  np.testing.assert_allclose(taps(x, w), reference(x, w), rtol=1e-5, atol=1e-5)
-  cotangent = jnp.asarray(rng.standard_normal(reference(x, w).shape), jnp.float32)
-  grads = [jax.grad(lambda x, w, f=f: (f(x, w) * cotangent).sum(), argnums=(0, 1))(x, w) for f in (taps, reference)]
-  for got, expected in zip(*grads):
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
-
-
 def test_r2plus1d18_shapes_and_size(torchvision):
   """Spec §2: 8x112x112 clips -> layer4 1x7x7x512; parameters as torchvision's without fc."""
   _, tv = torchvision

@@ -287,6 +287,8 @@ def worker(side: str, case_name: str, upstream_dir: str, threads: int) -> None:
     torch.set_num_threads(threads)
     run = _upstream_runner(case, config, pathlib.Path(upstream_dir))
   else:
+    from affjax.train import loop  # pylint: disable=g-import-not-at-top
+    loop.start_process(config)  # as every affjax command starts (the CPU runtime settings included)
     run = _affjax_runner(case, config)
   run()  # compilation / first-call allocation
   print(json.dumps({'ready': True}), file=reply, flush=True)

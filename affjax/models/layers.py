@@ -1,9 +1,10 @@
-"""Small pieces shared by the models: name look-up, PyTorch-style initialisers, activations,
-sinusoidal positional encoding and a depthwise 2-D convolution with a CPU-friendly implementation."""
+"""Small pieces shared by the models: name look-up, PyTorch-style initialisers, activations, sinusoidal positional
+encoding, and convolutions (general, depthwise, 1x1) and max pooling with CPU-friendly implementations."""
 
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -74,6 +75,74 @@ def sinusoidal_pe(length: int, d: int) -> np.ndarray:
   pe[:, 0::2] = np.sin(pos * freq)
   pe[:, 1::2] = np.cos(pos * freq[: d // 2])
   return pe.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- convolution
+def _tap_inputs(x: Array, taps_shape: Sequence[int], strides: Sequence[int],
+                padding: Sequence[tuple[int, int]]) -> Array:
+  """`[N, *S, Cin]` -> `[N, *S_out, prod(K) * Cin]`: for each kernel tap (row-major over K), the strided slice of
+  the zero-padded x that it meets, concatenated over channels."""
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  out = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], taps_shape, strides)]
+  taps = [x[(slice(None),) + tuple(slice(o, o + (m - 1) * s + 1, s) for o, m, s in zip(offset, out, strides))]
+          for offset in itertools.product(*map(range, taps_shape))]
+  return jnp.concatenate(taps, axis=-1)
+
+
+def conv_taps(x: Array, kernel: Array, strides: Sequence[int], padding: Sequence[tuple[int, int]]) -> Array:
+  """N-d convolution as one matmul: x `[N, *S, Cin]`, kernel `[*K, Cin, Cout]` -> `[N, *S_out, Cout]`, with the
+  inputs of each of the prod(K) taps a strided slice of the zero-padded x, concatenated over channels."""
+  return _tap_inputs(x, kernel.shape[:-2], strides, padding) @ kernel.reshape(-1, kernel.shape[-1])
+
+
+def _channels_last(ndim: int) -> tuple[str, str, str]:
+  spatial = 'DHW'[3 - (ndim - 2):]
+  return f'N{spatial}C', f'{spatial}IO', f'N{spatial}C'
+
+
+def _xla_conv(x: Array, kernel: Array, strides: tuple[int, ...], padding: tuple[tuple[int, int], ...]) -> Array:
+  return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_channels_last(x.ndim))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_matmul_kernel_grad(x: Array, kernel: Array, strides: tuple[int, ...],
+                             padding: tuple[tuple[int, int], ...]) -> Array:
+  """XLA's channels-last convolution, whose kernel gradient (below) is one matmul over the taps."""
+  return _xla_conv(x, kernel, strides, padding)
+
+
+def _conv_matmul_kernel_grad_fwd(x, kernel, strides, padding):
+  return _xla_conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_matmul_kernel_grad_bwd(strides, padding, residuals, g):
+  """The input gradient is XLA's own (a convolution of the cotangent); the kernel gradient is `taps^T @ g` over
+  every output position, with both operands materialised first (the barrier) so that XLA runs it as one dot
+  instead of fusing their producers into a transposing copy. XLA:CPU's own kernel gradient is a convolution with
+  a window as large as the image (or the whole 1-D sequence), several times slower (experiments/train_step_profile)."""
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda x: _xla_conv(x, kernel, strides, padding), x)
+  taps = _tap_inputs(x, kernel.shape[:-2], strides, padding)
+  taps, g2 = jax.lax.optimization_barrier((taps.reshape(-1, taps.shape[-1]), g.reshape(-1, g.shape[-1])))
+  return input_vjp(g)[0], jnp.einsum('mc,mf->cf', taps, g2).reshape(kernel.shape)
+
+
+_conv_matmul_kernel_grad.defvjp(_conv_matmul_kernel_grad_fwd, _conv_matmul_kernel_grad_bwd)
+
+
+def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
+                         precision=None) -> Array:
+  """`jax.lax.conv_general_dilated`, for `nn.Conv(..., conv_general_dilated=...)`. On CPU a plain channels-last
+  convolution (explicit padding, no dilation, one group; what `nn.Conv` passes) computes the same output and input
+  gradient, and its kernel gradient as one matmul over the kernel taps (`_conv_matmul_kernel_grad_bwd`)."""
+  plain = (jax.default_backend() == 'cpu' and feature_group_count == 1 and precision is None
+           and not isinstance(padding, str) and all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+           and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _channels_last(lhs.ndim)))
+  if not plain:
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, precision=precision)
+  return _conv_matmul_kernel_grad(lhs, rhs, tuple(window_strides), tuple((int(a), int(b)) for a, b in padding))
 
 
 # ----------------------------------------------------------------------------- depthwise conv

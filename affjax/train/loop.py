@@ -24,7 +24,7 @@ import jax
 import tqdm
 
 from affjax import checkpoint, config_validation, evaluate, follower_features, models, parallel, profiling
-from affjax import workdir_lock
+from affjax import cpu_runtime, workdir_lock
 from affjax import run_logs
 from affjax.data import pipeline, prepare, records as records_lib
 from affjax.train import optim, recipe_epochs, recipe_steps, state as state_lib, step as step_lib
@@ -38,10 +38,12 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def start_process(config) -> None:
-  """What every command that trains does first: quiet library logs, join the other hosts if launched so, the
-  compilation cache under `config.data.cache_dir` (reruns and resumes load compiled steps instead of recompiling),
-  and validate `config` before anything compiles."""
+  """What every command that trains does first: quiet library logs, the CPU runtime settings
+  (`cpu_runtime.configure`), join the other hosts if launched so, the compilation cache under
+  `config.data.cache_dir` (reruns and resumes load compiled steps instead of recompiling), and validate
+  `config` before anything compiles."""
   run_logs.quiet_library_info()
+  cpu_runtime.configure()  # before jax starts its threads
   parallel.maybe_initialize_distributed()
   jax.config.update('jax_threefry_partitionable', True)
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):

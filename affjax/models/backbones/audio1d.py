@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from affjax.models.layers import max_pool_tiled
+from affjax.models.layers import conv_general_dilated, max_pool_tiled
 from affjax.models.torch_convert import StateDictReader
 
 Array = jax.Array
@@ -54,7 +54,8 @@ class AudioCNN1D(nn.Module):
     x = x.astype(self.dtype)[..., None]
     for i, blk in enumerate(self.blocks):
       x = nn.Conv(blk.features, (blk.kernel_size,), padding=((blk.padding, blk.padding),),
-                  kernel_init=nn.initializers.kaiming_uniform(), dtype=self.dtype, name=f'conv{i}')(x)
+                  kernel_init=nn.initializers.kaiming_uniform(), dtype=self.dtype,
+                  conv_general_dilated=conv_general_dilated, name=f'conv{i}')(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                        name=f'bn{i}')(x, mask=bn_mask)
       x = nn.elu(x)

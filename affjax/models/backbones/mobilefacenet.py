@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from affjax.models.layers import DepthwiseConv, PointwiseConv, torch_kernel_init
+from affjax.models.layers import DepthwiseConv, PointwiseConv, conv_general_dilated, torch_kernel_init
 from affjax.models.torch_convert import StateDictReader
 
 Array = jax.Array
@@ -54,7 +54,8 @@ class ConvBlock(nn.Module):
       x = PointwiseConv(self.features, dtype=self.dtype, name='conv')(x)
     else:
       x = nn.Conv(self.features, (k, k), self.strides, padding=((pad, pad), (pad, pad)), use_bias=False,
-                  kernel_init=torch_kernel_init, dtype=self.dtype, name='conv')(x)
+                  kernel_init=torch_kernel_init, dtype=self.dtype, conv_general_dilated=conv_general_dilated,
+                  name='conv')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                      name='bn')(x, mask=mask)
     return PReLU(name='prelu')(x) if self.act else x

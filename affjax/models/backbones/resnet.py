@@ -13,7 +13,6 @@ the audio trunk's layer 4, 32 px clips) is very slow (experiments/rjca/conv_impl
 """
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from affjax.models.layers import lookup, torch_kernel_init
+from affjax.models.layers import conv_taps, lookup, torch_kernel_init
 from affjax.models.torch_convert import StateDictReader
 
 Array = jax.Array
@@ -32,17 +31,6 @@ CONV_IMPLS = ('auto', 'xla', 'taps')
 
 def _bn(train: bool, dtype, name: str) -> nn.BatchNorm:
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
-
-
-def conv_taps(x: Array, kernel: Array, strides: tuple[int, ...], padding: list[tuple[int, int]]) -> Array:
-  """N-d convolution as one matmul: x `[N, *S, Cin]`, kernel `[*K, Cin, Cout]` -> `[N, *S_out, Cout]`, with the
-  inputs of each of the prod(K) taps a strided slice of the zero-padded x, concatenated over channels."""
-  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  taps_shape = kernel.shape[:-2]
-  out = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], taps_shape, strides)]
-  taps = [x[(slice(None),) + tuple(slice(o, o + (m - 1) * s + 1, s) for o, m, s in zip(offset, out, strides))]
-          for offset in itertools.product(*map(range, taps_shape))]
-  return jnp.concatenate(taps, axis=-1) @ kernel.reshape(-1, kernel.shape[-1])
 
 
 class Conv(nn.Module):
