@@ -78,7 +78,8 @@ def test_upstream_check_names_the_field_and_the_fix(tmp_path):
 
 def test_summarise_medians_ratio_and_rate():
   infos = {'affjax': dict(unit='frames', units=32, params=10, trainable=4), 'upstream': dict(params=12, trainable=12)}
-  steps = {'affjax': [dict(seconds=s, peak_rss_mib=m, peak_per_step=True) for s, m in ((0.4, 100), (0.2, 300), (0.3, 200))],
+  steps = {'affjax': [dict(seconds=s, peak_rss_mib=m, peak_per_step=True)
+                      for s, m in ((0.4, 100), (0.2, 300), (0.3, 200))],
            'upstream': [dict(seconds=s, peak_rss_mib=50.0, peak_per_step=False) for s in (1.0, 0.6, 0.9, 0.8)]}
   row = benchmark.summarise('lstm', 'train', infos, steps, [1.5, 0.5, 1.0])
   assert row['sides']['affjax']['median_s'] == pytest.approx(np.median([0.4, 0.2, 0.3]))

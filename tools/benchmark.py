@@ -121,6 +121,7 @@ class _Worker:
   def __init__(self, side: str, spec: dict, root: pathlib.Path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get('PYTHONPATH', '')]))
     env[SPEC_ENV] = json.dumps(spec)
+    env.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')  # a GPU shared with the other side's process
     self.side = side
     self.proc = subprocess.Popen([sys.executable, __file__, 'worker', side], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True, env=env, cwd=root)
@@ -155,7 +156,7 @@ def summarise(system: str, mode: str, infos: dict[str, dict], steps: dict[str, l
   for side, results in steps.items():
     info = infos[side]
     seconds = [r['seconds'] for r in results]
-    stages = {k: median([r['stages'][k] for r in results]) for k in results[0].get('stages', {})}
+    stages = {k: median([r['stages'].get(k, 0.0) for r in results]) for k in results[0].get('stages', {})}
     units = results[-1].get('units', info.get('units', 0))
     sides[side] = dict(median_s=median(seconds), seconds=seconds, units=units,
                        rate=units / median(seconds) if units else None,
@@ -217,11 +218,13 @@ def table(result: dict) -> str:
   """The markdown table of `result` (the JSON document): a header line, then one row per system."""
   rows = result['rows']
   label = next((r['other'] for r in rows if r['other']), None) or 'other'
-  lines = [f"device: {result['device']}; {result['precision']}; {result['frameworks']}; commits {result['commits']}; "
-           f"medians of {result['rounds']} alternating rounds after 2 untimed steps per side",
+  settings = f"; settings {' '.join(result['settings'])}" if result.get('settings') else ''
+  lines = [f"device: {result['device']}; {result['precision']}; {result['frameworks']}; commits {result['commits']}"
+           f"{settings}; medians of {result['rounds']} alternating rounds after 2 untimed steps per side",
            f'| system | mode | step | {label} s/step | affjax s/step | affjax / {label} | affjax units/s | '
            f'peak RSS MiB {label} / affjax | params {label} / affjax (trained) | load (1 min) |',
            '|---|---|---|---|---|---|---|---|---|---|']
+  stage_lines = []
   for r in rows:
     mine, theirs = r['sides']['affjax'], r['sides'].get(r['other'] or '')
     lifetime = '' if all(s['peak_per_step'] for s in r['sides'].values()) else ' (process lifetime)'
@@ -233,8 +236,8 @@ def table(result: dict) -> str:
     for side, values in r['sides'].items():
       if 'stages' in values and values['units']:
         per_frame = ', '.join(f'{k} {v / values["units"] * 1000:.1f}' for k, v in values['stages'].items())
-        lines.append(f'{side} stages of {r["system"]}, ms/frame: {per_frame}')
-  return '\n'.join(lines)
+        stage_lines.append(f'{side} stages of {r["system"]}, ms/frame: {per_frame}')
+  return '\n'.join(lines + stage_lines)
 
 
 def run(systems: list[str], mode: str, settings: list[str], rounds: int, upstream_dir: str = '', baseline_dir: str = '',

@@ -51,6 +51,8 @@ def load_config(system: str, settings=(), precision: dict[str, str] | None = Non
   try:
     module = importlib.import_module(f'configs.{name}')
   except ModuleNotFoundError as e:
+    if e.name != f'configs.{name}':
+      raise
     raise ValueError(f'--system={system!r}: there is no configs/{name}.py') from e
   config = module.get_config(variants)
   for text in settings:
@@ -121,7 +123,7 @@ def param_counts(config, params) -> tuple[int, int]:
   return size(params), int(sum(jax.tree.leaves(trained)))
 
 
-def build(config, mode: str, pipeline_batches: int = 40, video: str = ""):
+def build(config, mode: str, pipeline_batches: int = 40, video: str = ''):
   """(run, info): run() does one step of `mode` and waits for it, returning None or a dict that may hold the
   step's own 'seconds' (input: per batch) and 'stages' (predict); info: units per step, parameter counts."""
   if mode == 'input':

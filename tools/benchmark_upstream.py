@@ -2,16 +2,24 @@
 of upstream checkouts (`--upstream_dir`, by their GitHub names), built at the sizes of the affjax config, with a
 train step (forward, loss, backward, optimiser update on one fixed random batch) and an inference (eval forward).
 
-| system (affjax config) | upstream repository: classes |
-|---|---|
-| cross_attn, self_attn, lstm | `abaw3_rnn_attn` + `end2you`: `models.modules.audiovisual.AudioVisual{Attention,Recurrent}Network`, `utils.losses_metrics.CCCLoss`, AdamW |
-| rjca (`:jca,frozen` at 112 px) | `RecurrentJointAttentionwithLSTMs`: `models.tsav.TwoStreamAuralVisualModel` (frozen, eval mode, run per window under `no_grad` as `train.py`), `models.orig_cam.CAM`, `losses.CCC.CCC`, Adam |
-| lfan (IR-50 (3, 4, 14, 3)) | `ABAW2`: `model.model.my_2d1ddy` (`init()` on a random backbone file), `base.parameter_control.ParamControl` releasing `model.released` groups, `base.loss_function.CCCLoss`, Adam with coupled weight decay |
-| sparse_e2e (`:dense,full`) | `Multimodal-End2end-Sparse`: `src.models.e2e.MME2E`'s dense path: `normalize`, `V`, `v_flatten`, `v_transformer`, `v_out`, `A`, `a_flatten`, `a_transformer`, `a_out`, `weighted_fusion`, in its forward's order, Adam |
+Per affjax config, the upstream repository and what a step runs:
+- cross_attn, self_attn, lstm: `abaw3_rnn_attn` + `end2you`, `models.modules.audiovisual.AudioVisualAttentionNetwork`
+  / `AudioVisualRecurrentModel` (`:frozen`: its extractors without gradients, as `freeze_extractors()`),
+  `utils.losses_metrics.CCCLoss`, AdamW;
+- rjca (`:jca,frozen` at 112 px, SIZES): `RecurrentJointAttentionwithLSTMs`, `models.tsav.TwoStreamAuralVisualModel`
+  frozen in eval mode and run per window under `no_grad` (as `train.py`), then `models.orig_cam.CAM`, the CCC of
+  valence plus arousal, Adam over CAM;
+- lfan (the paper's IR-50 (3, 4, 14, 3), SIZES): `ABAW2`, `model.model.my_2d1ddy` in train mode,
+  `base.parameter_control.ParamControl` releasing `model.released` IR-50 groups as at the start of training,
+  `base.loss_function.CCCLoss`, Adam with coupled weight decay over the trainable parameters (`base/trainer.py`);
+- sparse_e2e (`:dense,full`, SIZES): `Multimodal-End2end-Sparse`, `src.models.e2e.MME2E`'s audio-visual path
+  (`normalize`, `V`, `v_flatten`, `v_transformer`, `v_out`, `A`, `a_flatten`, `a_transformer`, `a_out`,
+  `weighted_fusion`, called as its forward calls them, one [CLS] output per window of tokens), squared error of
+  the window's mean V/A (it classifies utterances with BCE; the loss is a negligible share), Adam.
 
 Import shims (nothing of theirs is copied or edited):
-- `end2you` is a namespace package over `<upstream_dir>/end2you/end2you`, so that its `models` subpackage imports without
-  the package `__init__`, which pulls in its data generators (moviepy, h5py, ...);
+- `end2you` is a namespace package over `<upstream_dir>/end2you/end2you`, so that its `models` subpackage imports
+  without the package `__init__`, which pulls in its data generators (moviepy, h5py, ...);
 - `torchvision`, when it does not import (a wheel built for another torch), is replaced by a package whose
   `transforms.Normalize` is `(x - mean) / std` over channels and whose `models` names raise when called;
 - `facenet_pytorch` and `vggface2_pytorch` are empty modules when not installed (Karas: unused visual backbones;
@@ -168,7 +176,8 @@ def _karas(config, inputs, torch, device) -> Upstream:
   sys.modules['end2you'] = package
   _torchvision_or_shim()
   _stub_modules(('facenet_pytorch', 'vggface2_pytorch', 'vggface2_pytorch.models', 'vggface2_pytorch.models.resnet',
-                 'vggface2_pytorch.models.senet'), ('InceptionResnetV1', 'ResNet', 'resnet50', 'SENet', 'senet50', 'utils'))
+                 'vggface2_pytorch.models.senet'),
+                ('InceptionResnetV1', 'ResNet', 'resnet50', 'SENet', 'senet50', 'utils'))
   from models.modules import audiovisual  # pylint: disable=g-import-not-at-top  (upstream, unmodified)
   from utils.losses_metrics import CCCLoss  # pylint: disable=g-import-not-at-top  (upstream, unmodified)
   m, temporal = config.model, KARAS_TEMPORAL[config.model.name]
