@@ -97,14 +97,14 @@ def test_summarise_medians_ratio_and_rate():
 def test_a_tiny_run_gives_the_table_and_json(tmp_path, monkeypatch):
   """The real path on a tiny config: a worker process builds the affjax side, runs its steps, the parent reports."""
   monkeypatch.setattr(benchmark, 'SETTLE_SECONDS', 0.0)
-  result = benchmark.run(['lstm:smoke,frozen'], 'infer', ['train.batch_size=2', 'data.window=4'], rounds=2)
+  result = benchmark.run(['lstm:smoke,audio,frozen'], 'infer', ['train.batch_size=4', 'data.window=2'], rounds=2)  # 4 devices
   document = json.loads(json.dumps(result))  # JSON as written by --json
   (row,) = document['rows']
-  assert row['system'] == 'lstm:smoke,frozen' and row['mode'] == 'infer' and row['other'] is None
+  assert row['system'] == 'lstm:smoke,audio,frozen' and row['mode'] == 'infer' and row['other'] is None
   assert row['unit'] == 'frames' and row['units'] == 8 and row['ratio'] is None
   mine = row['sides']['affjax']
   assert len(mine['seconds']) == 2 and mine['median_s'] > 0 and mine['rate'] == pytest.approx(8 / mine['median_s'])
   assert 0 < mine['trainable'] < mine['params']  # frozen backbones: only the fusion and head train
   assert document['commits']['affjax'] and 'cpu' in document['device'].lower()
   table = benchmark.table(document).splitlines()
-  assert table[3].startswith('| lstm:smoke,frozen | infer | 8 frames | - |') and len(table) == 4
+  assert table[3].startswith('| lstm:smoke,audio,frozen | infer | 8 frames | - |') and len(table) == 4
