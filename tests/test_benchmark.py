@@ -66,8 +66,8 @@ def test_upstream_check_names_the_field_and_the_fix(tmp_path):
     (tmp_path / repo).mkdir()
   with pytest.raises(ValueError, match=r'config.model.num_iterations=3.*rjca:jca,frozen'):
     benchmark_upstream.check(benchmark_affjax.load_config('rjca'), 'rjca', 'train', str(tmp_path))
-  benchmark_upstream.check(benchmark_affjax.load_config('rjca:jca,frozen', ['data.image_size=112']), 'rjca', 'infer',
-                           str(tmp_path))
+  paper_sizes = benchmark_affjax.load_config('rjca:jca,frozen', ['data.image_size=112', 'data.num_clips=16'])
+  benchmark_upstream.check(paper_sizes, 'rjca', 'infer', str(tmp_path))
   with pytest.raises(ValueError, match=r'ir50_units=\(1, 1, 1, 1\)'):
     benchmark_upstream.check(benchmark_affjax.load_config('lfan'), 'lfan', 'train', str(tmp_path))
   with pytest.raises(ValueError, match='--mode=input has no upstream side'):

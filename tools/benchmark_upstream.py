@@ -20,8 +20,10 @@ Per affjax config, the upstream repository and what a step runs:
 Import shims (nothing of theirs is copied or edited):
 - `end2you` is a namespace package over `<upstream_dir>/end2you/end2you`, so that its `models` subpackage imports
   without the package `__init__`, which pulls in its data generators (moviepy, h5py, ...);
-- `torchvision`, when it does not import (a wheel built for another torch), is replaced by a package whose
-  `transforms.Normalize` is `(x - mean) / std` over channels and whose `models` names raise when called;
+- `torchvision`, when it does not import (a wheel built for another torch: here 0.28.0+cu130 beside torch
+  2.13.0+cpu), is imported without `torchvision._meta_registrations` (fake kernels of its C++ operators, which such
+  a wheel lacks; the models are plain Python), and failing that replaced by a package whose `transforms.Normalize`
+  is `(x - mean) / std` over channels and whose `models` names raise when called;
 - `facenet_pytorch` and `vggface2_pytorch` are empty modules when not installed (Karas: unused visual backbones;
   sparse: `MTCNN`, the face detector of MME2E's forward, which the benchmark does not run: affjax's input is face
   crops too);
@@ -82,9 +84,9 @@ def _require(upstream_dir: pathlib.Path, system: str) -> list[pathlib.Path]:
 
 SIZES = {  # what the upstream code hard-codes (config field: value), and the rows that match it
     'rjca': ({'model.num_iterations': 1, 'model.frozen': ('audio', 'visual'), 'data.image_size': 112,
-              'model.features': 512},
-             '--system=rjca:jca,frozen --set=data.image_size=112 (CAM: DCNLayer(512, 512, 1, .), 49 positions, '
-             'frozen TSAV backbones)'),
+              'data.num_clips': 16, 'model.features': 512},
+             '--system=rjca:jca,frozen --set=data.image_size=112 --set=data.num_clips=16 (CAM: DCNLayer(512, 512, 1, .) '
+             'with 16-clip keys, 49 positions, frozen TSAV backbones)'),
     'lfan': ({'model.ir50_units': (3, 4, 14, 3), 'data.crop_size': 40, 'model.visual_channels': (128,) * 4,
               'model.follower_channels': (32,) * 4, 'model.fusion_dim': 32, 'model.followers': ('vggish', 'mfcc'),
               'model.kernel_size': 5},
@@ -128,12 +130,18 @@ def _stub_modules(names: tuple[str, ...], attrs: tuple[str, ...]) -> None:
 
 
 def _torchvision_or_shim() -> None:
-  try:
-    import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except Exception:  # pylint: disable=broad-except  (a wheel for another torch raises RuntimeError)
-    for name in [m for m in sys.modules if m.startswith('torchvision')]:
-      del sys.modules[name]
-    sys.modules['torchvision'] = _torchvision_shim()
+  """torchvision; where its wheel was built for another torch (its C++ operators missing), without the fake-kernel
+  registrations of those operators (its models are plain Python), else the Normalize-only shim."""
+  for attempt in ('as installed', 'without operator registrations'):
+    try:
+      import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+      return
+    except Exception:  # pylint: disable=broad-except  (a wheel for another torch raises RuntimeError)
+      for name in [m for m in sys.modules if m.startswith('torchvision')]:
+        del sys.modules[name]
+      if attempt == 'as installed':
+        sys.modules['torchvision._meta_registrations'] = types.ModuleType('torchvision._meta_registrations')
+  sys.modules['torchvision'] = _torchvision_shim()
 
 
 def _torchvision_shim() -> types.ModuleType:
@@ -212,6 +220,7 @@ def _karas(config, inputs, torch, device) -> Upstream:
 def _rjca(config, inputs, torch, device) -> Upstream:
   (repo,) = _require(inputs.upstream_dir, 'rjca')
   sys.path.insert(0, str(repo))
+  _torchvision_or_shim()
   import torchvision  # pylint: disable=g-import-not-at-top
   for name in ('r2plus1d_18',):
     setattr(torchvision.models.video, name, _without_download(getattr(torchvision.models.video, name)))
@@ -284,6 +293,7 @@ def _lfan(config, inputs, torch, device) -> Upstream:
 def _sparse(config, inputs, torch, device) -> Upstream:
   (repo,) = _require(inputs.upstream_dir, 'sparse_e2e')
   sys.path.insert(0, str(repo))
+  _torchvision_or_shim()
   _stub_modules(('facenet_pytorch',), ('MTCNN',))
   sys.modules['facenet_pytorch'].MTCNN = lambda *args, **kwargs: None  # the face detector, not run (docstring)
   text = types.ModuleType('src.models.e2e_t')
