@@ -101,6 +101,7 @@ def worker(side: str, spec: dict) -> None:
 
     from affjax import profiling  # pylint: disable=g-import-not-at-top
     run, info = benchmark_affjax.build(config, spec['mode'], spec['pipeline_batches'], spec['video'])
+    info.setdefault('framework', f'jax {jax.__version__}')
     info['device'] = f'{jax.devices()[0].device_kind} x{jax.device_count()} ({profiling.cpu_description()})'
   out = run() or {}  # compilation / first-call allocation
   print(json.dumps(dict(info, ready=True, **{k: v for k, v in out.items() if k == 'units'})), file=reply, flush=True)
