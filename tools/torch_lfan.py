@@ -1,5 +1,5 @@
 """LFAN in PyTorch (spec lfan 2), written from the spec like the Flax model: the parity tests convert its weights,
-and tools/bench_lfan.py times its train step next to affjax's.
+and tests compare affjax with it (the benchmark, tools/benchmark.py, times the upstream ABAW2 model itself).
 
   IR50(stage_units, released)        InsightFace module names (`input_layer`, `body.<i>`, `output_layer`, `logits`),
                                      so `affjax.models.converters.convert('ir50', state_dict)` reads it
@@ -157,29 +157,6 @@ class LFAN(nn.Module):
     h_1 = temporal(self.vggish_tcn, batch['vggish_features'])
     h_2 = temporal(self.mfcc_tcn, frame_mfcc(batch['audio'], batch['audio_offsets']))
     return self.regressor(self.fusion([h_v, h_1, h_2]))
-
-
-def window_mean_ccc(pred, target, mask, eps: float = 1e-8):
-  """`affjax.train.losses.window_mean_ccc` in torch: [B, T] -> scalar."""
-  w = mask.float()
-  n = w.sum(1).clamp(min=1.0)
-  mp, mt = (w * pred).sum(1) / n, (w * target).sum(1) / n
-  dp, dt = (pred - mp[:, None]) * w, (target - mt[:, None]) * w
-  ccc = 2 * (dp * dt).sum(1) / n / ((dp * dp).sum(1) / n + (dt * dt).sum(1) / n + (mp - mt) ** 2 + eps)
-  counted = (mask.sum(1) >= 2).float()
-  return (ccc * counted).sum() / counted.sum().clamp(min=1.0)
-
-
-def train_step(model: LFAN, optimizer, batch) -> float:
-  """One step of 1 - mean CCC (valence and arousal, per window), as affjax's LFAN step; returns the loss."""
-  model.train()
-  optimizer.zero_grad(set_to_none=True)
-  pred = model(batch)
-  ccc = [window_mean_ccc(pred[..., i], batch['labels'][..., i], batch['label_mask']) for i in range(2)]
-  loss = 1.0 - 0.5 * (ccc[0] + ccc[1])
-  loss.backward()
-  optimizer.step()
-  return loss.item()
 
 
 def _numpy(module: nn.Module) -> dict[str, np.ndarray]:

@@ -278,7 +278,7 @@ class PointwiseConv(nn.Module):
 
   The kernel is stored `[1, 1, C, features]` (HWIO, as `nn.Conv` stores it). XLA:CPU computes the
   weight gradient of a 1x1 `conv_general_dilated` an order of magnitude slower than that of the
-  same contraction as a matmul (tools/bench_depthwise.py); on GPU both are one GEMM.
+  same contraction as a matmul (experiments/depthwise_conv_cpu.py); on GPU both are one GEMM.
   """
 
   features: int

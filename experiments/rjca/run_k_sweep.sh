@@ -14,9 +14,12 @@ PRETRAINED="--config.model.pretrained.visual=$W/tsav/visual.msgpack --config.mod
 # 3. The feature cache of those frozen backbones (every frame: the clip ending there).
 python tools/cache_features.py --config=configs/rjca.py:frozen $PRETRAINED --out="$W/features"
 FEATURES=$(ls -d "$W"/features/affwild2_features/*)
-# 4. Training throughput, inline frozen backbones vs the cache, in one process.
-python tools/bench_throughput.py --config=configs/rjca.py:frozen $PRETRAINED --features_dir="$FEATURES" --steps=10 \
-  | tee "$W/throughput.txt"
+# 4. Training throughput, inline frozen backbones vs the cache: train step and input pipeline (weights do not
+#    change the speed, so the benchmark's random ones stand in for the pretrained files).
+for mode in train input; do
+  python tools/benchmark.py --system=rjca:frozen --mode=$mode --rounds=10
+  python tools/benchmark.py --system=rjca:frozen --mode=$mode --rounds=10 --set=data.features_dir="$FEATURES"
+done | tee "$W/throughput.txt"
 # 5. K in {1, 2, 3} x seeds {0, 1, 2} from the cache.
 python tools/rjca_k_sweep.py --features_dir="$FEATURES" --batch_size=16 --num_steps=200 --eval_every=100 \
   --workdir="$W/sweep" --out=experiments/rjca/k_sweep_cpu.md

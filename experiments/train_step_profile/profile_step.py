@@ -1,8 +1,8 @@
-"""Where the time of one compiled train step goes on XLA:CPU: the step of a `tools/vs_upstream.py` case (the same
+"""Where the time of one compiled train step goes on XLA:CPU: the step of a `tools/benchmark.py` system (the same
 config, batch and random inputs as the side-by-side benchmark), timed, then traced with `jax.profiler` and its
 thunks summed by what they compute (the `op_name` metadata of each instruction of the compiled HLO).
 
-  PYTHONPATH=. python experiments/train_step_profile/profile_step.py [--case=cross_attn] [--steps=5] [--top=30]
+  PYTHONPATH=. python experiments/train_step_profile/profile_step.py [--system=cross_attn] [--set=FIELD=VALUE] [--steps=5] [--top=30]
 
 Prints markdown: the step's median wall time, the traced step's busy time per thread, the time by part (visual
 backbone, audio backbone, fusion and head, loss and optimiser) and pass (forward, backward), the largest items by
@@ -27,7 +27,8 @@ from absl import app, flags
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / 'tools'))
 
-_CASE = flags.DEFINE_string('case', 'cross_attn', 'A train case of tools/vs_upstream.py (CASES).')
+_SYSTEM = flags.DEFINE_string('system', 'cross_attn', 'configs/<name>.py and variants, as tools/benchmark.py takes.')
+_SET = flags.DEFINE_multi_string('set', [], 'FIELD=VALUE config settings, as tools/benchmark.py takes.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps after two warm-up steps (median).')
 _TOP = flags.DEFINE_integer('top', 30, 'Rows of the table of the largest items.')
 _PIECES = flags.DEFINE_bool('pieces', False, 'Also time the train gradient of each backbone alone.')
@@ -152,19 +153,19 @@ def backbone_pieces(config, batch, steps: int) -> None:
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
-  import vs_upstream  # pylint: disable=g-import-not-at-top
+  import benchmark  # pylint: disable=g-import-not-at-top
+  import benchmark_affjax  # pylint: disable=g-import-not-at-top
 
   from affjax import models, parallel, profiling  # pylint: disable=g-import-not-at-top
   from affjax.train import loop, optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
-  case = vs_upstream.CASES[_CASE.value]
-  config = vs_upstream.load_config(case)
+  config = benchmark.load_config(_SYSTEM.value, _SET.value)
   loop.start_process(config)  # as every affjax command starts
   mesh = parallel.make_mesh()
-  model = models.build_model(config.model)
+  model = models.build_model(config.model, config.compat)
   tx = optim.make_optimizer(config, models.param_labels(config.model))
   state = state_lib.initial_state(model, tx, config, mesh, seed=0)
-  host_batch = vs_upstream._affjax_batch(config, case.batch, case.frames)  # pylint: disable=protected-access
-  print(f'{vs_upstream.describe(_CASE.value)}; {jax.devices()[0].device_kind} ({profiling.cpu_description()}), '
+  host_batch = benchmark_affjax.random_batch(config)
+  print(f'train step, configs/{_SYSTEM.value}, batch {config.train.batch_size} x {config.data.window}; {jax.devices()[0].device_kind} ({profiling.cpu_description()}), '
         f'jax {jax.__version__}; load {" ".join(f"{x:.1f}" for x in os.getloadavg())}')
   with jax.set_mesh(mesh):
     batch = parallel.to_global(host_batch, mesh)

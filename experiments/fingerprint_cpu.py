@@ -7,7 +7,7 @@ of `--crops` small files) under `--tree` once, then times, after one warm-up, `-
 that indexes the videos) and `fingerprint.of_entries` (annotation hashes, crop listings, video ends). Prints medians
 (page cache warm) as a markdown table.
 
-  PYTHONPATH=. python tools/bench_fingerprint.py --tree=/tmp/fp_tree [--videos=100 --crops=3000 --repeats=5]
+  PYTHONPATH=. python experiments/fingerprint_cpu.py --tree=/tmp/fp_tree [--videos=100 --crops=3000 --repeats=5]
 """
 from __future__ import annotations
 

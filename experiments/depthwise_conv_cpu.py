@@ -8,7 +8,7 @@
 Each case is jit-compiled, run once to warm up, then timed `--repeats` times; the median is reported.
 The implementations of each pair are checked to agree first.
 
-  PYTHONPATH=. python tools/bench_depthwise.py [--repeats 5] [--out table.md]
+  PYTHONPATH=. python experiments/depthwise_conv_cpu.py [--repeats 5] [--out table.md]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Forward and gradient time of the RJCA backbones with XLA's convolution vs `conv_taps` (resnet.CONV_IMPLS),
 medians of 3 runs after one warm-up (compilation), and their largest relative output difference.
 
-  PYTHONPATH=. python tools/bench_conv_impl.py
+  PYTHONPATH=. python experiments/rjca/conv_impl_cpu.py
 """
 import time
 
