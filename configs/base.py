@@ -65,7 +65,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   optim.host_learning_rate = False  # True: the rate is set from the host (the epoch recipe's plateau schedule)
 
   config.train = train = ml_collections.ConfigDict()
-  train.recipe = 'steps'  # or 'epochs' (affjax.train.epochs: plateau, revert to best, gradual release, early stop)
+  train.recipe = 'steps'  # or 'epochs' (affjax.train.recipe_epochs: plateau, revert to best, release, early stop)
   train.batch_size = 16  # global, over every device of every host
   train.num_steps = 1000
   train.log_every = 25

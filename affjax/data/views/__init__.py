@@ -9,7 +9,7 @@ VIEWS: dict[str, base.View] = {view.name: view for view in (frames.VIEW, clips.V
 
 
 def of(config) -> base.View:
-  """The view `config.data.view` names ('frames' if the config has no such field)."""
+  """The view `config.data.view` names."""
   name = config.data.view
   base.require(name in VIEWS, 'data.view', name, f'must be one of {sorted(VIEWS)}')
   return VIEWS[name]
