@@ -8,7 +8,7 @@ import pathlib
 import jax
 from absl import logging
 
-from affjax import models
+from affjax import systems
 from affjax.data import views
 from affjax.train import optim as optim_lib
 
@@ -114,13 +114,6 @@ def validate(config) -> None:
   modalities = tuple(model.modalities)
   _require(len(modalities) > 0 and set(modalities) <= set(_MODALITIES) and len(set(modalities)) == len(modalities),
            'model.modalities', modalities, f'must be a non-empty subset of {_MODALITIES}')
-  if 'visual' in modalities and 'visual_backbone' in model:  # the per-frame face backbones (configs/audio_visual.py)
-    if model.visual_backbone == 'mobilefacenet':
-      _require(data.image_size == 112, 'data.image_size', data.image_size,
-               'MobileFaceNet needs 112x112 faces: set config.data.image_size=112')
-    if model.visual_backbone.startswith('vggface2_'):
-      _require(data.image_size >= 195, 'data.image_size', data.image_size,
-               'the VGGFace2 ResNets need faces of at least 195 px (native 224): set config.data.image_size=224')
   crop = data.crop_size
   _require(0 <= crop <= data.image_size, 'data.crop_size', crop,
            f'must be in [0, config.data.image_size={data.image_size}] (0 = no crop)')
@@ -171,10 +164,6 @@ def _validate_training_scheme(config) -> None:
       logging.warning('config.model.frozen holds %r, which has no pretrained weights (config.model.pretrained.%s): '
                       'its random features stay fixed', part, part)
   _require(config.loss.aux_weight >= 0, 'loss.aux_weight', config.loss.aux_weight, 'must be >= 0')
-  if config.loss.aux_weight > 0 or config.compat.arousal_ccc_on_cat_logit:
-    _require('aux_classes' in model and model.aux_classes == 24, 'model.aux_classes', model.get('aux_classes'),
-             'must be 24 when config.loss.aux_weight > 0 or config.compat.arousal_ccc_on_cat_logit is set (a model '
-             'with the auxiliary 24-class head: configs/audio_visual.py)')
 
 
 def _validate_view(config) -> None:
@@ -186,15 +175,13 @@ def _validate_view(config) -> None:
 
 
 def _validate_model(config) -> None:
-  """The checks of the model's builder (names, sizes, the compat flags it implements) before any record or feature
-  is built: builds the Linen module, which initialises nothing. Follower statistics that a run computes from its
-  records (LFAN's `model.feature_norm` entries left `()`, affjax.follower_features) stand in as (0, 1)."""
-  model = config.model.copy_and_resolve_references()
-  if 'feature_norm' in model:
-    for name, value in model.feature_norm.items():
-      if not tuple(value):
-        model.feature_norm[name] = (0.0, 1.0)
+  """The checks of the system `config.model.name` names (`affjax.systems`: the view it reads, its fields, its
+  model built from them, which initialises nothing) before any record or feature is built."""
   try:
-    models.build_model(model, config.compat)
+    systems.validate(config)
+    if config.loss.aux_weight > 0 or config.compat.arousal_ccc_on_cat_logit:
+      _require(systems.aux_classes(config.model) > 0, 'loss.aux_weight', config.loss.aux_weight,
+               'it and config.compat.arousal_ccc_on_cat_logit need a model with an auxiliary classification head; '
+               f'the {config.model.name} model has none as configured (see its config\'s variants)')
   except ValueError as e:
     raise ConfigError(str(e)) from e

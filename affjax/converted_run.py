@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from affjax import checkpoint, models
+from affjax import checkpoint, systems
 from affjax.models import system_converters, torch_convert
 from affjax.train import optim, state as state_lib
 
@@ -83,7 +83,7 @@ def write_run(system: str, checkpoint_path: str, workdir: str,
                                              compat=conversion.compat,
                                              pretrained=parts))
   config = load_config(config_path)
-  tx = optim.make_optimizer(config, models.param_labels(config.model))
+  tx = optim.make_optimizer(config, systems.param_labels(config.model))
   params = jax.tree.map(jnp.asarray, conversion.variables['params'])
   state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                batch_stats=jax.tree.map(jnp.asarray, conversion.variables['batch_stats']),

@@ -1,5 +1,5 @@
-"""Full-video inference: overlapping windows averaged per frame, the ABAW metric, ABAW prediction files, and the
-merge of cross-validation folds' prediction files (CCC centering)."""
+"""Full-video inference: overlapping windows averaged per frame, the ABAW metric and ABAW prediction files (LFAN
+merges its folds' files: `affjax.systems.lfan.merge`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,10 +7,9 @@ import json
 import pathlib
 
 import numpy as np
-import tqdm
 from PIL import Image, ImageDraw
 
-from affjax import folds, parallel
+from affjax import parallel
 from affjax.data import names, pipeline, records as records_lib, views
 from affjax.data.views.predictions import VideoPredictions
 from affjax.train import metrics
@@ -60,24 +59,6 @@ def read_abaw_file(path: pathlib.Path) -> np.ndarray:
   if not lines or lines[0].strip() != 'valence,arousal':
     raise ValueError(f'{path}: expected the header "valence,arousal", got {lines[:1]}')
   return np.array([[float(v) for v in line.split(',')] for line in lines[1:]], np.float64).reshape(-1, 2)
-
-
-def merge_folds(fold_dirs: list[pathlib.Path], split: str, out: pathlib.Path) -> list[str]:
-  """Merges `<fold_dir>/predictions/<split>/<video>.txt` of every fold by CCC centering (`folds.ccc_centering`,
-  per video and emotion) into `<out>/predictions/<split>/<video>.txt`; returns the video names."""
-  per_fold = [{p.stem: p for p in (pathlib.Path(d) / 'predictions' / split).glob('*.txt')} for d in fold_dirs]
-  for d, files in zip(fold_dirs, per_fold):
-    if not files:
-      raise FileNotFoundError(f'{d}/predictions/{split}/ holds no prediction file: evaluate that fold first')
-  videos = sorted(set.intersection(*(set(f) for f in per_fold)))
-  missing = sorted(set.union(*(set(f) for f in per_fold)) - set(videos))
-  if missing:
-    raise ValueError(f'videos not predicted by every fold, e.g. {missing[:5]}: rerun the folds that lack them')
-  for video in tqdm.tqdm(videos, desc='merge', unit='video'):
-    preds = np.stack([read_abaw_file(files[video]) for files in per_fold])  # [F, N, 2]
-    merged = np.stack([folds.ccc_centering(preds[:, :, d]) for d in range(2)], axis=1)
-    write_abaw_file(names.inside(out, 'predictions', split, f'{video}.txt'), merged, len(merged))
-  return videos
 
 
 def write_split(workdir, split: str, videos: list[VideoPredictions]) -> dict[str, float] | None:

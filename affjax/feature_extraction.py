@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import optax
 
-from affjax import models, parallel
+from affjax import parallel, systems
 from affjax.data import feature_cache, prepare, records as records_lib, views
 from affjax.train import state as state_lib
 
@@ -39,7 +39,7 @@ def make_extractor(config) -> tuple[Callable[[dict[str, np.ndarray]], dict[str, 
   """(batch of chunk inputs -> {part: [B, T, ...]} float32 features of the config's backbones in inference mode,
   {part: per-frame shape}). The backbones carry `model.pretrained`'s weights, or the initialisation of
   `config.seed` that a frozen inline run starts from too."""
-  model = models.build_model(config.model, config.compat)
+  model = systems.build_model(config.model, config.compat)
   state = state_lib.initial_state(model, optax.identity(), config, parallel.make_mesh(), config.seed)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   extract = jax.jit(_backbone_features(model, config))

@@ -20,7 +20,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.view = 'frames'  # what a window holds: 'frames', 'clips' (RJCA) or 'tokens' (sparse_e2e)
   data.features_dir = ''  # a feature cache (tools/cache_features.py) to train the fusion on, instead of the frames
   data.side_features_dir = ''  # a feature cache joined to the frame records' windows (LFAN: tools/vggish_features.py)
-  data.fold = -1  # 0..5: LFAN's cross-validation fold (affjax.folds.fold_split); -1: the official partitions
+  data.fold = -1  # 0..5: LFAN's cross-validation fold (affjax.data.folds.fold_split); -1: the official partitions
   data.test_list = 'va_test_set.txt'  # test video names, relative to manual_dir (or absolute)
   data.chunk_size = 32  # frames per record; fixed when the records are built
   data.window = 8  # T, frames per training/evaluation window
@@ -39,7 +39,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # what code outside a system reads; each system declares the rest of its model on top (configs/<system>.py)
   config.model = model = ml_collections.ConfigDict()
-  model.name = ''  # the system (affjax.models.MODELS), set by its config
+  model.name = ''  # the system (affjax.systems: a package's name or a module path), set by its config
   model.modalities = ('audio', 'visual')  # the inputs the model reads
   model.frozen = ()  # backbones held fixed (running-average BatchNorm, no gradients), e.g. ('visual', 'audio')
   model.pretrained = ml_collections.ConfigDict()  # per model part, a tools/convert_torch.py output; '' = random

@@ -35,7 +35,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   model = config.model
   model.name = 'lfan'
-  model.followers = ('vggish', 'mfcc')  # VGGish from feature records built once (affjax.follower_features)
+  model.followers = ('vggish', 'mfcc')  # VGGish from feature records built once (affjax.systems.lfan.followers)
   # (mean, std) per follower; () = the training partition's (the fold's), computed at the start of a run
   model.feature_norm = ml_collections.ConfigDict(dict(vggish=(), mfcc=()))
   # converted weights (tools/convert_torch.py --network=ir50 | vggish); '' = random initialisation

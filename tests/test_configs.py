@@ -7,7 +7,7 @@ import sys
 import ml_collections
 import pytest
 
-from affjax import config_validation, models
+from affjax import config_validation, systems
 from configs import audio_visual, cross_attn, lfan, lstm, rjca, self_attn, sparse_e2e, variants
 
 SYSTEMS = {'cross_attn': (cross_attn, audio_visual.VARIANTS), 'self_attn': (self_attn, audio_visual.VARIANTS),
@@ -79,9 +79,9 @@ def test_model_reads_compat_flags_from_config_compat(system, flag, read):
   config = SYSTEMS[system][0].get_config('smoke')
   if system == 'lfan':
     config.model.feature_norm.update(vggish=(0.0, 1.0), mfcc=(0.0, 1.0))  # computed from the records in a run
-  assert read(models.build_model(config.model, config.compat)) is False
+  assert read(systems.build_model(config.model, config.compat)) is False
   config.compat[flag] = True
-  assert read(models.build_model(config.model, config.compat)) is True
+  assert read(systems.build_model(config.model, config.compat)) is True
 
 
 @pytest.mark.parametrize('system,field,value,message', [

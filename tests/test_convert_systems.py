@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from affjax import checkpoint, converted_run, models, parallel
+from affjax import checkpoint, converted_run, parallel, systems
 from affjax.data import prepare, records as records_lib
 from affjax.models import system_converters
 from affjax.models.audio import mfcc as mfcc_lib
@@ -180,8 +180,8 @@ def _av_batch(config, batch_size: int, seed: int) -> dict[str, np.ndarray]:
 def _restored_apply(config_path, arg: str = ''):
   """The model of the run's config with the variables its checkpoint holds, applied in evaluation mode."""
   config = converted_run.load_config(config_path, arg)
-  model = models.build_model(config.model, config.compat)
-  tx = optim.make_optimizer(config, models.param_labels(config.model))
+  model = systems.build_model(config.model, config.compat)
+  tx = optim.make_optimizer(config, systems.param_labels(config.model))
   abstract = state_lib.initial_state(model, tx, config, parallel.make_mesh(), seed=config.seed + 1)
   checkpoints = checkpoint.Checkpointer(config_path.parent)
   try:
@@ -364,7 +364,7 @@ def test_lfan_converts_into_a_run_that_matches_the_upstream_model(tmp_path, outp
   config.model.feature_norm.update(vggish=(0.0, 1.0), mfcc=(0.0, 1.0))
   config.train.batch_size = 2
   batch = _torch_lfan().random_batch(config)
-  out = jax.jit(functools.partial(models.build_model(config.model, config.compat).apply, train=False))(
+  out = jax.jit(functools.partial(systems.build_model(config.model, config.compat).apply, train=False))(
       _checkpoint_variables(config_path.parent), batch)['va']
   mfcc = np.array(mfcc_lib.frame_mfcc(slice_audio_windows(batch['audio'], batch['audio_offsets'],
                                                           mfcc_lib.FRAME_MFCC_SAMPLES)))
@@ -469,7 +469,7 @@ def test_rjca_converts_tsav_and_cam_into_a_run_that_matches_the_upstream_model(t
   visual = rng.standard_normal((2, 4, 49, 512)).astype(np.float32)  # [B, L, positions, channels]
   audio = rng.standard_normal((2, 4, 512)).astype(np.float32)
   batch = dict(visual_features=visual, audio_features=audio, mask=np.ones((2, 4), bool))
-  apply = jax.jit(functools.partial(models.build_model(config.model, config.compat).apply, train=False))
+  apply = jax.jit(functools.partial(systems.build_model(config.model, config.compat).apply, train=False))
   out = np.asarray(apply(variables, batch)['va'])
   channel_major = np.ascontiguousarray(visual.swapaxes(-1, -2)).reshape(2, 4, -1)  # TSAV's flatten of [512, 1, 7, 7]
   with torch.no_grad():

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import optax
 
-from affjax import models, parallel, pretrained
+from affjax import parallel, pretrained, systems
 from affjax.models import torch_convert
 from affjax.train import loop, state as state_lib
 from configs import cross_attn
@@ -37,7 +37,7 @@ def test_exported_backbone_is_the_best_checkpoints_and_loads_into_a_frozen_run(t
   frozen = audio_config(tiny_tree, tmp_path, 'smoke,audio,frozen')
   frozen.model.pretrained.audio = str(written['audio'])
   frozen.seed = 1  # another initialisation: only the loaded backbone may equal the run's
-  model = models.build_model(frozen.model, frozen.compat)
+  model = systems.build_model(frozen.model, frozen.compat)
   state = jax.device_get(state_lib.initial_state(model, optax.identity(), frozen, parallel.make_mesh(), frozen.seed))
   jax.tree.map(np.testing.assert_array_equal, state.params['audio'], best.params['audio'])
   fusion_init, fusion_trained = (jax.tree.leaves(p['fusion'])[0] for p in (state.params, best.params))

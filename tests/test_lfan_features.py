@@ -137,7 +137,7 @@ def test_vggish_frame_examples_follow_the_spec_alignment():
 def test_mfcc_statistics_match_direct_per_frame_computation(tiny_records):
   """The pipeline-based statistics equal those of every frame's centred window cut directly from each video's
   whole waveform (the chunks' audio concatenated), std with N - 1."""
-  from affjax import follower_features  # pylint: disable=g-import-not-at-top
+  from affjax.systems.lfan import followers as follower_features  # pylint: disable=g-import-not-at-top
   from affjax.data import records as records_lib  # pylint: disable=g-import-not-at-top
   from affjax.data.views import frames  # pylint: disable=g-import-not-at-top
   from configs import lfan  # pylint: disable=g-import-not-at-top

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from affjax import evaluate, folds
+from affjax import evaluate
+from affjax.data import folds
+from affjax.systems.lfan import merge
 
 
 def test_fold_split_chunks_rolls_and_sorts_with_txt():
@@ -28,8 +30,8 @@ def test_ccc_centering_hand_computed():
   a = (0.789028, 0.851604, 0.683694); w = 0.3 (a1 - a3) / sum a = 0.013595;
   result = mean x - mean mu + w = [0.833333, -0.833333] + 0.013595."""
   x = np.array([[1.3, -0.7], [1.0, -1.0], [0.2, -0.8]])
-  np.testing.assert_allclose(folds.ccc_centering(x), [0.846928, -0.819738], atol=2e-6)
-  assert folds.ccc_centering(np.full((3, 4), 2.0) + np.arange(4) * 1e-3).max() == 1.0  # clipped
+  np.testing.assert_allclose(merge.ccc_centering(x), [0.846928, -0.819738], atol=2e-6)
+  assert merge.ccc_centering(np.full((3, 4), 2.0) + np.arange(4) * 1e-3).max() == 1.0  # clipped
 
 
 def test_merge_folds_files(tmp_path):
@@ -39,16 +41,16 @@ def test_merge_folds_files(tmp_path):
   for f in range(3):
     dirs.append(tmp_path / f'fold{f}')
     evaluate.write_abaw_file(dirs[-1] / 'predictions' / 'test' / 'vid.txt', preds[f], 20)
-  assert evaluate.merge_folds(dirs, 'test', tmp_path / 'merged') == ['vid']
+  assert merge.merge_folds(dirs, 'test', tmp_path / 'merged') == ['vid']
   merged = evaluate.read_abaw_file(tmp_path / 'merged' / 'predictions' / 'test' / 'vid.txt')
-  ref = np.stack([folds.ccc_centering(np.round(preds[:, :, d], 6)) for d in range(2)], axis=1)
+  ref = np.stack([merge.ccc_centering(np.round(preds[:, :, d], 6)) for d in range(2)], axis=1)
   np.testing.assert_allclose(merged, ref, atol=2e-6)
 
 
 def test_train_folds_scores_each_fold_and_the_merge_against_label_files(tmp_path):
   """The table's rows are the ABAW metric of each fold's files and of the merged files against the labels (-5 rows
   skipped), computed directly here."""
-  from affjax import cross_validation  # pylint: disable=g-import-not-at-top
+  from affjax.systems.lfan import cross_validation  # pylint: disable=g-import-not-at-top
   from affjax.train import metrics  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(1)
   labels = {'a': rng.uniform(-1, 1, (30, 2)), 'b': rng.uniform(-1, 1, (25, 2))}
@@ -61,7 +63,7 @@ def test_train_folds_scores_each_fold_and_the_merge_against_label_files(tmp_path
   for f, d in enumerate(dirs):
     for name in labels:
       evaluate.write_abaw_file(d / 'predictions' / 'test' / f'{name}.txt', preds[name][f], len(labels[name]))
-  evaluate.merge_folds(dirs, 'test', tmp_path / 'merged')
+  merge.merge_folds(dirs, 'test', tmp_path / 'merged')
   table = cross_validation.score_table(tmp_path, dirs, tmp_path / 'labels').splitlines()
   assert len(table) == 2 + 6 + 3
   valid = {name: np.all(rows != -5, axis=1) for name, rows in labels.items()}

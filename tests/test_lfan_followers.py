@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from affjax import folds, follower_features
+from affjax.data import folds
+from affjax.systems.lfan import followers as follower_features
 from affjax.data import builder, records as records_lib, synthetic
 from affjax.data.views import frames
 from affjax.models.backbones import vggish
@@ -134,11 +135,11 @@ def test_synthetic_true_labels_match_the_annotations(tiny_tree, tiny_records, tm
 def test_vggish_follower_without_its_features_says_how_to_get_them():
   config = lfan.get_config('smoke')
   config.model.feature_norm.update(vggish=(0.0, 1.0), mfcc=(0.0, 1.0))
-  from affjax import models  # pylint: disable=g-import-not-at-top
+  from affjax import systems  # pylint: disable=g-import-not-at-top
   from affjax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   batch = state_lib.example_batch(config, 1)
   with pytest.raises(ValueError, match='side_features_dir'):
-    jax.eval_shape(lambda: models.build_model(config.model, config.compat).init(jax.random.key(0), batch, train=False))
+    jax.eval_shape(lambda: systems.build_model(config.model, config.compat).init(jax.random.key(0), batch, train=False))
   config.model.feature_norm.vggish = ()
   with pytest.raises(ValueError, match=r'config.model.feature_norm.vggish=\(\)'):
-    models.build_model(config.model, config.compat)
+    systems.build_model(config.model, config.compat)

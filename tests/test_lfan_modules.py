@@ -172,7 +172,7 @@ def test_lfan_matches_pytorch_with_converted_weights():
   evaluation mode against tools/torch_lfan.py with the same weights."""
   torch = pytest.importorskip('torch')
   torch_lfan = _torch_lfan()
-  from affjax import models  # pylint: disable=g-import-not-at-top
+  from affjax import systems  # pylint: disable=g-import-not-at-top
   from configs import lfan  # pylint: disable=g-import-not-at-top
   config = lfan.get_config('smoke')
   config.model.update(visual_channels=(16, 12), follower_channels=(8, 6), fusion_dim=8)
@@ -191,7 +191,7 @@ def test_lfan_matches_pytorch_with_converted_weights():
   with torch.no_grad():
     ref = net({k: torch.from_numpy(v.astype(np.int64) if k == 'audio_offsets' else v) for k, v in batch.items()})
   variables = torch_lfan.flax_variables(net)
-  model = models.build_model(config.model, config.compat)
+  model = systems.build_model(config.model, config.compat)
   out = jax.jit(functools.partial(model.apply, train=False))(variables, batch)['va']
   assert out.shape == (2, config.data.window, 2)
   np.testing.assert_allclose(np.asarray(out), ref.numpy(), rtol=1e-4, atol=1e-4)

@@ -107,11 +107,11 @@ def test_lfan_config_errors_name_the_field():
     config_validation.validate(config)
   with pytest.raises(ValueError, match="unknown config variant 'tiny'"):
     lfan.get_config('smoke,tiny')
-  from affjax import models  # pylint: disable=g-import-not-at-top
+  from affjax import systems  # pylint: disable=g-import-not-at-top
   config = lfan.get_config('smoke')
   config.data.audio_window = 1000
   with pytest.raises(ValueError, match='config.data.audio_window=1000'):
-    models.build_model(config.model, config.compat)
+    systems.build_model(config.model, config.compat)
 
 
 def test_epoch_recipe_releases_after_plateau_and_resumes(tiny_tree, tmp_path, monkeypatch):

@@ -156,11 +156,11 @@ def _env():
 
 def _random_run(workdir):
   """A run directory holding a randomly initialised smoke state, saved as training saves it."""
-  from affjax import checkpoint, models, parallel  # pylint: disable=g-import-not-at-top
+  from affjax import checkpoint, parallel, systems  # pylint: disable=g-import-not-at-top
   from affjax.train import optim, state as state_lib  # pylint: disable=g-import-not-at-top
   from configs import cross_attn  # pylint: disable=g-import-not-at-top
   config = cross_attn.get_config('smoke')
-  model, mesh = models.build_model(config.model, config.compat), parallel.make_mesh()
+  model, mesh = systems.build_model(config.model, config.compat), parallel.make_mesh()
   state = state_lib.initial_state(model, optim.make_optimizer(config), config, mesh, seed=1)
   saver = checkpoint.Checkpointer(workdir)
   saver.save(1, state, None)
@@ -198,12 +198,12 @@ def test_a_video_is_predicted_as_evaluation_predicts_its_records(system, tiny_tr
   crops, audio and frame times) and through `evaluate.predict_split` on the records built from the tree."""
   import dataclasses  # pylint: disable=g-import-not-at-top
   import importlib  # pylint: disable=g-import-not-at-top
-  from affjax import evaluate, models, parallel  # pylint: disable=g-import-not-at-top
+  from affjax import evaluate, parallel, systems  # pylint: disable=g-import-not-at-top
   from affjax.data import records as records_lib  # pylint: disable=g-import-not-at-top
   from affjax.train import optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
   from affjax.video import run as run_lib  # pylint: disable=g-import-not-at-top
   config = importlib.import_module(f'configs.{system}').get_config('smoke')
-  model, mesh = models.build_model(config.model, config.compat), parallel.make_mesh()
+  model, mesh = systems.build_model(config.model, config.compat), parallel.make_mesh()
   state = state_lib.initial_state(model, optim.make_optimizer(config), config, mesh, seed=2)
   run = run_lib.LoadedRun(config=config, mesh=mesh, state=state, eval_step=step_lib.make_eval_step(model), step=0)
   records = records_lib.open_records(tiny_records, 'validation')

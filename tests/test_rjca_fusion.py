@@ -170,10 +170,10 @@ def test_l2_normalize_is_pytorch_normalize_with_a_finite_gradient_at_zero():
 def test_clips_past_the_end_do_not_reach_the_predictions_of_the_others():
   """Their features (backbone outputs of empty inputs inline, zeros or anything in a cache) are replaced by
   zeros, so the existing clips' predictions and the parameter gradients do not depend on them."""
-  from affjax import models  # pylint: disable=g-import-not-at-top
+  from affjax import systems  # pylint: disable=g-import-not-at-top
   from configs import rjca as rjca_config  # pylint: disable=g-import-not-at-top
   config = rjca_config.get_config('smoke')
-  model = models.build_model(config.model, config.compat)
+  model = systems.build_model(config.model, config.compat)
   rng = np.random.default_rng(7)
   mask = np.array([[True, True], [True, False]])
   batch = dict(visual_features=rng.standard_normal((2, 2, 4, 512)).astype(np.float32),

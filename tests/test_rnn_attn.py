@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from affjax import config_validation, models, parallel
+from affjax import config_validation, parallel, systems
 from affjax.models import attention, av_model, converters, temporal, torch_convert
 from affjax.models.fusion.lstm import LSTMFusion
 from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES
@@ -173,7 +173,7 @@ def _batch(config, b=4):
 def _run_steps(config, num_steps: int):
   """Initial and final (params, batch_stats) of `num_steps` train steps on one device, switching to the
   unfrozen model at train.unfreeze_step as the loop does."""
-  model, tx = models.build_model(config.model, config.compat), optim.make_optimizer(config)
+  model, tx = systems.build_model(config.model, config.compat), optim.make_optimizer(config)
   mesh = jax.make_mesh((1,), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
   state = state_lib.initial_state(model, tx, config, mesh, seed=0)
   first = jax.device_get((state.params, state.batch_stats))
@@ -229,7 +229,7 @@ def test_frozen_mask_labels_top_level_parts():
 # ----------------------------------------------------------------------------- pretrained checkpoints
 def test_pretrained_checkpoint_round_trip_into_the_state(tmp_path):
   config = _audio_config('')
-  model = models.build_model(config.model, config.compat)
+  model = systems.build_model(config.model, config.compat)
   abstract, _ = jax.eval_shape(lambda r: state_lib.init_variables(model, config, r), jax.random.key(0))
   rng = np.random.default_rng(6)
   converted = {c: jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), abstract[c]['audio'])
@@ -292,7 +292,7 @@ def test_converter_names_missing_and_unused_tensors():
 def test_lstm_config_builds_a_bidirectional_model():
   config = lstm.get_config('smoke')
   config.model.bidirectional = True
-  model = models.build_model(config.model, config.compat)
+  model = systems.build_model(config.model, config.compat)
   batch = {k: v for k, v in state_lib.example_batch(config, 1).items()}
   shapes = jax.eval_shape(functools.partial(model.init, train=False), KEY, batch)['params']
   assert shapes['fusion']['lstm']['w_hh_l0'].shape == (2, 16, 64)  # two directions, hidden 16, 4 gates
@@ -303,7 +303,7 @@ def test_lstm_config_builds_a_bidirectional_model():
 def test_high_complexity_visual_backbones_feed_the_fusion(backbone, size, width):
   config = self_attn.get_config('smoke')
   config.model.visual_backbone, config.data.image_size = backbone, size
-  model = models.build_model(config.model, config.compat)
+  model = systems.build_model(config.model, config.compat)
   out, variables = jax.eval_shape(functools.partial(model.init_with_output, train=False), KEY,
                                   state_lib.example_batch(config, 2))
   assert variables['params']['fusion']['project']['kernel'].shape == (128 + width, 16)  # Zhao19 + visual
@@ -316,7 +316,7 @@ def test_paper_recipe_validates_and_builds_at_full_size(config_module):
   layers at width d / 2 = 64 (heads must divide it) and AdamW's warm restarts every 200 steps."""
   config = config_module.get_config('paper')
   config_validation.validate(config)
-  model = models.build_model(config.model, config.compat)
+  model = systems.build_model(config.model, config.compat)
   out, variables = jax.eval_shape(functools.partial(model.init_with_output, train=False), KEY,
                                   state_lib.example_batch(config, 2))
   assert out['va'].shape == (2, config.data.window, 2)

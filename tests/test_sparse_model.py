@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from affjax import config_validation, models
+from affjax import config_validation, systems
 from affjax.data import prepare, records as records_lib
 from affjax.models import sparse_stages
 from affjax.models.audio import spectral, token_mel
@@ -46,7 +46,7 @@ def smoke_model():
   config = sparse_e2e.get_config('smoke')
   config.model.update(capacity=1.0, top_p_warmup_steps=0)  # pruning at top_p from the first step
   batch = batch_for(config, 2)
-  model = models.build_model(config.model, config.compat)
+  model = systems.build_model(config.model, config.compat)
   variables = jax.jit(lambda k: model.init({'params': k}, batch, train=False))(jax.random.key(0, impl='unsafe_rbg'))
   return config, batch, variables
 
@@ -54,7 +54,7 @@ def smoke_model():
 def apply_fn(config, impl, train):
   config = config.copy_and_resolve_references()
   config.model.sparse_impl = impl
-  model = models.build_model(config.model, config.compat)
+  model = systems.build_model(config.model, config.compat)
   def run(v, b):
     out = model.apply(v, b, train=train, rngs={'dropout': jax.random.key(1)},
                       mutable=['batch_stats', 'intermediates'] if train else False)
@@ -122,7 +122,7 @@ def test_bad_sparse_config_value_names_the_field(field, value, message):
   config[section][name] = value
   with pytest.raises(ValueError, match=message):
     config_validation.validate(config)
-    models.build_model(config.model, config.compat)
+    systems.build_model(config.model, config.compat)
 
 
 def test_smoke_run_trains_and_evaluates(tiny_tree, tmp_path):
@@ -152,7 +152,7 @@ def test_top_p_warmup_starts_unpruned_counts_train_steps_and_ends_at_the_target(
   config, batch, variables = smoke_model
   config = config.copy_and_resolve_references()
   config.model.update(top_p=0.5, top_p_warmup_steps=4)
-  model = models.build_model(config.model, config.compat)
+  model = systems.build_model(config.model, config.compat)
   shapes = jax.eval_shape(lambda: model.init({'params': jax.random.key(0)}, batch, train=False))
   assert shapes['batch_stats']['train_steps'].shape == ()
   warm = apply_fn(config, 'masked_dense', True)
@@ -185,9 +185,9 @@ def test_masked_dense_trunk_with_a_capacity_equals_the_gather_trunk(train=True):
 
 def test_gather_models_warm_up_with_masked_dense_stages():
   config = sparse_e2e.get_config('smoke,gather')
-  model = models.build_model(config.model, config.compat)
-  warm, steps = models.warmup_model(model, config.model)
+  model = systems.build_model(config.model, config.compat)
+  warm, steps = systems.warmup_model(model, config.model)
   assert warm.warmup_phase and not model.warmup_phase and steps == config.model.top_p_warmup_steps
   assert warm.clone(warmup_phase=False) == model
   config.model.sparse_impl = 'masked_dense'  # annealed within one step function: no separate warm-up
-  assert models.warmup_model(models.build_model(config.model, config.compat), config.model) is None
+  assert systems.warmup_model(systems.build_model(config.model, config.compat), config.model) is None

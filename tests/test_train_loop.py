@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from affjax import checkpoint, config_validation, models, parallel
+from affjax import checkpoint, config_validation, parallel, systems
 from affjax.models.backbones import mobilefacenet
 from affjax.data import builder, pipeline, records as records_lib
 from affjax.train import loop, state as state_lib, step as step_lib
@@ -45,7 +45,7 @@ def test_sharded_train_step_equals_single_device(tiny_tree, tiny_records, tmp_pa
   assert jax.device_count() == 4  # tests/conftest.py forces 4 host devices
   config = smoke_config(tiny_tree, tmp_path)
   batch = next(iter(pipeline.train_dataset(records_lib.open_records(tiny_records, 'train'), config)))
-  model, tx = models.build_model(config.model, config.compat), optax.sgd(0.1)
+  model, tx = systems.build_model(config.model, config.compat), optax.sgd(0.1)
   (params_1, stats_1, loss_1), (params_4, stats_4, loss_4) = (
       one_step_on(devices, model, tx, config, batch) for devices in (jax.devices()[:1], jax.devices()))
   assert float(loss_1) == pytest.approx(float(loss_4), rel=1e-5)

@@ -113,9 +113,9 @@ def random_batch(config) -> dict[str, np.ndarray]:
 def param_counts(config, params) -> tuple[int, int]:
   """(all, trained) parameter counts: the trained ones are those the optimiser does not hold fixed."""
   import jax  # pylint: disable=g-import-not-at-top
-  from affjax import models  # pylint: disable=g-import-not-at-top
+  from affjax import systems  # pylint: disable=g-import-not-at-top
   size = lambda tree: int(sum(np.size(x) for x in jax.tree.leaves(tree)))
-  labels, frozen = models.param_labels(config.model), tuple(config.model.frozen)
+  labels, frozen = systems.param_labels(config.model), tuple(config.model.frozen)
   if labels is None and not frozen:
     return size(params), size(params)
   tree = labels(params) if labels is not None else {k: 'frozen' if k in frozen else 'train' for k in params}
@@ -133,11 +133,11 @@ def build(config, mode: str, pipeline_batches: int = 40, video: str = ''):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from affjax import models, parallel  # pylint: disable=g-import-not-at-top
+  from affjax import parallel, systems  # pylint: disable=g-import-not-at-top
   from affjax.train import optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh()
-  model = models.build_model(config.model, config.compat)
-  tx = optim.make_optimizer(config, models.param_labels(config.model))
+  model = systems.build_model(config.model, config.compat)
+  tx = optim.make_optimizer(config, systems.param_labels(config.model))
   host = random_batch(config)
   first = {k: v[:1] for k, v in host.items()}  # one window: LFAN needs its feature inputs to initialise
   with jax.set_mesh(mesh):
@@ -172,14 +172,14 @@ def build(config, mode: str, pipeline_batches: int = 40, video: str = ''):
 
 
 def _input_runner(config, pipeline_batches: int):
-  from affjax import config_validation, follower_features  # pylint: disable=g-import-not-at-top
+  from affjax import config_validation, systems  # pylint: disable=g-import-not-at-top
   from affjax.data import pipeline, prepare, records  # pylint: disable=g-import-not-at-top
   if pipeline_batches < 4:
     raise ValueError(f'--pipeline_batches={pipeline_batches}: needs at least 4 (the rate is taken over the second '
                      'half)')
   config_validation.validate(config)
   with tempfile.TemporaryDirectory() as workdir:  # LFAN: follower features and statistics, as a run prepares them
-    config = follower_features.prepare(config, prepare.input_dir(config), workdir)
+    config = systems.prepare(config, prepare.input_dir(config), workdir)
   records = records.open_partition(prepare.input_dir(config), 'train', config)
   it = iter(pipeline.train_dataset(records, config))
 
@@ -196,11 +196,11 @@ def _input_runner(config, pipeline_batches: int):
 
 
 def _predict_runner(config, video: str):
-  from affjax import models, parallel  # pylint: disable=g-import-not-at-top
+  from affjax import parallel, systems  # pylint: disable=g-import-not-at-top
   from affjax.train import optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
   from affjax.video import extract, run as run_lib, views  # pylint: disable=g-import-not-at-top
-  model, mesh = models.build_model(config.model, config.compat), parallel.make_mesh()
-  state = state_lib.initial_state(model, optim.make_optimizer(config, models.param_labels(config.model)), config,
+  model, mesh = systems.build_model(config.model, config.compat), parallel.make_mesh()
+  state = state_lib.initial_state(model, optim.make_optimizer(config, systems.param_labels(config.model)), config,
                                   mesh, config.seed)
   loaded = run_lib.LoadedRun(config=config, mesh=mesh, state=state, eval_step=step_lib.make_eval_step(model), step=0)
   tmp = tempfile.TemporaryDirectory()  # the generated video lives as long as the runner

@@ -14,8 +14,8 @@ import tempfile
 from absl import app
 from ml_collections import config_flags
 
-from affjax import follower_features
 from affjax.data import prepare
+from affjax.systems.lfan import followers
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'An LFAN config file, e.g. configs/lfan.py.')
 
@@ -26,7 +26,7 @@ def main(argv):
   for name in config.model.followers:
     config.model.feature_norm[name] = ()  # computed, whatever the config says
   with tempfile.TemporaryDirectory() as workdir:
-    config = follower_features.prepare(config, prepare.records_dir(config), workdir)
+    config = followers.prepare(config, prepare.records_dir(config), workdir)
   for name in config.model.followers:
     print(f'--config.model.feature_norm.{name}="{tuple(config.model.feature_norm[name])}"')
 

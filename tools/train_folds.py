@@ -27,7 +27,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
-  from affjax import cross_validation, evaluate, folds  # pylint: disable=g-import-not-at-top
+  from affjax.data import folds  # pylint: disable=g-import-not-at-top
+  from affjax.systems.lfan import cross_validation, merge  # pylint: disable=g-import-not-at-top
   from affjax.train import loop  # pylint: disable=g-import-not-at-top
   config, workdir = _CONFIG.value, pathlib.Path(_WORKDIR.value).expanduser().absolute()
   loop.start_process(config)
@@ -40,7 +41,7 @@ def main(argv):
   if not all((d / cross_validation.DONE_FILE).exists() for d in fold_dirs):
     print('not every fold has finished: rerun with the missing --folds to merge')
     return
-  videos = evaluate.merge_folds(fold_dirs, 'test', workdir / 'merged')
+  videos = merge.merge_folds(fold_dirs, 'test', workdir / 'merged')
   print(f'{workdir}/merged/predictions/test: {len(videos)} videos merged from {len(fold_dirs)} folds')
   if _TEST_LABELS.value:
     labels = pathlib.Path(_TEST_LABELS.value).expanduser()

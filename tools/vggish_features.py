@@ -15,7 +15,8 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
-from affjax import config_validation, follower_features
+from affjax import config_validation
+from affjax.systems.lfan import followers
 from affjax.data import feature_cache, prepare
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'An LFAN config, e.g. configs/lfan.py.', lock_config=True)
@@ -28,8 +29,8 @@ def main(argv):
   config = _CONFIG.value
   config_validation.validate(config)
   records_dir = prepare.records_dir(config)
-  out = _OUT.value or follower_features.default_vggish_dir(config, records_dir)
-  directory = follower_features.build_vggish(config, records_dir, out)
+  out = _OUT.value or followers.default_vggish_dir(config, records_dir)
+  directory = followers.build_vggish(config, records_dir, out)
   print(f'VGGish features ready: {directory}')
   if _OUT.value:
     print(f'train with --config.data.side_features_dir={feature_cache.dataset_dir(_OUT.value)}')

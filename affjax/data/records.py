@@ -12,8 +12,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from affjax import folds
-from affjax.data import builder, names
+from affjax.data import builder, folds, names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +121,7 @@ class Records:
 def open_records(directory: str, split: str, fold: int = -1, side_directory: str = '') -> Records:
   """The `split` partition of the records at `directory`.
 
-  With `fold` in [0, 6) (LFAN's cross-validation, `affjax.folds.fold_split`), 'train' and 'validation' are that
+  With `fold` in [0, 6) (LFAN's cross-validation, `affjax.data.folds.fold_split`), 'train' and 'validation' are that
   fold's partitions of the official training and validation videos; 'test' stays the official test split.
   `side_directory`: a feature cache built from these records (`affjax.data.feature_cache`), joined to every window.
   """

@@ -2,7 +2,7 @@
 leader-follower fusion, linear valence/arousal regressor. Everything is causal along time.
 
   faces  [B,T,40,40,3] -> IR-50 (time-distributed) [B,T,512] -> TCN 512 -> [128]*4        h_v [B,T,128]
-  vggish [B,T,128] (precomputed, `affjax.follower_features`) -> z-score -> TCN -> [32]*4  h_1 [B,T,32]
+  vggish [B,T,128] (precomputed, `affjax.systems.lfan.followers`) -> z-score -> TCN -> [32]*4  h_1 [B,T,32]
   mfcc   [B,T,39] (computed here from the window's audio)    -> z-score -> TCN -> [32]*4  h_2 [B,T,32]
   fusion(h_v, followers) [B,T,128 + 32 (1 + M)] -> Dense -> [B,T,2]
 With no followers (`followers=()`) the regressor reads h_v alone (the unimodal `my_2d1d`).

@@ -23,7 +23,7 @@ import time
 import jax
 import tqdm
 
-from affjax import checkpoint, config_validation, evaluate, follower_features, models, parallel, profiling
+from affjax import checkpoint, config_validation, evaluate, parallel, profiling, systems
 from affjax import cpu_runtime, workdir_lock
 from affjax import run_logs
 from affjax.data import pipeline, prepare, records as records_lib
@@ -59,10 +59,10 @@ class Experiment:
     self.workdir = pathlib.Path(workdir).expanduser().absolute()
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.records_dir = prepare.input_dir(config)
-    self.config = config = follower_features.prepare(config, self.records_dir, self.workdir)
+    self.config = config = systems.prepare(config, self.records_dir, self.workdir)  # the system's extra inputs
     self.mesh = parallel.make_mesh()
-    self.model = models.build_model(config.model, config.compat)
-    self.tx = optim.make_optimizer(config, models.param_labels(config.model))
+    self.model = systems.build_model(config.model, config.compat)
+    self.tx = optim.make_optimizer(config, systems.param_labels(config.model))
     self.state = state_lib.initial_state(self.model, self.tx, config, self.mesh, config.seed)
     self.checkpoints = checkpoint.Checkpointer(self.workdir, keep=config.train.keep_checkpoints,
                                                selection_weights=config.eval.selection_weights)

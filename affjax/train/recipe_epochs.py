@@ -15,9 +15,8 @@ import logging
 
 import jax
 
-from affjax import models, parallel
+from affjax import parallel, systems
 from affjax.data import views
-from affjax.models.backbones import ir50
 from affjax.train import metrics as metrics_lib, optim, release, step as step_lib
 
 RECIPE_ITEM, BEST_ITEM = 'recipe', 'best'
@@ -59,8 +58,8 @@ class EpochRecipe:
       self.epoch, self.stopped, self._best_step = 0, False, None
       self._ctl = release.EpochController(
           initial_lr=self._exp.config.optim.learning_rate, released=self._exp.config.model.released,
-          num_groups=len(ir50.RELEASE_GROUPS), cuts_per_release=train.cuts_per_release, early_stop=train.early_stop,
-          patience=train.plateau_patience, factor=train.plateau_factor)
+          num_groups=systems.of(self._exp.config).release_groups, cuts_per_release=train.cuts_per_release,
+          early_stop=train.early_stop, patience=train.plateau_patience, factor=train.plateau_factor)
     else:
       self.epoch, self.stopped, self._best_step = saved['epoch'], saved['stopped'], saved['best_step']
       self._ctl = release.EpochController.from_state_dict(saved['controller'])
@@ -108,8 +107,8 @@ class EpochRecipe:
     optimiser state."""
     exp, config = self._exp, self._exp.config
     config.model.released = self._ctl.released
-    exp.model = models.build_model(config.model, config.compat)
-    exp.tx = optim.make_optimizer(config, models.param_labels(config.model))
+    exp.model = systems.build_model(config.model, config.compat)
+    exp.tx = optim.make_optimizer(config, systems.param_labels(config.model))
     exp.eval_step = step_lib.make_eval_step(exp.model)
     self._train_step = step_lib.make_train_step(exp.model, exp.tx, config)
     with jax.set_mesh(exp.mesh):

@@ -4,7 +4,7 @@ validation every `eval_every` steps (after its step's checkpoint is saved), and 
 validation scored. Hooks on the training loop (`affjax.train.loop`).
 
 The compiled step of each step: the masked-dense warm-up model of a sparse_e2e gather model
-(`models.warmup_model`) for its first steps, with two-stage fine-tuning (`train.unfreeze_step`) every backbone in
+(`systems.warmup_model`) for its first steps, with two-stage fine-tuning (`train.unfreeze_step`) every backbone in
 training mode from that step on, else the model itself. Everything else follows from the step and the train state:
 the recipe keeps no state of its own.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from affjax import models
+from affjax import systems
 from affjax.train import optim, step as step_lib
 
 
@@ -32,7 +32,7 @@ class StepRecipe:
     self._step = step_lib.make_train_step(exp.model, exp.tx, config)
     if self._train.unfreeze_step:  # second stage of fine-tuning: the same state, every backbone in training mode
       self._finetune_step = step_lib.make_train_step(exp.model.clone(frozen=()), exp.tx, config)
-    warmup = models.warmup_model(exp.model, config.model)  # e.g. sparse_e2e gather: masked-dense stages first
+    warmup = systems.warmup_model(exp.model, config.model)  # e.g. sparse_e2e gather: masked-dense stages first
     self._warmup = (step_lib.make_train_step(warmup[0], exp.tx, config), warmup[1]) if warmup else None
 
   def logs(self, done: int) -> bool:

@@ -7,7 +7,7 @@ import pathlib
 
 import jax
 
-from affjax import checkpoint, models, parallel
+from affjax import checkpoint, parallel, systems
 from affjax.train import optim, state as state_lib, step as step_lib
 
 
@@ -26,9 +26,9 @@ class LoadedRun:
 
 def load_run(config, workdir) -> LoadedRun:
   workdir = pathlib.Path(workdir).expanduser().absolute()
-  model = models.build_model(config.model, config.compat)
+  model = systems.build_model(config.model, config.compat)
   mesh = parallel.make_mesh()
-  tx = optim.make_optimizer(config, models.param_labels(config.model))
+  tx = optim.make_optimizer(config, systems.param_labels(config.model))
   state = state_lib.initial_state(model, tx, config, mesh, config.seed)
   if not (workdir / 'checkpoints').is_dir():
     raise FileNotFoundError(f'{workdir}: no checkpoints/ folder; --workdir must be a trained run')

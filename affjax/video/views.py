@@ -14,7 +14,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from affjax import evaluate
+from affjax import evaluate, systems
 from affjax.data import affwild2, records as records_lib
 
 CHUNK_SIZE = 32
@@ -84,7 +84,7 @@ class VideoRecords(records_lib.Records):
 
 def check_supported(config) -> None:
   """Raises ValueError for runs whose inputs are not faces and audio alone (feature caches, LFAN's followers)."""
-  if config.data.features_dir or config.data.side_features_dir or config.model.name == 'lfan':
+  if config.data.features_dir or config.data.side_features_dir or not systems.of(config).predicts_from_video:
     raise ValueError('affjax.predict takes runs that read faces and audio (the frame, clip and token views); '
                      'this run reads a feature cache (config.data.features_dir / side_features_dir, LFAN\'s '
                      'followers): predict with a run of the inline backbones')

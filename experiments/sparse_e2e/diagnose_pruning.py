@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from affjax import models
+from affjax import systems
 from affjax.data import pipeline, prepare, records as records_lib
 from affjax.models import sparse_stages
 from affjax.train import losses, optim, state as state_lib
@@ -89,7 +89,7 @@ def main():
                       sparse=bool(args.sparse), sparse_impl=args.sparse_impl, capacity=args.capacity)
   it = iter(pipeline.train_dataset(records_lib.open_records(prepare.input_dir(config), 'train'), config))
   batches = [jax.tree.map(jnp.asarray, next(it)) for _ in range(args.steps)]
-  model = models.build_model(config.model, config.compat)
+  model = systems.build_model(config.model, config.compat)
   tx = optim.make_optimizer(config)
   variables, rng = state_lib.init_variables(model, config, jax.random.key(config.seed))
   params, stats, opt = variables['params'], variables['batch_stats'], tx.init(variables['params'])

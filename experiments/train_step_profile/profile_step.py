@@ -156,13 +156,13 @@ def main(argv):
   import benchmark  # pylint: disable=g-import-not-at-top
   import benchmark_affjax  # pylint: disable=g-import-not-at-top
 
-  from affjax import models, parallel, profiling  # pylint: disable=g-import-not-at-top
+  from affjax import parallel, profiling, systems  # pylint: disable=g-import-not-at-top
   from affjax.train import loop, optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
   config = benchmark.load_config(_SYSTEM.value, _SET.value)
   loop.start_process(config)  # as every affjax command starts
   mesh = parallel.make_mesh()
-  model = models.build_model(config.model, config.compat)
-  tx = optim.make_optimizer(config, models.param_labels(config.model))
+  model = systems.build_model(config.model, config.compat)
+  tx = optim.make_optimizer(config, systems.param_labels(config.model))
   state = state_lib.initial_state(model, tx, config, mesh, seed=0)
   host_batch = benchmark_affjax.random_batch(config)
   print(f'train step, configs/{_SYSTEM.value}, batch {config.train.batch_size} x {config.data.window}; {jax.devices()[0].device_kind} ({profiling.cpu_description()}), '

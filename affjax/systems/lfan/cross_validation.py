@@ -1,5 +1,5 @@
 """Training LFAN's cross-validation folds and scoring them against test labels (spec lfan 4, 5); the split and
-the CCC-centering merge are in `affjax.folds`, the command is tools/train_folds.py."""
+the CCC-centering merge are `affjax.data.folds` and `affjax.systems.lfan.merge`, the command is tools/train_folds.py."""
 from __future__ import annotations
 
 import json

@@ -1,11 +1,11 @@
-"""LFAN's 6-fold cross-validation split and the CCC-centering merge of the folds' predictions (spec lfan 4, 5)."""
+"""The cross-validation partitions of `config.data.fold` (LFAN's 6 folds, spec lfan 4): which official training
+and validation videos a fold trains and validates on. The merge of the folds' predictions is the LFAN system's
+(`affjax.systems.lfan.merge`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
-
-from affjax.train.metrics import ccc
 
 NUM_FOLDS = 6
 NUM_TRAIN_CHUNKS = NUM_FOLDS - 1
@@ -30,19 +30,3 @@ def fold_split(train_videos: Sequence[str], validation_videos: Sequence[str], fo
   order = np.roll(np.arange(NUM_FOLDS), fold)
   train = [v for c in order[:-1] for v in chunks[c]]
   return train, list(chunks[order[-1]])
-
-
-def ccc_centering(predictions: np.ndarray) -> np.ndarray:
-  """Merges `[F, N]` per-frame predictions of F folds for one video and emotion into `[N]` in [-1, 1].
-
-  a_i = mean over j != i of CCC(x_i, x_j) (agreement of fold i with the others), w = sum a_i mu_i / sum a_i (an
-  agreement-weighted mean level), result(t) = mean_i x_i(t) - mean_i mu_i + w, clipped to [-1, 1].
-  """
-  x = np.asarray(predictions, np.float64)
-  if x.ndim != 2 or x.shape[0] < 2:
-    raise ValueError(f'ccc_centering needs [folds >= 2, frames] predictions, got shape {x.shape}')
-  f = x.shape[0]
-  agreement = np.array([np.mean([ccc(x[i], x[j]) for j in range(f) if j != i]) for i in range(f)])
-  means = x.mean(axis=1)
-  level = np.sum(agreement * means) / np.sum(agreement)
-  return np.clip(x.mean(axis=0) - means.mean() + level, -1.0, 1.0)

@@ -125,8 +125,8 @@ def statistics(records: records_lib.Records, config, name: str) -> tuple[float, 
 def prepare(config: ml_collections.ConfigDict, records_dir: str, workdir) -> ml_collections.ConfigDict:
   """`config` with the followers' inputs ready: the VGGish feature records (built under `cache_dir` on first use
   unless `data.side_features_dir` names them) and every empty `model.feature_norm` entry set to the statistics of
-  the training partition, computed once per workdir (`<workdir>/feature_norm.json`). Other models: unchanged."""
-  followers = tuple(config.model.followers) if 'followers' in config.model else ()  # LFAN's
+  the training partition, computed once per workdir (`<workdir>/feature_norm.json`). LFAN's `prepare` hook."""
+  followers = tuple(config.model.followers)
   if not followers:
     return config
   config = config.copy_and_resolve_references()
