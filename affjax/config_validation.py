@@ -9,7 +9,7 @@ import jax
 from absl import logging
 
 from affjax import systems
-from affjax.data import views
+from affjax.data import folds, views
 from affjax.train import optim as optim_lib
 
 _DTYPES = ('float32', 'bfloat16')
@@ -91,8 +91,8 @@ def validate(config) -> None:
              'is not a directory: give the root of the Aff-Wild2 release (holding cropped_aligned/, '
              'annotations/ and the videos), or leave it empty to use the synthetic tree')
   _require(data.num_workers >= 0, 'data.num_workers', data.num_workers, 'must be >= 0')
-  _require(data.fold in range(-1, 6), 'data.fold', data.fold,
-           'must be -1 (the official partitions) or a cross-validation fold 0..5')
+  _require(data.fold in range(-1, folds.NUM_FOLDS), 'data.fold', data.fold,
+           f'must be -1 (the official partitions) or a cross-validation fold 0..{folds.NUM_FOLDS - 1}')
   devices = jax.device_count()
   for field in ('train.batch_size', 'eval.batch_size'):
     value = _get(config, field)

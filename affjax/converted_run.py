@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from affjax import checkpoint, systems
-from affjax.models import system_converters, torch_convert
+from affjax.models import torch_convert
+from affjax.systems import converters as system_converters
 from affjax.train import optim, state as state_lib
 
 _CONFIG_FILE = '''"""Written by tools/convert_torch.py --network={system} from {source}:

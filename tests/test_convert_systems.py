@@ -11,10 +11,10 @@ import pytest
 
 from affjax import checkpoint, converted_run, parallel, systems
 from affjax.data import prepare, records as records_lib
-from affjax.models import system_converters
 from affjax.models.audio import mfcc as mfcc_lib
-from affjax.models.av_model import slice_audio_windows
+from affjax.models.audio.frame_windows import slice_audio_windows
 from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES
+from affjax.systems import converters as system_converters
 from affjax.train import loop, optim, state as state_lib
 
 import torch_checkpoints

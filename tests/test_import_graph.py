@@ -92,9 +92,11 @@ def test_affjax_has_no_import_cycle():
   assert cycle is None, 'import cycle: ' + ' -> '.join(cycle)
 
 
-@pytest.mark.parametrize('low,high', [('affjax.models', 'affjax.data'), ('affjax.data', 'affjax.train')])
+@pytest.mark.parametrize('low,high', [('affjax.models', 'affjax.data'), ('affjax.data', 'affjax.train'),
+                                      ('affjax.models', 'affjax.systems'), ('affjax.data', 'affjax.systems')])
 def test_lower_layers_import_nothing_above(low, high):
-  """Dependencies point down: the models import no data module; the data modules import no training module."""
+  """Dependencies point down: the models import no data module; the data modules import no training module;
+  neither imports a system (the shared building blocks and the views know no system)."""
   graph = import_graph()
   upward = sorted(f'{m} imports {d}' for m, deps in graph.items() if m == low or m.startswith(low + '.')
                   for d in deps if d == high or d.startswith(high + '.'))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from affjax.models import tcn
-from affjax.models.fusion.lfan import LeaderFollowerFusion
+from affjax.systems.lfan.fusion import LeaderFollowerFusion
 
 KEY = jax.random.key(0, impl='unsafe_rbg')
 

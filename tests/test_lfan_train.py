@@ -9,7 +9,7 @@ import pytest
 
 from affjax import checkpoint, config_validation, evaluate
 from affjax.data import augment, builder, records as records_lib
-from affjax.models import lfan_model
+from affjax.systems.lfan import model as lfan_model
 from affjax.train import loop, losses, optim, recipe_epochs
 from configs import lfan
 from test_nonfinite import poison, saved_steps

@@ -10,15 +10,17 @@ import ml_collections
 import numpy as np
 import pytest
 
-from affjax.models import build_model, layers
+from affjax.models import layers
 from affjax.models.attention import MultiHeadAttention, dot_product_attention
 from affjax.models.attention import from_torch as attention_from_torch
-from affjax.models.av_model import AudioVisualModel, slice_audio_windows
+from affjax.models.audio.frame_windows import slice_audio_windows
 from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES, AudioCNN1D
 from affjax.models.backbones.mobilefacenet import MobileFaceNet
-from affjax.models.fusion.cross_attn import CrossModalFusion
 from affjax.models.layers import depthwise_conv2d, max_pool_tiled, pointwise_conv, sinusoidal_pe
 from affjax.models.torch_convert import StateDictReader
+from affjax.systems import build_model
+from affjax.systems.audio_visual.cross_attn import CrossModalFusion
+from affjax.systems.audio_visual.model import AudioVisualModel
 
 import torch_checkpoints
 
@@ -518,7 +520,8 @@ def test_fusion_single_modality_runs_and_masks():
 @pytest.mark.parametrize('field, value, allowed', [
     ('visual_backbone', 'x', "['mobilefacenet', 'inceptionresnetv1', 'vggface2_resnet50', 'vggface2_senet50']"),
     ('audio_backbone', 'vggish', "['emo16', 'emo18', 'zhao19']"),
-    ('name', 'mult', "['cross_attn', 'self_attn', 'lstm', 'rjca', 'sparse_e2e', 'lfan']"),
+    ('name', 'mult', "['cross_attn', 'lfan', 'lstm', 'rjca', 'self_attn', 'sparse_e2e'], nor the dotted path of a "
+                     'module that defines SYSTEM (an affjax.systems.System)'),
     ('dtype', 'float16', "['float32', 'bfloat16']")])
 def test_build_model_rejects_unknown_names(field, value, allowed):
   with pytest.raises(ValueError) as err:

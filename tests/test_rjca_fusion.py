@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from affjax.models.fusion import rjca
+from affjax.systems.rjca import fusion as rjca
 
 KEY = jax.random.key(0, impl='unsafe_rbg')
 

@@ -11,11 +11,12 @@ import optax
 import pytest
 
 from affjax import config_validation, parallel, systems
-from affjax.models import attention, av_model, converters, temporal, torch_convert
-from affjax.models.fusion.lstm import LSTMFusion
+from affjax.models import attention, converters, temporal, torch_convert
 from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES
-from affjax.models.fusion.self_attn import SelfAttentionFusion
 from affjax.models.layers import sinusoidal_pe
+from affjax.systems.audio_visual import model as av_model
+from affjax.systems.audio_visual.lstm import LSTMFusion
+from affjax.systems.audio_visual.self_attn import SelfAttentionFusion
 from affjax.train import losses, optim, state as state_lib, step as step_lib
 from configs import cross_attn, lstm, self_attn
 

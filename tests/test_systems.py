@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from affjax import config_validation, systems
+from affjax import checkpoint, config_validation, systems
 from configs import cross_attn, lfan, rjca, sparse_e2e
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -30,8 +30,8 @@ def test_each_config_finds_its_system_package_by_name():
 def test_unknown_names_are_errors_naming_the_field_and_the_known_systems():
   with pytest.raises(ValueError, match=re.escape(f"config.model.name='lfam' is not one of {BUILT_IN}")):
     systems.get('lfam')
-  with pytest.raises(ValueError, match="config.model.name='tests.no_such_system': no module 'tests.no_such_system'"):
-    systems.get('tests.no_such_system')
+  with pytest.raises(ValueError, match="config.model.name='affjax.no_such': no module 'affjax.no_such' to import"):
+    systems.get('affjax.no_such')
   with pytest.raises(ValueError, match="config.model.name='json.decoder': the module defines no SYSTEM"):
     systems.get('json.decoder')
   config = cross_attn.get_config('smoke')
@@ -40,7 +40,8 @@ def test_unknown_names_are_errors_naming_the_field_and_the_known_systems():
     config_validation.validate(config)
 
 
-def test_a_registered_system_is_validated_with_its_view_and_its_own_checks():
+def test_a_registered_system_is_validated_with_its_view_and_its_own_checks(monkeypatch):
+  monkeypatch.setattr(systems, '_REGISTRY', {})  # registered for this test only
   toy = systems.register(systems.System(names=('toy_in_process',), build=lambda model, compat: None,
                                         views=('clips',)))
   assert systems.get('toy_in_process') is toy
@@ -64,7 +65,9 @@ def test_a_system_defined_in_a_test_module_trains_and_evaluates_through_the_entr
        '--config.train.eval_every=4', '--config.train.checkpoint_every=4', '--config.optim.warmup_steps=1'],
       cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
-  assert (workdir / 'checkpoints' / '4').is_dir()
+  saved = checkpoint.Checkpointer(workdir)
+  assert saved.all_steps() == [4]
+  saved.close()
   summary = json.loads((workdir / 'eval' / 'summary.json').read_text())
   assert summary['step'] == 4
   assert all(math.isfinite(summary['validation'][k]) for k in ('ccc_valence', 'ccc_arousal', 'ccc_mean'))

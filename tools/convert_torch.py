@@ -16,7 +16,8 @@ from __future__ import annotations
 import jax
 from absl import app, flags
 
-from affjax.models import converters, system_converters, torch_convert
+from affjax.models import converters, torch_convert
+from affjax.systems import converters as system_converters
 
 _NETWORK = flags.DEFINE_enum(
     'network', None, sorted(converters.NETWORKS) + sorted(system_converters.SYSTEMS),

@@ -182,7 +182,7 @@ def _dense(linear: nn.Linear) -> dict[str, np.ndarray]:
 
 
 def flax_variables(model: LFAN) -> dict:
-  """The variables of `affjax.models.lfan_model.LFAN` (followers ('vggish', 'mfcc')) holding `model`'s weights."""
+  """The variables of `affjax.systems.lfan.model.LFAN` (followers ('vggish', 'mfcc')) holding `model`'s weights."""
   visual = converters.convert('ir50', _numpy(model.visual))
   fusion = {}
   for m in range(3):

@@ -1,4 +1,5 @@
-"""The one attention function every affjax model uses, and a PyTorch-compatible multi-head attention."""
+"""The one attention function every affjax model uses, a PyTorch-compatible multi-head attention and the post-LN
+self-attention encoder layer built on it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from affjax.models.layers import symmetric_uniform, torch_kernel_init
+from affjax.models.layers import activation, symmetric_uniform, torch_dense, torch_kernel_init
 from affjax.models.torch_convert import StateDictReader
 
 Array = jax.Array
@@ -85,6 +86,29 @@ class MultiHeadAttention(nn.Module):
         dropout_rng=self.make_rng('dropout') if dropout_active else None,
         deterministic=deterministic, implementation=self.implementation)
     return nn.DenseGeneral(e, axis=(-2, -1), kernel_init=torch_kernel_init, dtype=self.dtype, name='out')(y)
+
+
+class PostLNEncoderLayer(nn.Module):
+  """Post-LN self-attention layer (the reference's `SelfattentionLayer`):
+  x = LN(x + Drop(MHA(x)));  x = LN(x + Drop(Dense(d)(Drop(act(Dense(d_ff)(x))))))."""
+
+  d_ff: int
+  num_heads: int
+  dropout: float
+  act: str = 'gelu'
+  attention_impl: str | None = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, *, key_mask: Array | None, train: bool) -> Array:
+    width = x.shape[-1]
+    drop = nn.Dropout(self.dropout, deterministic=not train)
+    a = MultiHeadAttention(self.num_heads, self.dropout, self.attention_impl, self.dtype, name='attn')(
+        x, x, key_mask=key_mask, deterministic=not train)
+    x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name='norm_attn')(x + drop(a))
+    h = activation(self.act)(torch_dense(self.d_ff, width, dtype=self.dtype, name='ffn_in')(x))
+    h = torch_dense(width, self.d_ff, dtype=self.dtype, name='ffn_out')(drop(h))
+    return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name='norm_ffn')(x + drop(h))
 
 
 def from_torch(sd: StateDictReader, num_heads: int, prefix: str = '') -> dict[str, dict[str, np.ndarray]]:

@@ -130,7 +130,8 @@ def backbone_pieces(config, batch, steps: int) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  from affjax.models.av_model import AUDIO_CNN_TABLES, AudioCNN1D, slice_audio_windows  # pylint: disable=g-import-not-at-top
+  from affjax.models.audio.frame_windows import slice_audio_windows  # pylint: disable=g-import-not-at-top
+  from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES, AudioCNN1D  # pylint: disable=g-import-not-at-top
   from affjax.models.backbones.mobilefacenet import MobileFaceNet  # pylint: disable=g-import-not-at-top
   b, t = batch['mask'].shape
   faces = jnp.asarray(batch['faces']).reshape(b * t, *batch['faces'].shape[2:]).astype(jnp.float32) / 255.0

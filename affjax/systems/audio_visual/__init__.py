@@ -8,7 +8,7 @@ import ml_collections
 
 from affjax import systems
 from affjax.models.attention import ATTENTION_IMPLS
-from affjax.models.av_model import AUDIO_BACKBONES, MODALITIES, VISUAL_BACKBONES, AudioVisualModel
+from affjax.systems.audio_visual.model import AUDIO_BACKBONES, MODALITIES, VISUAL_BACKBONES, AudioVisualModel
 from affjax.models.layers import ACTIVATIONS, DEPTHWISE_IMPLS, lookup
 
 ConfigDict = ml_collections.ConfigDict

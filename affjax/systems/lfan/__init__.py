@@ -10,11 +10,10 @@ import flax.linen as nn
 import ml_collections
 
 from affjax import systems
-from affjax.models import lfan_model
 from affjax.models.audio import mfcc
 from affjax.models.backbones import ir50
 from affjax.models.layers import lookup
-from affjax.systems.lfan import followers as followers_lib
+from affjax.systems.lfan import followers as followers_lib, model as lfan_model
 
 ConfigDict = ml_collections.ConfigDict
 

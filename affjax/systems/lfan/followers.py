@@ -23,7 +23,7 @@ import tqdm
 from affjax.data import feature_cache, pipeline, prepare as prepare_lib, records as records_lib
 from affjax.models import torch_convert
 from affjax.models.audio import mfcc
-from affjax.models.av_model import slice_audio_windows
+from affjax.models.audio.frame_windows import slice_audio_windows
 from affjax.models.backbones import vggish
 
 NORM_FILE = 'feature_norm.json'

@@ -7,7 +7,7 @@ import ml_collections
 
 from affjax import systems
 from affjax.models.backbones.resnet import CONV_IMPLS
-from affjax.models.rjca_model import RJCAModel
+from affjax.systems.rjca.model import RJCAModel
 
 ConfigDict = ml_collections.ConfigDict
 

@@ -8,10 +8,10 @@ import ml_collections
 
 from affjax import systems
 from affjax.models import sparse_stages
-from affjax.models.av_model import MODALITIES
-from affjax.models.sparse_e2e_model import QUERIES, SparseAVModel
+from affjax.systems.sparse_e2e.model import QUERIES, SparseAVModel
 
 ConfigDict = ml_collections.ConfigDict
+MODALITIES = ('audio', 'visual')
 
 
 def build(cfg: ConfigDict, compat: ConfigDict) -> nn.Module:

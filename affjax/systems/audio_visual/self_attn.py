@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from affjax.models.fusion.cross_attn import PostLNEncoderLayer
+from affjax.models.attention import PostLNEncoderLayer
 from affjax.models.layers import activation, sinusoidal_pe, torch_dense
 
 Array = jax.Array

@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 
 from affjax.models.audio import mfcc
-from affjax.models.av_model import slice_audio_windows
+from affjax.models.audio.frame_windows import slice_audio_windows
 from affjax.models.backbones import ir50
-from affjax.models.fusion.lfan import LeaderFollowerFusion
+from affjax.systems.lfan.fusion import LeaderFollowerFusion
 from affjax.models.layers import torch_dense
 from affjax.models.tcn import TemporalConvNet
 

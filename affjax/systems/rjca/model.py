@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from affjax.models.audio import clip_log_mel
 from affjax.models.backbones.resnet import R2Plus1D18, ResNet18
-from affjax.models.fusion.rjca import RJCAFusion
+from affjax.systems.rjca.fusion import RJCAFusion
 
 Array = jax.Array
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from affjax.models import attention, converters, tcn, temporal, torch_convert
 from affjax.models.audio import mfcc
 from affjax.models.backbones import ir50
-from affjax.models.av_model import AUDIO_BACKBONES, VISUAL_BACKBONES
+from affjax.systems.audio_visual.model import AUDIO_BACKBONES, VISUAL_BACKBONES
 
 
 class Options(NamedTuple):

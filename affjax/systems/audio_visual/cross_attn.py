@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from affjax.models.attention import MultiHeadAttention
+from affjax.models.attention import MultiHeadAttention, PostLNEncoderLayer
 from affjax.models.layers import activation, sinusoidal_pe, torch_bias_init, torch_dense, torch_kernel_init
 
 Array = jax.Array
@@ -85,29 +85,6 @@ class CrossModalLayer(nn.Module):
     h = nn.Dropout(CROSS_FFN_DROPOUT, deterministic=not train)(_gelu(h))
     h = torch_dense(width, self.d_ff, dtype=self.dtype, name='ffn_out')(h)
     return y + drop(_gelu(h))
-
-
-class PostLNEncoderLayer(nn.Module):
-  """Post-LN self-attention layer (the reference's `SelfattentionLayer`):
-  x = LN(x + Drop(MHA(x)));  x = LN(x + Drop(Dense(d)(Drop(act(Dense(d_ff)(x))))))."""
-
-  d_ff: int
-  num_heads: int
-  dropout: float
-  act: str = 'gelu'
-  attention_impl: str | None = None
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array, *, key_mask: Array | None, train: bool) -> Array:
-    width = x.shape[-1]
-    drop = nn.Dropout(self.dropout, deterministic=not train)
-    a = MultiHeadAttention(self.num_heads, self.dropout, self.attention_impl, self.dtype, name='attn')(
-        x, x, key_mask=key_mask, deterministic=not train)
-    x = _layer_norm('norm_attn', self.dtype)(x + drop(a))
-    h = activation(self.act)(torch_dense(self.d_ff, width, dtype=self.dtype, name='ffn_in')(x))
-    h = torch_dense(width, self.d_ff, dtype=self.dtype, name='ffn_out')(drop(h))
-    return _layer_norm('norm_ffn', self.dtype)(x + drop(h))
 
 
 class CrossModalFusion(nn.Module):

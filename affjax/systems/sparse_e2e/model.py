@@ -19,9 +19,9 @@ import numpy as np
 
 from affjax.models import sparse_stages
 from affjax.models.audio import token_mel
-from affjax.models.av_model import slice_audio_windows
+from affjax.models.audio.frame_windows import slice_audio_windows
 from affjax.models.backbones.vgg import SparseVggTrunk, VggLowLevel
-from affjax.models.fusion.cross_attn import PostLNEncoderLayer
+from affjax.models.attention import PostLNEncoderLayer
 from affjax.models.layers import sinusoidal_pe, symmetric_uniform, torch_dense
 
 Array = jax.Array

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from affjax.models.fusion.self_attn import concat_projection
+from affjax.systems.audio_visual.self_attn import concat_projection
 from affjax.models.temporal import LSTM
 
 Array = jax.Array

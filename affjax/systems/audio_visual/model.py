@@ -14,10 +14,11 @@ from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES, AudioCNN1D
 from affjax.models.backbones.inception_resnet_v1 import InceptionResnetV1
 from affjax.models.backbones.mobilefacenet import MobileFaceNet
 from affjax.models.backbones.vggface2_resnet import VGGFace2ResNet50
-from affjax.models.fusion.cross_attn import CrossModalFusion
-from affjax.models.fusion.lstm import LSTMFusion
-from affjax.models.fusion.self_attn import SelfAttentionFusion
+from affjax.models.audio.frame_windows import slice_audio_windows
 from affjax.models.layers import lookup, torch_dense
+from affjax.systems.audio_visual.cross_attn import CrossModalFusion
+from affjax.systems.audio_visual.lstm import LSTMFusion
+from affjax.systems.audio_visual.self_attn import SelfAttentionFusion
 
 Array = jax.Array
 
@@ -33,16 +34,6 @@ VISUAL_BACKBONES = {
 }
 AUDIO_BACKBONES = tuple(AUDIO_CNN_TABLES)
 FUSIONS = {'cross_attn': CrossModalFusion, 'self_attn': SelfAttentionFusion, 'lstm': LSTMFusion}
-
-
-def slice_audio_windows(audio: Array, offsets: Array, window: int) -> Array:
-  """Per-frame windows from one waveform segment per sequence.
-
-  audio `[B, L]`, offsets `[B, T]` int (start of frame t's window in the segment) -> `[B, T, window]`.
-  Offsets are clamped into `[0, L - window]` (`lax.dynamic_slice` semantics).
-  """
-  one = lambda seg, off: jax.lax.dynamic_slice(seg, (off,), (window,))
-  return jax.vmap(jax.vmap(one, in_axes=(None, 0)))(audio, offsets)
 
 
 class VAHead(nn.Module):
