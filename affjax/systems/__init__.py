@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from typing import Any
 
 import flax.linen as nn
@@ -99,18 +99,18 @@ def of(config) -> System:
   return get(config.model.name)
 
 
-def field(cfg: ConfigDict, name: str, allowed: Mapping[str, Any] | Collection[Any]) -> Any:
-  """`cfg[name]` (a field of `config.model`), or `allowed[cfg[name]]` for a mapping; a value not allowed raises
+def field(cfg: ConfigDict, name: str, allowed: Collection[Any]) -> Any:
+  """`cfg[name]` (a field of `config.model`), one of `allowed` (the keys of a mapping); another value raises
   ValueError naming the field."""
   value = cfg[name]
   if value not in allowed:
     raise ValueError(f'config.model.{name}={value!r} is not one of {list(allowed)}')
-  return allowed[value] if isinstance(allowed, Mapping) else value
+  return value
 
 
 def dtype(cfg: ConfigDict) -> Any:
   """The compute dtype `config.model.dtype` names."""
-  return field(cfg, 'dtype', DTYPES)
+  return DTYPES[field(cfg, 'dtype', DTYPES)]
 
 
 def build_model(model_config: ConfigDict, compat: ConfigDict) -> nn.Module:
