@@ -27,9 +27,9 @@ from absl import app, flags
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / 'tools'))
 
-_SYSTEM = flags.DEFINE_string('system', 'cross_attn', 'configs/<name>.py and variants, as tools/benchmark.py takes.')
-_SET = flags.DEFINE_multi_string('set', [], 'FIELD=VALUE config settings, as tools/benchmark.py takes.')
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps after two warm-up steps (median).')
+SYSTEM = flags.DEFINE_string('system', 'cross_attn', 'configs/<name>.py and variants, as tools/benchmark.py takes.')
+SET = flags.DEFINE_multi_string('set', [], 'FIELD=VALUE config settings, as tools/benchmark.py takes.')
+STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps after two warm-up steps (median).')
 _TOP = flags.DEFINE_integer('top', 30, 'Rows of the table of the largest items.')
 _PIECES = flags.DEFINE_bool('pieces', False, 'Also time the train gradient of each backbone alone.')
 _TRACED = flags.DEFINE_integer('traced_steps', 3, 'Steps in the trace (the sums are per step).')
@@ -67,13 +67,15 @@ def op_names(hlo_text: str) -> dict[str, str]:
 def classify(op_name: str) -> tuple[str, str, str, str]:
   """(part, pass, layer, operation) of an instruction from its op_name, e.g. 'jit(train_step)/transpose(jvp(
   AudioVisualModel))/AudioVisualModel._backbone/visual/dw3/expand/bn/reduce_sum' -> ('visual', 'bwd',
-  'expand/bn', 'reduce_sum'); block numbers are dropped so that the repeated blocks add up."""
+  'dw/expand/bn', 'reduce_sum'); block numbers are dropped so that the repeated blocks add up. The model is the
+  module the step differentiates (`jvp(<Model>)`; any model class), its method scopes (`<Model>.<method>`) are
+  left out; the rest is the loss and the optimiser."""
   if not op_name:
     return ('unlabelled', '', '', '')
   backward = 'transpose(' in op_name
   parts = [p for p in op_name.split('/') if p and not p.startswith(('jit(', 'jvp(', 'transpose(', 'checkpoint'))
-           and p != 'AudioVisualModel._backbone']
-  if 'AudioVisualModel' not in op_name:
+           and not re.fullmatch(r'\w+Model\.\w+', p)]
+  if not re.search(r'jvp\(\w+Model\)', op_name) or len(parts) < 2:
     return ('loss, optimiser', 'bwd' if backward else 'fwd', '', parts[-1] if parts else op_name)
   part = parts[0] if parts[0] in ('visual', 'audio', 'fusion', 'va', 'cat') else 'model'
   part = {'va': 'head', 'cat': 'head'}.get(part, part)
@@ -151,39 +153,49 @@ def backbone_pieces(config, batch, steps: int) -> None:
     print(f'| {name}, {x.shape[0]} inputs | {median_seconds(run, steps):.3f} |', flush=True)
 
 
-def main(argv):
-  del argv
+def build_step(system: str, settings):
+  """The train step of `system` as tools/benchmark.py builds it (config, batch, random inputs), after the process
+  setup every affjax command does: (config, host batch, step: runs one step and waits for it, compiled: the
+  compiled step, whose HLO and cost analysis describe what step() runs)."""
   import jax  # pylint: disable=g-import-not-at-top
-  import benchmark  # pylint: disable=g-import-not-at-top
   import benchmark_affjax  # pylint: disable=g-import-not-at-top
 
-  from affjax import parallel, profiling, systems  # pylint: disable=g-import-not-at-top
+  from affjax import parallel, systems  # pylint: disable=g-import-not-at-top
   from affjax.train import loop, optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
-  config = benchmark.load_config(_SYSTEM.value, _SET.value)
+  config = benchmark_affjax.load_config(system, settings)
   loop.start_process(config)  # as every affjax command starts
   mesh = parallel.make_mesh()
   model = systems.build_model(config.model, config.compat)
   tx = optim.make_optimizer(config, systems.param_labels(config.model))
   state = state_lib.initial_state(model, tx, config, mesh, seed=0)
   host_batch = benchmark_affjax.random_batch(config)
-  print(f'train step, configs/{_SYSTEM.value}, batch {config.train.batch_size} x {config.data.window}; {jax.devices()[0].device_kind} ({profiling.cpu_description()}), '
-        f'jax {jax.__version__}; load {" ".join(f"{x:.1f}" for x in os.getloadavg())}')
   with jax.set_mesh(mesh):
     batch = parallel.to_global(host_batch, mesh)
     carry = [state, jax.device_put(step_lib.zero_accumulator(), parallel.replicated(mesh))]
     train_step = step_lib.make_train_step(model, tx, config)
-    names = op_names(train_step.lower(*carry, batch).compile().as_text())
+    compiled = train_step.lower(*carry, batch).compile()
 
-    def step():
+  def step():
+    with jax.set_mesh(mesh):
       carry[:] = train_step(*carry, batch)
       jax.block_until_ready(carry[1])
+  return config, host_batch, step, compiled
 
-    wall, user, system, faults = median_costs(step, _STEPS.value)
-    print(f'median step ({_STEPS.value} steps after 2 warm-up steps): {wall:.3f} s wall, CPU {user:.2f} s user + '
-          f'{system:.2f} s system, {faults:.0f} minor page faults')
-    print_profile(*profile(step, _TRACED.value, names), _TOP.value)
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from affjax import profiling  # pylint: disable=g-import-not-at-top
+  config, host_batch, step, compiled = build_step(SYSTEM.value, SET.value)
+  print(f'train step, configs/{SYSTEM.value}, batch {config.train.batch_size} x {config.data.window}; {jax.devices()[0].device_kind} ({profiling.cpu_description()}), '
+        f'jax {jax.__version__}; load {" ".join(f"{x:.1f}" for x in os.getloadavg())}')
+  wall, user, system, faults = median_costs(step, STEPS.value)
+  print(f'median step ({STEPS.value} steps after 2 warm-up steps): {wall:.3f} s wall, CPU {user:.2f} s user + '
+        f'{system:.2f} s system, {faults:.0f} minor page faults')
+  print_profile(*profile(step, _TRACED.value, op_names(compiled.as_text())), _TOP.value)
   if _PIECES.value:
-    backbone_pieces(config, host_batch, _STEPS.value)
+    backbone_pieces(config, host_batch, STEPS.value)
 
 
 if __name__ == '__main__':
