@@ -54,9 +54,7 @@ def predict_file(path: pathlib.Path, run, out: pathlib.Path, overlay: bool,
 
   video, boxes = extract.extract(path, needs_audio=run.needs_audio, timings=timings, progress=True,
                                  detect_height=_DETECT_HEIGHT.value)
-  clock = time.perf_counter()
-  prediction = views.predict(video, run)
-  timings['model'] += time.perf_counter() - clock
+  prediction = views.predict(video, run, timings)
   out.mkdir(parents=True, exist_ok=True)
   report.write_csv(out / f'{path.stem}.csv', video.times, prediction, video.face_mask)
   report.plot(out / f'{path.stem}.png', video.times, prediction, video.face_mask, path.name)

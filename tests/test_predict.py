@@ -192,6 +192,15 @@ def test_cli_on_a_folder_with_one_bad_video(moving_face, tmp_path):
   assert not (tmp_path / 'out' / 'broken.csv').exists()
 
 
+def tree_video(tree, name: str) -> views.DecodedVideo:
+  """Video `name` of a synthetic tree as `affjax.video.extract` would decode it: its released crops (b'' where
+  none), frame times at its rate and its audio, read by `affwild2` as the record builder reads them."""
+  entry = next(e for e in affwild2.list_videos(tree) if e.name == name)
+  video = affwild2.load_video(entry)
+  return views.DecodedVideo(name, [affwild2.read_jpeg(entry, k) if f else b'' for k, f in enumerate(video.face_mask)],
+                            video.face_mask, np.arange(video.num_frames) / video.fps, video.audio)
+
+
 @pytest.mark.parametrize('system', ['cross_attn', 'rjca', 'sparse_e2e'])
 def test_a_video_is_predicted_as_evaluation_predicts_its_records(system, tiny_tree, tiny_records):
   """The same video (a synthetic tree's, with missing crops) through `views.predict` (in-memory records of its
@@ -208,18 +217,14 @@ def test_a_video_is_predicted_as_evaluation_predicts_its_records(system, tiny_tr
   run = run_lib.LoadedRun(config=config, mesh=mesh, state=state, eval_step=step_lib.make_eval_step(model), step=0)
   records = records_lib.open_records(tiny_records, 'validation')
   index = records.videos[0]
-  entry = next(e for e in affwild2.list_videos(tiny_tree) if e.name == index.name)
-  video = affwild2.load_video(entry)
-  assert not video.face_mask.all()  # faceless frames are part of the comparison
-  decoded = views.DecodedVideo(index.name, [affwild2.read_jpeg(entry, k) if f else b''
-                                            for k, f in enumerate(video.face_mask)],
-                               video.face_mask, np.arange(video.num_frames) / video.fps, video.audio)
+  decoded = tree_video(tiny_tree, index.name)
+  assert not decoded.face_mask.all()  # faceless frames are part of the comparison
   import jax  # pylint: disable=g-import-not-at-top
   with jax.set_mesh(mesh):
     expected = evaluate.predict_split(state, run.eval_step, dataclasses.replace(records, videos=(index,)), config,
                                       mesh)[0].prediction
   got = views.predict(decoded, run)
-  assert got.shape == (video.num_frames, 2)
+  assert got.shape == (decoded.num_frames, 2)
   np.testing.assert_allclose(got, expected, atol=2e-4)
 
 
@@ -240,6 +245,9 @@ def test_variable_frame_rate_times_come_from_the_timestamps(tmp_path):
 
 
 def test_runs_reading_feature_caches_are_refused():
-  from configs import lfan  # pylint: disable=g-import-not-at-top
-  with pytest.raises(ValueError, match='feature cache'):
-    views.check_supported(lfan.get_config('smoke'))
+  from configs import lfan, rjca  # pylint: disable=g-import-not-at-top
+  config = rjca.get_config('smoke')
+  config.data.features_dir = '/tmp/features'
+  with pytest.raises(ValueError, match=r'feature cache of frozen backbones \(config.data.features_dir\)'):
+    views.check_supported(config)
+  views.check_supported(lfan.get_config('smoke'))  # its followers' cache is computed from the video

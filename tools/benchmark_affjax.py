@@ -4,7 +4,7 @@ shapes, and the work one timed step of each mode does:
   infer    the jitted eval step on that batch
   input    the input pipeline alone with the config's worker processes: `pipeline_batches` batches read as fast
            as they come; its time per batch is taken over the second half (the first drains what was prefetched)
-  predict  `affjax.predict`'s whole path on one video (decode, detect, align, audio, model), per-stage times
+  predict  `affjax.predict`'s whole path on one video (decode, detect, align, audio, features, model), per-stage times
 The model has random weights (speed does not depend on them). Steady state: schedules that change a step's cost
 in the first steps are off (sparse_e2e `model.top_p_warmup_steps = 0`), feature statistics are (0, 1).
 """
@@ -196,13 +196,8 @@ def _input_runner(config, pipeline_batches: int):
 
 
 def _predict_runner(config, video: str):
-  from affjax import parallel, systems  # pylint: disable=g-import-not-at-top
-  from affjax.train import optim, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
   from affjax.video import extract, run as run_lib, views  # pylint: disable=g-import-not-at-top
-  model, mesh = systems.build_model(config.model, config.compat), parallel.make_mesh()
-  state = state_lib.initial_state(model, optim.make_optimizer(config, systems.param_labels(config.model)), config,
-                                  mesh, config.seed)
-  loaded = run_lib.LoadedRun(config=config, mesh=mesh, state=state, eval_step=step_lib.make_eval_step(model), step=0)
+  loaded = run_lib.new_run(config, config.seed)
   tmp = tempfile.TemporaryDirectory()  # the generated video lives as long as the runner
   if not video:  # tests/video_fixtures.py's moving photograph with a 44.1 kHz stereo track, 250 frames at 640 x 360
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'tests'))
@@ -213,9 +208,7 @@ def _predict_runner(config, video: str):
   def run():
     timings = collections.Counter()
     decoded, _ = extract.extract(video, needs_audio=loaded.needs_audio, timings=timings)
-    model_clock = time.perf_counter()
-    views.predict(decoded, loaded)
-    timings['model'] = time.perf_counter() - model_clock
+    views.predict(decoded, loaded, timings)
     return {'stages': dict(timings), 'units': decoded.num_frames}
   run.video_dir = tmp  # removed with the runner
   return run, dict(unit='frames', units=0, detail=f'video {video}')

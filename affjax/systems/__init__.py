@@ -43,7 +43,12 @@ class System:
     follower features built, their statistics filled in).
   aux_classes: (config.model) -> the classes of the model's auxiliary head ('cat' logits; 0: none).
   release_groups: the layer groups the epoch recipe can release one by one (`config.model.released`; 0: none).
-  predicts_from_video: whether `affjax.predict` can feed it from a video file (faces and audio alone).
+  side_shapes: (config) -> part -> per-frame shape of the features the model reads beside faces and audio, which
+    training joins to the frame records from a feature cache (`<part>_features`; LFAN's VGGish), or {}.
+  side_features: (config) -> the function computing those features from records (a video's, for `affjax.predict`)
+    as the run's feature cache holds them.
+  trained_config: (config, workdir) -> the config the run at `workdir` trained with, where the run completed it
+    from its training data (LFAN: the follower statistics it saved), to predict new inputs with.
   """
   names: tuple[str, ...]
   build: Callable[[ConfigDict, ConfigDict], nn.Module]
@@ -54,7 +59,9 @@ class System:
   prepare: Callable[[ConfigDict, str, Any], ConfigDict] | None = None
   aux_classes: Callable[[ConfigDict], int] | None = None
   release_groups: int = 0
-  predicts_from_video: bool = True
+  side_shapes: Callable[[ConfigDict], dict[str, tuple[int, ...]]] | None = None
+  side_features: Callable[[ConfigDict], Callable] | None = None
+  trained_config: Callable[[ConfigDict, Any], ConfigDict] | None = None
 
 
 _REGISTRY: dict[str, System] = {}
@@ -153,3 +160,21 @@ def aux_classes(model_config: ConfigDict) -> int:
   """The classes of the model's auxiliary head (0: it has none)."""
   hook = get(model_config.name).aux_classes
   return hook(model_config) if hook else 0
+
+
+def side_shapes(config) -> dict[str, tuple[int, ...]]:
+  """Part -> per-frame shape of the side features the model reads (`System.side_shapes`); {} for most systems."""
+  hook = of(config).side_shapes
+  return hook(config) if hook else {}
+
+
+def side_features(config) -> Callable | None:
+  """The function computing the side features of records from their audio (`System.side_features`), or None."""
+  hook = of(config).side_features
+  return hook(config) if hook and side_shapes(config) else None
+
+
+def trained_config(config, workdir) -> ConfigDict:
+  """The config the run at `workdir` trained with, completed as it completed it (`System.trained_config`)."""
+  hook = of(config).trained_config
+  return hook(config, workdir) if hook else config

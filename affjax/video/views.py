@@ -1,7 +1,8 @@
 """A decoded video predicted through the run's own view (frames, clips or tokens): the video becomes one video
 of in-memory records, chunks as `affjax.data.builder` writes them (face JPEGs, masks, 16 kHz audio), so the
 view's window loader and `evaluate.predict_split` (windows, batches, prediction-to-frame mapping, smoothing)
-run on it unchanged, faceless frames included.
+run on it unchanged, faceless frames included. A run whose windows join a feature cache to the frames (LFAN's
+VGGish follower) gets the features of the video's audio computed as its cache was, joined the same way.
 
 The views place frame k's audio at the constant rate fps (`affwild2.frame_boundary_sample`); a video of
 variable frame rate has its audio warped onto that timeline, frame by frame from its timestamps (for a
@@ -9,13 +10,15 @@ constant rate the warp is the identity).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import time
 
 import jax
 import numpy as np
 
-from affjax import evaluate, systems
-from affjax.data import affwild2, records as records_lib
+from affjax import evaluate
+from affjax.data import affwild2, feature_cache, records as records_lib
 
 CHUNK_SIZE = 32
 
@@ -54,27 +57,11 @@ def audio_on_frame_timeline(video: DecodedVideo) -> np.ndarray:
   return np.interp(real, np.arange(len(video.audio)), video.audio, right=0.0).astype(np.float32)
 
 
-class VideoRecords(records_lib.Records):
-  """`affjax.data.records.Records` of one decoded video held in memory (`chunks`, as the builder writes them)."""
+class MemoryRecords(records_lib.Records):
+  """`affjax.data.records.Records` whose chunks (dicts of the fields the builders write) are held in memory."""
 
-  def __init__(self, video: DecodedVideo, chunk_size: int = CHUNK_SIZE):
-    n, fps = video.num_frames, video.fps
-    index = records_lib.VideoIndex(name=video.name, num_frames=n, fps=fps, first_record=0,
-                                num_chunks=-(-n // chunk_size), num_rows=n)
-    super().__init__(directory='', split='predict', chunk_size=chunk_size, videos=(index,))
-    audio = audio_on_frame_timeline(video)
-    chunks = []
-    for start in range(0, n, chunk_size):
-      frames = np.arange(start, start + chunk_size)
-      present = frames < n
-      k = frames[present]
-      pad = lambda values, fill: np.concatenate([values[k], np.full(chunk_size - len(k), fill, values.dtype)])
-      a0 = affwild2.frame_boundary_sample(start, fps)
-      a1 = affwild2.frame_boundary_sample(min(start + chunk_size, n), fps)
-      chunks.append(dict(faces=np.array([video.faces[f] for f in k] + [b''] * (chunk_size - len(k)), object),
-                         face_mask=pad(video.face_mask, False), frame_mask=present,
-                         label_mask=np.zeros(chunk_size, bool), labels=np.zeros((chunk_size, 2), np.float32),
-                         audio=audio[a0:a1]))
+  def __init__(self, chunks: list[dict], **fields):
+    super().__init__(directory='', split='predict', **fields)
     object.__setattr__(self, 'chunks', chunks)
 
   @property
@@ -82,19 +69,63 @@ class VideoRecords(records_lib.Records):
     return self.chunks
 
 
+def video_chunks(video: DecodedVideo, chunk_size: int) -> list[dict]:
+  """The chunks of `video` as `affjax.data.builder` writes them (no labels)."""
+  n, fps = video.num_frames, video.fps
+  audio = audio_on_frame_timeline(video)
+  chunks = []
+  for start in range(0, n, chunk_size):
+    frames = np.arange(start, start + chunk_size)
+    present = frames < n
+    k = frames[present]
+    pad = lambda values, fill: np.concatenate([values[k], np.full(chunk_size - len(k), fill, values.dtype)])
+    a0 = affwild2.frame_boundary_sample(start, fps)
+    a1 = affwild2.frame_boundary_sample(min(start + chunk_size, n), fps)
+    chunks.append(dict(faces=np.array([video.faces[f] for f in k] + [b''] * (chunk_size - len(k)), object),
+                       face_mask=pad(video.face_mask, False), frame_mask=present,
+                       label_mask=np.zeros(chunk_size, bool), labels=np.zeros((chunk_size, 2), np.float32),
+                       audio=audio[a0:a1]))
+  return chunks
+
+
+def video_records(video: DecodedVideo, side: tuple[dict, feature_cache.ChunkFeatures] | None = None,
+                  chunk_size: int = CHUNK_SIZE) -> MemoryRecords:
+  """The records of `video`, one video of in-memory chunks; `side` = (part -> per-frame shape, the function that
+  computes them from records) joins the features of its audio to every window, as a run's feature cache
+  (`config.data.side_features_dir`)."""
+  index = records_lib.VideoIndex(name=video.name, num_frames=video.num_frames, fps=video.fps, first_record=0,
+                                 num_chunks=-(-video.num_frames // chunk_size), num_rows=video.num_frames)
+  frames = MemoryRecords(video_chunks(video, chunk_size), chunk_size=chunk_size, videos=(index,))
+  if side is None:
+    return frames
+  shapes, features = side
+  cache = MemoryRecords(list(features(frames)), chunk_size=chunk_size, videos=frames.videos, features=dict(shapes))
+  return MemoryRecords(frames.chunks, chunk_size=chunk_size, videos=frames.videos, side=cache)
+
+
 def check_supported(config) -> None:
-  """Raises ValueError for runs whose inputs are not faces and audio alone (feature caches, LFAN's followers)."""
-  if config.data.features_dir or config.data.side_features_dir or not systems.of(config).predicts_from_video:
-    raise ValueError('affjax.predict takes runs that read faces and audio (the frame, clip and token views); '
-                     'this run reads a feature cache (config.data.features_dir / side_features_dir, LFAN\'s '
-                     'followers): predict with a run of the inline backbones')
+  """Raises ValueError for runs that read a feature cache of frozen backbones instead of faces and audio."""
+  if config.data.features_dir:
+    raise ValueError('affjax.predict takes runs that read faces and audio (the frame, clip and token views, LFAN\'s '
+                     'followers included); this run reads a feature cache of frozen backbones '
+                     '(config.data.features_dir), whose checkpoint holds no backbone: predict with a run trained '
+                     'with the backbones inline')
 
 
-def predict(video: DecodedVideo, run) -> np.ndarray:
+def predict(video: DecodedVideo, run, timings: collections.Counter | None = None) -> np.ndarray:
   """`[N, 2]` per-frame (valence, arousal) of `video` by `run` (`affjax.video.run.LoadedRun`), as evaluation
-  predicts a video of the records (`evaluate.predict_split`)."""
+  predicts a video of the records (`evaluate.predict_split`). `timings` (seconds) gains 'model', and 'features'
+  for a run with side features (their computation)."""
+  timings = collections.Counter() if timings is None else timings
   config = run.config.copy_and_resolve_references()
   with config.unlocked():
     config.data.num_workers = 0  # one video in memory: read in this process
+  clock = time.perf_counter()
+  records = video_records(video, run.side)
+  if run.side is not None:
+    timings['features'] += time.perf_counter() - clock
+    clock = time.perf_counter()
   with jax.set_mesh(run.mesh):
-    return evaluate.predict_split(run.state, run.eval_step, VideoRecords(video), config, run.mesh)[0].prediction
+    prediction = evaluate.predict_split(run.state, run.eval_step, records, config, run.mesh)[0].prediction
+  timings['model'] += time.perf_counter() - clock
+  return prediction

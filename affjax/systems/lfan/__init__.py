@@ -60,4 +60,5 @@ def param_labels(cfg: ConfigDict):
 
 SYSTEM = systems.System(names=('lfan',), build=build, validate=validate, param_labels=param_labels,
                         prepare=followers_lib.prepare, release_groups=len(ir50.RELEASE_GROUPS),
-                        predicts_from_video=False)
+                        side_shapes=followers_lib.side_shapes, side_features=followers_lib.side_features,
+                        trained_config=followers_lib.saved_statistics)

@@ -3,6 +3,10 @@ weights, and the scalar statistics of every follower over the training partition
 
   prepare(config, records_dir, workdir) -> config with data.side_features_dir set (VGGish built on first use) and
                                            every empty model.feature_norm entry filled (saved in the workdir)
+  saved_statistics(config, workdir)     -> config with every empty model.feature_norm entry from the workdir (to
+                                           predict new inputs with the training partition's statistics)
+  side_features(config)                 -> the side features of any frame records, computed as the cache's (to
+                                           join them to a video's in-memory records: affjax.video.views)
 
 The VGGish follower reads `vggish_features [B, T, 128]` from a feature cache joined to the frame records
 (`config.data.side_features_dir`): one VGGish forward per video frame is too costly to run in every step, and the
@@ -28,6 +32,24 @@ from affjax.models.backbones import vggish
 
 NORM_FILE = 'feature_norm.json'
 VGGISH_BATCH = 64  # examples per VGGish call (fixed, so one compilation serves every video)
+VGGISH_SHAPES = {'vggish': (vggish.EMBEDDING_DIM,)}  # the feature cache's part -> per-frame shape
+
+
+def followers(config) -> tuple[str, ...]:
+  """The follower modalities of `config.model` (LFAN's); () for models without followers."""
+  return tuple(config.model.followers) if 'followers' in config.model else ()
+
+
+def side_shapes(config) -> dict[str, tuple[int, ...]]:
+  """Part -> per-frame shape of the features the followers read from a feature cache joined to the frame records
+  (`<part>_features`); {} when none does."""
+  return dict(VGGISH_SHAPES) if 'vggish' in followers(config) else {}
+
+
+def side_features(config) -> feature_cache.ChunkFeatures:
+  """The function that computes the `side_shapes` features of records from their audio, as `build_vggish` fills the
+  run's feature cache (the same VGGish weights, examples and batches)."""
+  return feature_cache.video_features(vggish_extractor(config))
 
 
 def vggish_variables(config) -> dict:
@@ -47,13 +69,14 @@ def vggish_variables(config) -> dict:
 def vggish_extractor(config) -> feature_cache.VideoExtractor:
   """(waveform, fps, frames N) -> {'vggish': [N, 128]} raw fc2 embeddings of every frame's example."""
   variables = vggish_variables(config)
-  embed = jax.jit(lambda segments: vggish.VGGish().apply(variables, vggish.log_mel_examples(segments)))
+  # the weights as an argument, not constants folded into the program (peak RSS 2.1 -> 1.5 GB on first use)
+  embed = jax.jit(lambda v, segments: vggish.VGGish().apply(v, vggish.log_mel_examples(segments)))
 
   def extract(wave: np.ndarray, fps: float, num_frames: int) -> dict[str, np.ndarray]:
     x = vggish.padded_waveform(wave)
     starts = vggish.frame_example_starts(num_frames, fps, len(x))
     starts = np.pad(starts, (0, -num_frames % VGGISH_BATCH), mode='edge')  # whole batches: one compilation
-    out = [np.asarray(embed(x[starts[i:i + VGGISH_BATCH, None] + np.arange(vggish.EXAMPLE_SAMPLES)]))
+    out = [np.asarray(embed(variables, x[starts[i:i + VGGISH_BATCH, None] + np.arange(vggish.EXAMPLE_SAMPLES)]))
            for i in range(0, len(starts), VGGISH_BATCH)]
     return {'vggish': np.concatenate(out)[:num_frames]}
 
@@ -71,7 +94,7 @@ def default_vggish_dir(config, records_dir: str) -> pathlib.Path:
 def build_vggish(config, records_dir: str, out) -> pathlib.Path:
   """Computes the VGGish features of every frame of the records once (progress bar per split; a rerun over
   complete shards does nothing); returns the directory for `config.data.side_features_dir`."""
-  return feature_cache.build(records_dir, out, shapes={'vggish': (vggish.EMBEDDING_DIM,)},
+  return feature_cache.build(records_dir, out, shapes=VGGISH_SHAPES,
                              features=feature_cache.video_features(vggish_extractor(config)))
 
 
@@ -126,11 +149,11 @@ def prepare(config: ml_collections.ConfigDict, records_dir: str, workdir) -> ml_
   """`config` with the followers' inputs ready: the VGGish feature records (built under `cache_dir` on first use
   unless `data.side_features_dir` names them) and every empty `model.feature_norm` entry set to the statistics of
   the training partition, computed once per workdir (`<workdir>/feature_norm.json`). LFAN's `prepare` hook."""
-  followers = tuple(config.model.followers)
-  if not followers:
+  names = followers(config)
+  if not names:
     return config
   config = config.copy_and_resolve_references()
-  if 'vggish' in followers and not config.data.side_features_dir:
+  if 'vggish' in names and not config.data.side_features_dir:
     out = default_vggish_dir(config, records_dir)
     if jax.process_index() == 0:
       build_vggish(config, records_dir, out)
@@ -138,14 +161,35 @@ def prepare(config: ml_collections.ConfigDict, records_dir: str, workdir) -> ml_
     config.data.side_features_dir = str(feature_cache.dataset_dir(out))
   path = pathlib.Path(workdir) / NORM_FILE
   saved = json.loads(path.read_text()) if path.exists() else {}
-  missing = [name for name in followers if not tuple(config.model.feature_norm[name]) and name not in saved]
+  missing = [name for name in names if not tuple(config.model.feature_norm[name]) and name not in saved]
   if missing:
     train = records_lib.open_partition(records_dir, 'train', config)
     saved.update({name: statistics(train, config, name) for name in missing})
     logging.info('feature statistics of the training partition: %s', saved)
     if jax.process_index() == 0:
       path.write_text(json.dumps(saved, indent=1) + '\n')
-  for name in followers:
+  for name in names:
     if not tuple(config.model.feature_norm[name]):
       config.model.feature_norm[name] = tuple(float(v) for v in saved[name])
+  return config
+
+
+def saved_statistics(config: ml_collections.ConfigDict, workdir) -> ml_collections.ConfigDict:
+  """`config` with every empty `model.feature_norm` entry set to the statistics the run at `workdir` computed from
+  its training partition (`<workdir>/feature_norm.json`, written by `prepare`), never those of new inputs. Other
+  models: unchanged."""
+  empty = [name for name in followers(config) if not tuple(config.model.feature_norm[name])]
+  if not empty:
+    return config
+  path = pathlib.Path(workdir).expanduser() / NORM_FILE
+  saved = json.loads(path.read_text()) if path.exists() else {}
+  missing = [name for name in empty if name not in saved]
+  if missing:
+    raise FileNotFoundError(
+        f'{path} holds no statistics of the follower(s) {", ".join(missing)}: the run writes them when it starts '
+        'training (affjax.main); for a run trained elsewhere, pass the values it trained with, e.g. '
+        f'--config.model.feature_norm.{missing[0]}="(mean, std)" (tools/feature_stats.py prints them)')
+  config = config.copy_and_resolve_references()
+  for name in empty:
+    config.model.feature_norm[name] = tuple(float(v) for v in saved[name])
   return config
