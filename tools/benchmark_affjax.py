@@ -89,12 +89,13 @@ def unit(config) -> tuple[str, int]:
 def random_batch(config) -> dict[str, np.ndarray]:
   """A pipeline batch of `config.train.batch_size` windows with random faces, audio and labels, every frame valid;
   frame-view audio windows centred on their frames, the other views' windows at the segment's start."""
-  if config.model.name == 'lfan':  # its VGGish features come from feature records; tools/torch_lfan.py makes them
-    import torch_lfan  # pylint: disable=g-import-not-at-top  (tools/, next to this file)
-    return torch_lfan.random_batch(config)
+  from affjax import systems  # pylint: disable=g-import-not-at-top
   from affjax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   rng, b = np.random.default_rng(0), config.train.batch_size
   out = state_lib.example_batch(config, b)
+  t = out['mask'].shape[1]
+  for part, shape in systems.side_shapes(config).items():  # read from a feature cache in training (LFAN's VGGish)
+    out[f'{part}_features'] = np.zeros((b, t, *shape), np.float32)
   for key, value in out.items():
     if value.dtype == np.uint8:
       out[key] = rng.integers(0, 256, value.shape, dtype=np.uint8)
@@ -102,7 +103,6 @@ def random_batch(config) -> dict[str, np.ndarray]:
       out[key] = rng.uniform(-1, 1, value.shape).astype(np.float32)
   if 'clip_audio_samples' in out:  # every clip's audio span complete
     out['clip_audio_samples'][:] = out['clip_audio'].shape[-1]
-  t = out['mask'].shape[1]
   if config.data.view == 'frames' and 'audio_offsets' in out:
     starts = np.floor((np.arange(t) + 0.5) * 16000 / FPS).astype(np.int32)  # window t centred on frame t
     out['audio_offsets'] = np.broadcast_to(starts, (b, t)).copy()

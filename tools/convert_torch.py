@@ -19,11 +19,12 @@ from absl import app, flags
 from affjax.models import converters, torch_convert
 from affjax.systems import converters as system_converters
 
+_SYSTEMS = system_converters.upstream_models()
 _NETWORK = flags.DEFINE_enum(
-    'network', None, sorted(converters.NETWORKS) + sorted(system_converters.SYSTEMS),
+    'network', None, sorted(converters.NETWORKS) + sorted(_SYSTEMS),
     'Which backbone (--out) or whole system (--out_workdir) the checkpoint holds: '
     + '; '.join(f'{name}: {net.upstream}' for name, net in sorted(converters.NETWORKS.items())) + '; '
-    + '; '.join(f'{name}: {upstream}' for name, (_, upstream) in sorted(system_converters.SYSTEMS.items())))
+    + '; '.join(f'{name}: {upstream}' for name, (_, upstream) in sorted(_SYSTEMS.items())))
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None, 'PyTorch checkpoint as upstream code saved it (a state dict, or a dict wrapping one); several, '
     'comma-separated, for a system whose parts were saved apart (rjca: TSAV,CAM).')
@@ -41,7 +42,7 @@ flags.mark_flags_as_required(['network', 'checkpoint'])
 
 def main(argv):
   del argv
-  if _NETWORK.value in system_converters.SYSTEMS:
+  if _NETWORK.value in _SYSTEMS:
     if not _OUT_WORKDIR.value:
       raise app.UsageError(f'--network={_NETWORK.value} is a whole system: give --out_workdir')
     from affjax import converted_run  # pylint: disable=g-import-not-at-top  (loads the training stack)

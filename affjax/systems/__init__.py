@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -49,6 +49,8 @@ class System:
     as the run's feature cache holds them.
   trained_config: (config, workdir) -> the config the run at `workdir` trained with, where the run completed it
     from its training data (LFAN: the follower statistics it saved), to predict new inputs with.
+  upstream_converters: name -> (converter, the upstream model and file it reads) of the trained upstream PyTorch
+    models it converts (`affjax.systems.converters`, `tools/convert_torch.py --network=<name>`).
   """
   names: tuple[str, ...]
   build: Callable[[ConfigDict, ConfigDict], nn.Module]
@@ -62,6 +64,7 @@ class System:
   side_shapes: Callable[[ConfigDict], dict[str, tuple[int, ...]]] | None = None
   side_features: Callable[[ConfigDict], Callable] | None = None
   trained_config: Callable[[ConfigDict, Any], ConfigDict] | None = None
+  upstream_converters: Mapping[str, tuple[Callable, str]] = dataclasses.field(default_factory=dict)
 
 
 _REGISTRY: dict[str, System] = {}
@@ -81,6 +84,12 @@ def _import_built_in() -> None:
     register(importlib.import_module(f'{__name__}.{package.name}').SYSTEM)
 
 
+def built_in() -> dict[str, System]:
+  """Name -> system, for every package under affjax/systems/."""
+  _import_built_in()
+  return {name: system for name, system in _REGISTRY.items() if '.' not in name}
+
+
 def get(name: str) -> System:
   """The system `config.model.name=name` selects; an unknown name raises ValueError naming the known ones."""
   if name not in _REGISTRY:
@@ -95,7 +104,7 @@ def get(name: str) -> System:
     else:
       _import_built_in()
   if name not in _REGISTRY:
-    known = sorted(k for k in _REGISTRY if '.' not in k)
+    known = sorted(built_in())
     raise ValueError(f'config.model.name={name!r} is not one of {known}, nor the dotted path of a module that '
                      'defines SYSTEM (an affjax.systems.System)')
   return _REGISTRY[name]

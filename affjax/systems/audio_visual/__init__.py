@@ -8,6 +8,7 @@ import ml_collections
 
 from affjax import systems
 from affjax.models.attention import ATTENTION_IMPLS
+from affjax.systems.audio_visual import convert
 from affjax.systems.audio_visual.model import AUDIO_BACKBONES, MODALITIES, VISUAL_BACKBONES, AudioVisualModel
 from affjax.models.layers import ACTIVATIONS, DEPTHWISE_IMPLS, lookup
 
@@ -69,4 +70,4 @@ def validate(config: ConfigDict) -> None:
 
 
 SYSTEM = systems.System(names=('lstm', 'self_attn', 'cross_attn'), build=build, validate=validate,
-                        aux_classes=lambda cfg: cfg.aux_classes)
+                        aux_classes=lambda cfg: cfg.aux_classes, upstream_converters=convert.UPSTREAM)

@@ -13,7 +13,7 @@ from affjax import systems
 from affjax.models.audio import mfcc
 from affjax.models.backbones import ir50
 from affjax.models.layers import lookup
-from affjax.systems.lfan import followers as followers_lib, model as lfan_model
+from affjax.systems.lfan import convert, followers as followers_lib, model as lfan_model
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -61,4 +61,4 @@ def param_labels(cfg: ConfigDict):
 SYSTEM = systems.System(names=('lfan',), build=build, validate=validate, param_labels=param_labels,
                         prepare=followers_lib.prepare, release_groups=len(ir50.RELEASE_GROUPS),
                         side_shapes=followers_lib.side_shapes, side_features=followers_lib.side_features,
-                        trained_config=followers_lib.saved_statistics)
+                        trained_config=followers_lib.saved_statistics, upstream_converters=convert.UPSTREAM)

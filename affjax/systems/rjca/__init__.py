@@ -7,6 +7,7 @@ import ml_collections
 
 from affjax import systems
 from affjax.models.backbones.resnet import CONV_IMPLS
+from affjax.systems.rjca import convert
 from affjax.systems.rjca.model import RJCAModel
 
 ConfigDict = ml_collections.ConfigDict
@@ -24,4 +25,4 @@ def build(cfg: ConfigDict, compat: ConfigDict) -> nn.Module:
                    conv_impl=systems.field(cfg, 'conv_impl', CONV_IMPLS))
 
 
-SYSTEM = systems.System(names=('rjca',), build=build, views=('clips',))
+SYSTEM = systems.System(names=('rjca',), build=build, views=('clips',), upstream_converters=convert.UPSTREAM)
