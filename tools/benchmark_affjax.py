@@ -79,11 +79,9 @@ def load_config(system: str, settings=(), precision: dict[str, str] | None = Non
 
 
 def unit(config) -> tuple[str, int]:
-  """What one window holds ('frames', 'clips' or 'tokens') and how many of them."""
-  view = config.data.view
-  if view == 'clips':
-    return 'clips', config.data.num_clips
-  return ('tokens' if view == 'tokens' else 'frames'), config.data.window
+  """What one window holds ('frames', 'clips' or 'tokens') and how many of them (the view's `unit`)."""
+  from affjax.data import views  # pylint: disable=g-import-not-at-top
+  return views.of(config).unit(config)
 
 
 def random_batch(config) -> dict[str, np.ndarray]:
@@ -103,7 +101,7 @@ def random_batch(config) -> dict[str, np.ndarray]:
       out[key] = rng.uniform(-1, 1, value.shape).astype(np.float32)
   if 'clip_audio_samples' in out:  # every clip's audio span complete
     out['clip_audio_samples'][:] = out['clip_audio'].shape[-1]
-  if config.data.view == 'frames' and 'audio_offsets' in out:
+  if unit(config)[0] == 'frames' and 'audio_offsets' in out:
     starts = np.floor((np.arange(t) + 0.5) * 16000 / FPS).astype(np.int32)  # window t centred on frame t
     out['audio_offsets'] = np.broadcast_to(starts, (b, t)).copy()
   return dict(out, labels=rng.uniform(-1, 1, (b, t, 2)).astype(np.float32), label_mask=np.ones((b, t), bool),

@@ -37,6 +37,7 @@ class View:
   chunk_loader(records, config) -> the loader of a chunk row (video index, start frame) giving the backbones'
     inputs for the chunk's frames and their face_mask `[C]` (feature caches); None: no feature cache.
   backbone_inputs: the batch entries the backbones read (what a feature cache replaces).
+  unit(config) -> (what one window holds: 'frames', 'clips' or 'tokens', how many of them).
   """
   name: str
   windows: Callable[..., tuple[np.ndarray, Loader]]
@@ -45,6 +46,7 @@ class View:
   validate: Callable[[Any], None]
   chunk_loader: Callable[[Any, Any], Loader] | None = None
   backbone_inputs: tuple[str, ...] = ()
+  unit: Callable[[Any], tuple[str, int]] = lambda config: ('frames', config.data.window)
 
 
 def require(ok: bool, field: str, value, expected: str) -> None:

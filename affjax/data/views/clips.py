@@ -238,4 +238,5 @@ def chunk_loader(records: records_lib.Records, config) -> ChunkClipLoader:
 VIEW = base.View(name=NAME, windows=windows, example_batch=example_batch,
                  predictions=lambda records, config: predictions.OnFrames.of(records, lambda window: window['frames']),
                  validate=validate, chunk_loader=chunk_loader,
-                 backbone_inputs=('faces', 'clip_audio', 'clip_audio_samples'))
+                 backbone_inputs=('faces', 'clip_audio', 'clip_audio_samples'),
+                 unit=lambda config: ('clips', config.data.num_clips))

@@ -183,4 +183,4 @@ def validate(config) -> None:
 
 
 VIEW = base.View(name=NAME, windows=windows, example_batch=example_batch, predictions=SplitTokenPredictions.of,
-                 validate=validate)
+                 validate=validate, unit=lambda config: ('tokens', config.data.window))
