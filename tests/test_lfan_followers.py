@@ -136,8 +136,8 @@ def test_vggish_follower_without_its_features_says_how_to_get_them():
   config = lfan.get_config('smoke')
   config.model.feature_norm.update(vggish=(0.0, 1.0), mfcc=(0.0, 1.0))
   from affjax import systems  # pylint: disable=g-import-not-at-top
-  from affjax.train import state as state_lib  # pylint: disable=g-import-not-at-top
-  batch = state_lib.example_batch(config, 1)
+  from affjax.data import views  # pylint: disable=g-import-not-at-top
+  batch = views.of(config).example_batch(config, 1)  # what the frame records give without the VGGish cache joined
   with pytest.raises(ValueError, match='side_features_dir'):
     jax.eval_shape(lambda: systems.build_model(config.model, config.compat).init(jax.random.key(0), batch, train=False))
   config.model.feature_norm.vggish = ()

@@ -87,13 +87,10 @@ def unit(config) -> tuple[str, int]:
 def random_batch(config) -> dict[str, np.ndarray]:
   """A pipeline batch of `config.train.batch_size` windows with random faces, audio and labels, every frame valid;
   frame-view audio windows centred on their frames, the other views' windows at the segment's start."""
-  from affjax import systems  # pylint: disable=g-import-not-at-top
   from affjax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   rng, b = np.random.default_rng(0), config.train.batch_size
   out = state_lib.example_batch(config, b)
   t = out['mask'].shape[1]
-  for part, shape in systems.side_shapes(config).items():  # read from a feature cache in training (LFAN's VGGish)
-    out[f'{part}_features'] = np.zeros((b, t, *shape), np.float32)
   for key, value in out.items():
     if value.dtype == np.uint8:
       out[key] = rng.integers(0, 256, value.shape, dtype=np.uint8)

@@ -180,7 +180,7 @@ def side_shapes(config) -> dict[str, tuple[int, ...]]:
 def side_features(config) -> Callable | None:
   """The function computing the side features of records from their audio (`System.side_features`), or None."""
   hook = of(config).side_features
-  return hook(config) if hook and side_shapes(config) else None
+  return hook(config) if hook else None
 
 
 def trained_config(config, workdir) -> ConfigDict:

@@ -9,7 +9,6 @@ import functools
 import pathlib
 
 import jax
-import numpy as np
 
 from affjax import checkpoint, parallel, systems
 from affjax.train import optim, state as state_lib, step as step_lib
@@ -35,15 +34,6 @@ class LoadedRun:
     return (shapes, systems.side_features(self.config)) if shapes else None
 
 
-def example_batch(config) -> dict[str, np.ndarray]:
-  """One window of a video's in-memory records: the view's example batch with the joined side features."""
-  example = state_lib.example_batch(config, 1)
-  t = example['mask'].shape[1]
-  side = {f'{part}_features': np.zeros((1, t, *shape), np.float32)
-          for part, shape in systems.side_shapes(config).items()}
-  return dict(example, **side)
-
-
 def new_run(config, seed: int) -> LoadedRun:
   """A run of `config` with the initial weights of `seed` (step 0), for videos: `config.data.side_features_dir`
   is not read (the side features of a video come from its audio, `LoadedRun.side`)."""
@@ -52,7 +42,7 @@ def new_run(config, seed: int) -> LoadedRun:
   model = systems.build_model(config.model, config.compat)
   mesh = parallel.make_mesh()
   tx = optim.make_optimizer(config, systems.param_labels(config.model))
-  state = state_lib.initial_state(model, tx, config, mesh, seed, example_batch(config))
+  state = state_lib.initial_state(model, tx, config, mesh, seed)
   return LoadedRun(config=config, mesh=mesh, state=state, eval_step=step_lib.make_eval_step(model), step=0)
 
 

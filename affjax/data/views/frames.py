@@ -111,14 +111,13 @@ def windows(records: records_lib.Records, config, *, train: bool) -> tuple[np.nd
 
 def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
   """Zeros shaped like a frame-view batch of `batch_size` windows; from a feature cache (`data.features_dir`)
-  its `<part>_features` instead of faces and audio, and with one joined to the frames (`data.side_features_dir`)
-  its `<part>_features` too."""
+  its `<part>_features` instead of faces and audio. The features a cache joined to the frames adds
+  (`data.side_features_dir`) are the system's to declare (`train.state.example_batch`)."""
   d, t = config.data, config.data.window
   if d.features_dir:
     return features.example_batch(d.features_dir, batch_size, t)
   s = d.crop_size or d.image_size
-  return dict(features.feature_zeros(d.side_features_dir, batch_size, t) if d.side_features_dir else {},
-              faces=np.zeros((batch_size, t, s, s, 3), np.uint8),
+  return dict(faces=np.zeros((batch_size, t, s, s, 3), np.uint8),
               audio=np.zeros((batch_size, audio_segment_length(t, d.audio_window, d.min_fps)), np.float32),
               audio_offsets=np.zeros((batch_size, t), np.int32), mask=np.ones((batch_size, t), bool))
 
