@@ -86,14 +86,16 @@ def test_upstream_check_names_the_field_and_the_fix(tmp_path):
 
 def test_summarise_medians_ratio_and_rate():
   infos = {'affjax': dict(unit='frames', units=32, params=10, trainable=4), 'upstream': dict(params=12, trainable=12)}
-  steps = {'affjax': [dict(seconds=s, peak_rss_mib=m, peak_per_step=True)
+  costs = dict(user_s=0.5, system_s=0.01, minor_faults=0)
+  steps = {'affjax': [dict(seconds=s, peak_rss_mib=m, peak_per_step=True, **costs)
                       for s, m in ((0.4, 100), (0.2, 300), (0.3, 200))],
-           'upstream': [dict(seconds=s, peak_rss_mib=50.0, peak_per_step=False) for s in (1.0, 0.6, 0.9, 0.8)]}
+           'upstream': [dict(seconds=s, peak_rss_mib=50.0, peak_per_step=False, **costs) for s in (1.0, 0.6, 0.9, 0.8)]}
   row = benchmark.summarise('lstm', 'train', infos, steps, [1.5, 0.5, 1.0])
   assert row['sides']['affjax']['median_s'] == pytest.approx(np.median([0.4, 0.2, 0.3]))
   assert row['sides']['upstream']['median_s'] == pytest.approx(np.median([1.0, 0.6, 0.9, 0.8]))
   assert row['ratio'] == pytest.approx(0.3 / 0.85) and row['sides']['affjax']['rate'] == pytest.approx(32 / 0.3)
   assert row['sides']['affjax']['peak_rss_mib'] == 300 and row['load'] == [0.5, 1.5] and row['other'] == 'upstream'
+  assert row['sides']['upstream']['minor_faults'] == [0] * 4 and row['sides']['affjax']['user_s'] == [0.5] * 3
   document = dict(device='cpu', precision={}, frameworks='jax', commits={}, rounds=3, rows=[row])
   lines = benchmark.table(document).splitlines()
   assert lines[1].startswith('| system | mode | step | upstream s/step | affjax s/step | affjax / upstream')

@@ -16,6 +16,8 @@ from affjax.models.attention import from_torch as attention_from_torch
 from affjax.models.audio.frame_windows import slice_audio_windows
 from affjax.models.backbones.audio1d import AUDIO_CNN_TABLES, AudioCNN1D
 from affjax.models.backbones.mobilefacenet import MobileFaceNet
+from affjax.models import cpu_kernels
+from affjax.models.batch_norm import batch_norm
 from affjax.models.layers import depthwise_conv2d, max_pool_tiled, pointwise_conv, sinusoidal_pe
 from affjax.models.torch_convert import StateDictReader
 from affjax.systems import build_model
@@ -176,6 +178,117 @@ def test_depthwise_shifted_matches_grouped(shape, stride, padding):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
 
 
+def _depthwise_numpy(x, kernel, g, stride, padding):
+  """Float64 reference: output, input gradient (the cotangent scattered back tap by tap) and kernel gradient."""
+  (top, bottom), (left, right) = padding
+  xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  kh, kw = kernel.shape[:2]
+  ho, wo = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+  y, dxp, dk = np.zeros(x.shape[:1] + (ho, wo) + x.shape[3:]), np.zeros_like(xp), np.zeros(kernel.shape)
+  for i in range(kh):
+    for j in range(kw):
+      window = (slice(None), slice(i, i + stride * (ho - 1) + 1, stride), slice(j, j + stride * (wo - 1) + 1, stride))
+      y += xp[window] * kernel[i, j, 0]
+      if g is not None:
+        dxp[window] += g * kernel[i, j, 0]
+        dk[i, j, 0] = (xp[window] * g).sum(axis=(0, 1, 2))
+  return y, dxp[:, top:top + x.shape[1], left:left + x.shape[2]], dk
+
+
+@pytest.mark.parametrize('shape,stride,padding', [((2, 9, 9, 8), 1, ((1, 1), (1, 1))), ((2, 9, 9, 8), 2, ((1, 1), (1, 1))),
+                                                   ((2, 10, 7, 3), 2, ((1, 0), (0, 1))), ((1, 6, 8, 4), 1, ((0, 0), (0, 0))),
+                                                   ((3, 11, 12, 37), 2, ((2, 1), (1, 2))), ((40, 5, 4, 16), 1, ((1, 1), (1, 1)))])
+def test_depthwise_native_matches_numpy_float64(shape, stride, padding):
+  """affjax's native XLA:CPU kernels (output, input and kernel gradients) against a float64 numpy reference,
+  including more rows than the kernels' work chunks (the last case) and channel counts that are no multiple of
+  a vector."""
+  assert cpu_kernels.built(), 'the native CPU kernels were not built (a C++ compiler at `pip install`)'
+  rng = np.random.default_rng(6)
+  x, kernel = rng.standard_normal(shape), rng.standard_normal((3, 3, 1, shape[-1]))
+  y, _, _ = _depthwise_numpy(x, kernel, None, stride, padding)
+  g = rng.standard_normal(y.shape)
+  expected = _depthwise_numpy(x, kernel, g, stride, padding)
+  f = jax.jit(functools.partial(depthwise_conv2d, stride=stride, padding=padding, impl='native'))
+  out, vjp = jax.vjp(f, jnp.asarray(x, jnp.float32), jnp.asarray(kernel, jnp.float32))
+  for got, want in zip((out, *vjp(jnp.asarray(g, jnp.float32))), expected):
+    assert got.shape == want.shape and got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-4 * np.abs(want).max())
+
+
+def test_depthwise_auto_is_native_on_one_cpu_device_for_float32_and_vmaps(monkeypatch):
+  """'auto' picks the native kernels for float32 on one CPU device, the shifted form for other dtypes and over
+  several devices (the tests' 4, a batch sharded over them); the native form maps over an extra batch axis
+  (vmap) like the shifted one."""
+  x = jnp.asarray(np.random.default_rng(7).standard_normal((3, 2, 6, 6, 4)), jnp.float32)
+  kernel = jnp.asarray(np.random.default_rng(8).standard_normal((3, 3, 1, 4)), jnp.float32)
+  conv = lambda impl: jax.vmap(lambda v: depthwise_conv2d(v, kernel, 1, 1, impl=impl))
+  assert jax.device_count() > 1 and 'ffi_call' not in str(jax.make_jaxpr(conv('auto'))(x))
+  monkeypatch.setattr(jax, 'device_count', lambda: 1)
+  assert 'ffi_call' in str(jax.make_jaxpr(conv('auto'))(x))
+  assert 'ffi_call' not in str(jax.make_jaxpr(conv('auto'))(x.astype(jnp.bfloat16)))
+  np.testing.assert_allclose(np.asarray(conv('native')(x)), np.asarray(conv('shifted')(x)), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- BatchNorm statistics
+@pytest.mark.parametrize('shape', [(3, 50, 7), (40, 3, 16), (2, 1, 130)])
+def test_masked_moments_match_numpy_float64(shape):
+  """The native masked sums (and their gradient) against float64 numpy, with an image left out."""
+  assert cpu_kernels.built(), 'the native CPU kernels were not built (a C++ compiler at `pip install`)'
+  rng = np.random.default_rng(9)
+  x = rng.standard_normal(shape) + 3.0
+  mask = (np.arange(shape[0]) != 1).astype(np.float64)
+  g = rng.standard_normal((2, shape[-1]))
+  got, vjp = jax.vjp(cpu_kernels.masked_moments, jnp.asarray(x, jnp.float32), jnp.asarray(mask, jnp.float32))
+  kept = x * mask[:, None, None]
+  np.testing.assert_allclose(np.asarray(got), np.stack([kept.sum((0, 1)), (kept * x).sum((0, 1))]), rtol=2e-6)
+  np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(g, jnp.float32))[0]),
+                             mask[:, None, None] * (g[0] + 2 * x * g[1]), rtol=1e-5, atol=1e-5)
+
+
+class _ConvBlockBN(nn.Module):
+  """A 1x1 conv then `batch_norm` (train mode), to compare its native and flax forms in a network."""
+
+  @nn.compact
+  def __call__(self, x, mask):
+    return batch_norm(nn.Dense(6)(x), mask, train=True, momentum=0.9, epsilon=1e-5, dtype=jnp.float32, name='bn')
+
+
+@pytest.mark.parametrize('mask_shape', [(4, 1, 1, 1), None])
+def test_batch_norm_native_statistics_match_flax(monkeypatch, mask_shape):
+  """On one CPU device `batch_norm` takes the native statistics; its output, updated running statistics and
+  gradients (input and params) equal flax's `nn.BatchNorm` (the tests' 4 devices), with the same variables."""
+  rng = np.random.default_rng(10)
+  x = jnp.asarray(rng.standard_normal((4, 5, 7, 3)) * 2 + 1, jnp.float32)
+  mask = None if mask_shape is None else jnp.asarray(np.arange(4) != 2).reshape(mask_shape)
+  model = _ConvBlockBN()
+  variables = model.init(KEY, x, mask)
+  g = jnp.asarray(rng.standard_normal((4, 5, 7, 6)), jnp.float32)
+
+  def run():
+    def f(params, x):
+      return model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x, mask,
+                         mutable=['batch_stats'])
+    (y, stats), vjp = jax.vjp(f, variables['params'], x)
+    grads = vjp((g, jax.tree.map(jnp.zeros_like, stats)))
+    jaxpr = str(jax.make_jaxpr(f)(variables['params'], x))
+    return (y, stats, grads), 'ffi_call' in jaxpr
+
+  flax_form, flax_native = run()
+  monkeypatch.setattr(jax, 'device_count', lambda: 1)
+  native_form, native = run()
+  assert native and not flax_native
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5),
+               native_form, flax_form)
+
+
+def test_batch_norm_keeps_flax_for_masks_that_are_not_per_image(monkeypatch):
+  monkeypatch.setattr(jax, 'device_count', lambda: 1)
+  x = jnp.ones((2, 4, 3), jnp.float32)
+  mask = jnp.asarray([[True, False, True, True], [True, True, False, True]])[..., None]
+  f = lambda x: _ConvBlockBN().init_with_output(KEY, x, mask)[0]
+  assert 'ffi_call' not in str(jax.make_jaxpr(f)(x))
+
+
 def test_pointwise_conv_gradients_match_autodiff():
   """`pointwise_conv` (on CPU its barrier-materialised VJP) against the plain einsum's autodiff, and a 1x1 lax.conv."""
   rng = np.random.default_rng(4)
@@ -250,6 +363,8 @@ def test_mobilefacenet_matches_torch(mobilefacenet, tmp_path):
   out = np.asarray(apply_eval(converted, images))
   assert out.shape == (3, 512)
   assert np.abs(out - expected).max() / np.abs(expected).max() < 1e-5
+  native = MobileFaceNet(depthwise_impl='native').apply(converted, images, train=False)
+  assert np.abs(np.asarray(native) - expected).max() / np.abs(expected).max() < 1e-5
 
 
 def test_mobilefacenet_eval_is_per_image_and_deterministic(mobilefacenet):

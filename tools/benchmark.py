@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import resource
 import subprocess
 import sys
 import time
@@ -111,11 +112,13 @@ def worker(side: str, spec: dict) -> None:
     if line.strip() != 'step':
       break
     per_step = _peak_rss_reset()
-    start = time.perf_counter()
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     out = run() or {}
-    seconds = time.perf_counter() - start
-    print(json.dumps(dict({'seconds': seconds, 'peak_rss_mib': _peak_rss_mib(), 'peak_per_step': per_step}, **out)),
-          file=reply, flush=True)
+    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    costs = {'user_s': after.ru_utime - before.ru_utime, 'system_s': after.ru_stime - before.ru_stime,
+             'minor_faults': after.ru_minflt - before.ru_minflt}
+    print(json.dumps(dict({'seconds': seconds, 'peak_rss_mib': _peak_rss_mib(), 'peak_per_step': per_step}, **costs,
+                          **out)), file=reply, flush=True)
 
 
 class _Worker:
@@ -165,6 +168,7 @@ def summarise(system: str, mode: str, infos: dict[str, dict], steps: dict[str, l
                        rate=units / median(seconds) if units else None,
                        peak_rss_mib=max(r['peak_rss_mib'] for r in results),
                        peak_per_step=all(r['peak_per_step'] for r in results),
+                       **{k: [r[k] for r in results] for k in ('user_s', 'system_s', 'minor_faults')},
                        **{k: info[k] for k in ('params', 'trainable', 'framework', 'device', 'detail') if k in info},
                        **({'stages': stages} if stages else {}))
   other = next((s for s in sides if s != 'affjax'), None)

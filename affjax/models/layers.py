@@ -13,6 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from affjax.models import cpu_kernels, depthwise_cpu
+from affjax.models.batch_norm import batch_norm
+
 Array = jax.Array
 Padding = int | Sequence[tuple[int, int]]
 
@@ -146,7 +149,7 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
 
 
 # ----------------------------------------------------------------------------- depthwise conv
-DEPTHWISE_IMPLS = ('auto', 'grouped', 'shifted')
+DEPTHWISE_IMPLS = ('auto', 'grouped', 'shifted', 'native')
 
 
 def _pairs(padding: Padding) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -230,16 +233,20 @@ def depthwise_conv2d(x: Array, kernel: Array, stride: int = 1, padding: Padding 
     padding: zero padding, an int (both sides of H and W, PyTorch style) or ((top, bottom), (left, right)).
     impl: 'grouped' = XLA's grouped convolution (`feature_group_count=C`); 'shifted' = kh*kw
       strided slices multiplied by the per-channel taps and summed (accumulated in at least float32), with
-      both gradients written the same way (a custom VJP); 'auto' = 'shifted' on CPU, whose grouped
-      convolution is very slow, else 'grouped'.
+      both gradients written the same way (a custom VJP); 'native' = affjax's XLA:CPU kernels
+      (`depthwise_cpu`, float32); 'auto' = 'native' where `cpu_kernels.usable`, else on CPU 'shifted'
+      (XLA:CPU's grouped convolution is very slow), elsewhere 'grouped'.
   Returns:
     `[N, Ho, Wo, C]` in x's dtype.
   """
   impl = lookup(DEPTHWISE_IMPLS, impl, 'depthwise_impl')
   if impl == 'auto':
-    impl = 'shifted' if jax.default_backend() == 'cpu' else 'grouped'
+    impl = 'grouped'
+    if jax.default_backend() == 'cpu':
+      impl = 'native' if cpu_kernels.usable(x.dtype) else 'shifted'
   kernel = kernel.astype(x.dtype)
-  fn = _depthwise_shifted if impl == 'shifted' else _depthwise_grouped
+  fn = {'grouped': _depthwise_grouped, 'shifted': _depthwise_shifted,
+        'native': depthwise_cpu.depthwise_conv2d}[impl]
   return fn(x, kernel, stride, _pairs(padding))
 
 
@@ -338,8 +345,7 @@ class ConvBN(nn.Module):
     else:
       x = nn.Conv(self.features, (int(kh), int(kw)), s, padding=((int(ph), int(ph)), (int(pw), int(pw))),
                   use_bias=False, kernel_init=self.kernel_init, dtype=self.dtype, name='conv')(x)
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=self.epsilon, dtype=self.dtype,
-                        name='bn')(x, mask=mask)
+    return batch_norm(x, mask, train=train, momentum=0.9, epsilon=self.epsilon, dtype=self.dtype, name='bn')
 
 
 # ----------------------------------------------------------------------------- max pooling

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from affjax.models.batch_norm import batch_norm
 from affjax.models.layers import conv_general_dilated, max_pool_tiled
 from affjax.models.torch_convert import StateDictReader
 
@@ -56,8 +57,7 @@ class AudioCNN1D(nn.Module):
       x = nn.Conv(blk.features, (blk.kernel_size,), padding=((blk.padding, blk.padding),),
                   kernel_init=nn.initializers.kaiming_uniform(), dtype=self.dtype,
                   conv_general_dilated=conv_general_dilated, name=f'conv{i}')(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                       name=f'bn{i}')(x, mask=bn_mask)
+      x = batch_norm(x, bn_mask, train=train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=f'bn{i}')
       x = nn.elu(x)
       x = max_pool_tiled(x, (blk.pool,), blk.pool_padding)
       self.sow('intermediates', f'block{i}', x)

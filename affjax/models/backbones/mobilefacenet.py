@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from affjax.models.batch_norm import batch_norm
 from affjax.models.layers import DepthwiseConv, PointwiseConv, conv_general_dilated, torch_kernel_init
 from affjax.models.torch_convert import StateDictReader
 
@@ -56,8 +57,7 @@ class ConvBlock(nn.Module):
       x = nn.Conv(self.features, (k, k), self.strides, padding=((pad, pad), (pad, pad)), use_bias=False,
                   kernel_init=torch_kernel_init, dtype=self.dtype, conv_general_dilated=conv_general_dilated,
                   name='conv')(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                     name='bn')(x, mask=mask)
+    x = batch_norm(x, mask, train=train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name='bn')
     return PReLU(name='prelu')(x) if self.act else x
 
 
@@ -127,8 +127,8 @@ class MobileFaceNet(nn.Module):
         i += 1
     x = ConvBlock(512, dtype=self.dtype, name='conv6_sep')(x, train=train, mask=bn_mask)
     x = GlobalDepthwiseConv(self.dtype, name='conv6_dw')(x)
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                        name='bn_out')(x, mask=None if mask is None else mask[:, None])
+    return batch_norm(x, None if mask is None else mask[:, None], train=train, momentum=0.9, epsilon=1e-5,
+                      dtype=self.dtype, name='bn_out')
 
 
 # The upstream module of each DW stage (abaw3_rnn_attn / UncertainEmotion `MobileFaceNet`): a single

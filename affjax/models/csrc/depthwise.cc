@@ -1,0 +1,208 @@
+// Depthwise 2-D convolution (NHWC, one input channel per group) and its two gradients for XLA:CPU, as XLA FFI
+// handlers (affjax/models/depthwise_cpu.py calls them).
+//
+// XLA:CPU has no one-pass form of the kernel gradient: its library reductions take materialised operands, so
+// every tap first copies its strided input slice out (experiments/train_step_profile/README.md). Here each
+// kernel reads the input and the cotangent once, row by row, with the taps' products accumulated in a row-sized
+// buffer that stays in cache; the channel loops are contiguous and vectorised.
+//
+// Shapes: x [N, H, W, C], kernel [KH, KW, C], y and its cotangent g [N, HO, WO, C]; float32. The padding is
+// (pad_top, pad_left) before the input; the output sizes say the rest. Work is split into a fixed number of row
+// chunks, independent of the thread count, and the kernel gradient's chunk sums are added in chunk order, so
+// results do not depend on scheduling.
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "parallel_chunks.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using affjax::ChunkCount;
+using affjax::ParallelChunks;
+
+namespace {
+
+struct Geometry {
+  int64_t n, h, w, c, kh, kw, ho, wo, stride, top, left;
+};
+
+Geometry MakeGeometry(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& kernel, int64_t ho, int64_t wo,
+                      int64_t stride, int64_t top, int64_t left) {
+  auto xd = x.dimensions();
+  auto kd = kernel.dimensions();
+  return Geometry{xd[0], xd[1], xd[2], xd[3], kd[0], kd[1], ho, wo, stride, top, left};
+}
+
+ffi::Error CheckShapes(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& kernel, ffi::Span<const int64_t> out) {
+  if (x.dimensions().size() != 4 || kernel.dimensions().size() != 3 || out.size() != 4) {
+    return ffi::Error::InvalidArgument("depthwise_cpu: expected x [N, H, W, C], kernel [KH, KW, C], out [N, HO, WO, C]");
+  }
+  int64_t c = x.dimensions()[3];
+  if (kernel.dimensions()[2] != c || out[3] != c || out[0] != x.dimensions()[0]) {
+    return ffi::Error::InvalidArgument("depthwise_cpu: channel or batch sizes differ");
+  }
+  return ffi::Error::Success();
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void ForwardRows(const Geometry& g, const float* __restrict x, const float* __restrict k, float* __restrict y,
+                 int64_t begin, int64_t end) {
+  const int64_t c = g.c;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t n = row / g.ho, oh = row % g.ho;
+    for (int64_t ow = 0; ow < g.wo; ++ow) {
+      float* __restrict out = y + (row * g.wo + ow) * c;
+      std::fill(out, out + c, 0.0f);
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t ih = oh * g.stride + i - g.top;
+        if (ih < 0 || ih >= g.h) continue;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t iw = ow * g.stride + j - g.left;
+          if (iw < 0 || iw >= g.w) continue;
+          const float* __restrict in = x + ((n * g.h + ih) * g.w + iw) * c;
+          const float* __restrict tap = k + (i * g.kw + j) * c;
+          for (int64_t ch = 0; ch < c; ++ch) out[ch] += in[ch] * tap[ch];
+        }
+      }
+    }
+  }
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void InputGradRows(const Geometry& g, const float* __restrict cot, const float* __restrict k,
+                   float* __restrict dx, int64_t begin, int64_t end) {
+  const int64_t c = g.c;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t n = row / g.h, ih = row % g.h;
+    for (int64_t iw = 0; iw < g.w; ++iw) {
+      float* __restrict out = dx + (row * g.w + iw) * c;
+      std::fill(out, out + c, 0.0f);
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t sh = ih + g.top - i;  // oh * stride
+        if (sh < 0 || sh % g.stride != 0 || sh / g.stride >= g.ho) continue;
+        const int64_t oh = sh / g.stride;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t sw = iw + g.left - j;
+          if (sw < 0 || sw % g.stride != 0 || sw / g.stride >= g.wo) continue;
+          const float* __restrict in = cot + ((n * g.ho + oh) * g.wo + sw / g.stride) * c;
+          const float* __restrict tap = k + (i * g.kw + j) * c;
+          for (int64_t ch = 0; ch < c; ++ch) out[ch] += in[ch] * tap[ch];
+        }
+      }
+    }
+  }
+}
+
+// Adds the kernel gradient of output rows [begin, end) to `total` (float64): each row's taps accumulate in
+// float32 over its WO positions, then join the chunk's float64 sums.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void KernelGradRows(const Geometry& g, const float* __restrict x, const float* __restrict cot,
+                    float* __restrict row_sum, double* __restrict total, int64_t begin, int64_t end) {
+  const int64_t c = g.c, taps = g.kh * g.kw;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t n = row / g.ho, oh = row % g.ho;
+    std::fill(row_sum, row_sum + taps * c, 0.0f);
+    for (int64_t ow = 0; ow < g.wo; ++ow) {
+      const float* __restrict gr = cot + (row * g.wo + ow) * c;
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t ih = oh * g.stride + i - g.top;
+        if (ih < 0 || ih >= g.h) continue;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t iw = ow * g.stride + j - g.left;
+          if (iw < 0 || iw >= g.w) continue;
+          const float* __restrict in = x + ((n * g.h + ih) * g.w + iw) * c;
+          float* __restrict acc = row_sum + (i * g.kw + j) * c;
+          for (int64_t ch = 0; ch < c; ++ch) acc[ch] += in[ch] * gr[ch];
+        }
+      }
+    }
+    for (int64_t t = 0; t < taps * c; ++t) total[t] += row_sum[t];
+  }
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                   ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t pad_top, int64_t pad_left) {
+  if (auto error = CheckShapes(x, kernel, y->dimensions()); error.failure()) return error;
+  const Geometry g = MakeGeometry(x, kernel, y->dimensions()[1], y->dimensions()[2], stride, pad_top, pad_left);
+  const float *xp = x.typed_data(), *kp = kernel.typed_data();
+  float* yp = y->typed_data();
+  const int64_t rows = g.n * g.ho;
+  ParallelChunks(pool, rows, ChunkCount(rows),
+                 [&](int64_t, int64_t begin, int64_t end) { ForwardRows(g, xp, kp, yp, begin, end); });
+  return ffi::Error::Success();
+}
+
+ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> cot, ffi::Buffer<ffi::F32> kernel,
+                     ffi::ResultBuffer<ffi::F32> dx, int64_t stride, int64_t pad_top, int64_t pad_left) {
+  if (auto error = CheckShapes(cot, kernel, dx->dimensions()); error.failure()) return error;
+  auto xd = dx->dimensions();
+  auto gd = cot.dimensions();
+  auto kd = kernel.dimensions();
+  const Geometry g{xd[0], xd[1], xd[2], xd[3], kd[0], kd[1], gd[1], gd[2], stride, pad_top, pad_left};
+  const float *gp = cot.typed_data(), *kp = kernel.typed_data();
+  float* dxp = dx->typed_data();
+  const int64_t rows = g.n * g.h;
+  ParallelChunks(pool, rows, ChunkCount(rows),
+                 [&](int64_t, int64_t begin, int64_t end) { InputGradRows(g, gp, kp, dxp, begin, end); });
+  return ffi::Error::Success();
+}
+
+ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> cot,
+                      ffi::ResultBuffer<ffi::F32> dk, int64_t stride, int64_t pad_top, int64_t pad_left) {
+  auto kd = dk->dimensions();
+  if (x.dimensions().size() != 4 || cot.dimensions().size() != 4 || kd.size() != 3 ||
+      kd[2] != x.dimensions()[3] || cot.dimensions()[3] != kd[2] || cot.dimensions()[0] != x.dimensions()[0]) {
+    return ffi::Error::InvalidArgument("depthwise_cpu: expected x [N, H, W, C], g [N, HO, WO, C], dk [KH, KW, C]");
+  }
+  auto xd = x.dimensions();
+  auto gd = cot.dimensions();
+  const Geometry g{xd[0], xd[1], xd[2], xd[3], kd[0], kd[1], gd[1], gd[2], stride, pad_top, pad_left};
+  const int64_t rows = g.n * g.ho, chunks = ChunkCount(rows), size = g.kh * g.kw * g.c;
+  std::vector<double> totals(chunks * size, 0.0);
+  std::vector<float> row_sums(chunks * size);
+  const float *xp = x.typed_data(), *gp = cot.typed_data();
+  ParallelChunks(pool, rows, chunks, [&](int64_t chunk, int64_t begin, int64_t end) {
+    KernelGradRows(g, xp, gp, row_sums.data() + chunk * size, totals.data() + chunk * size, begin, end);
+  });
+  float* out = dk->typed_data();
+  for (int64_t t = 0; t < size; ++t) {
+    double sum = 0.0;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += totals[chunk * size + t];
+    out[t] = static_cast<float>(sum);
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AffjaxDepthwiseForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AffjaxDepthwiseInputGrad, InputGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AffjaxDepthwiseKernelGrad, KernelGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_left"));
