@@ -245,6 +245,33 @@ def test_masked_moments_match_numpy_float64(shape):
                              mask[:, None, None] * (g[0] + 2 * x * g[1]), rtol=1e-5, atol=1e-5)
 
 
+def test_normalize_gradients_match_numpy_float64():
+  """`cpu_kernels.normalize` ((x - mean) * mul + shift) and its native backward against float64 numpy, with a
+  mean far from zero (the sums are centred in the kernel, not after it)."""
+  rng = np.random.default_rng(11)
+  x = rng.standard_normal((3, 20, 5)) + 50.0
+  mean, mul, shift = x.mean((0, 1)), rng.uniform(0.5, 2, 5), rng.standard_normal(5)
+  g = rng.standard_normal(x.shape)
+  args = [jnp.asarray(v, jnp.float32) for v in (x, mean, mul, shift)]
+  y, vjp = jax.vjp(cpu_kernels.normalize, *args)
+  np.testing.assert_allclose(np.asarray(y), (x - mean) * mul + shift, rtol=1e-5, atol=1e-5)
+  expected = (g * mul, -mul * g.sum((0, 1)), (g * (x - mean)).sum((0, 1)), g.sum((0, 1)))
+  for got, want in zip(vjp(jnp.asarray(g, jnp.float32)), expected):
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-4)
+
+
+def test_prelu_gradients_match_numpy_float64():
+  """`cpu_kernels.prelu` and its native backward against float64 numpy, negative slopes included."""
+  rng = np.random.default_rng(12)
+  x, slope = rng.standard_normal((3, 7, 9, 70)), rng.uniform(-0.5, 0.5, 70)
+  g = rng.standard_normal(x.shape)
+  y, vjp = jax.vjp(cpu_kernels.prelu, jnp.asarray(x, jnp.float32), jnp.asarray(slope, jnp.float32))
+  dx, dslope = vjp(jnp.asarray(g, jnp.float32))
+  np.testing.assert_allclose(np.asarray(y), np.where(x >= 0, x, slope * x), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(dx), np.where(x >= 0, g, slope * g), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(dslope), np.where(x < 0, x * g, 0).sum((0, 1, 2)), rtol=1e-5, atol=1e-4)
+
+
 class _ConvBlockBN(nn.Module):
   """A 1x1 conv then `batch_norm` (train mode), to compare its native and flax forms in a network."""
 
@@ -372,6 +399,35 @@ def test_mobilefacenet_eval_is_per_image_and_deterministic(mobilefacenet):
   e1, e2 = np.asarray(apply_eval(variables, images)), np.asarray(apply_eval(variables, images[::-1]))
   np.testing.assert_array_equal(e1, np.asarray(apply_eval(variables, images)))
   np.testing.assert_allclose(e2[::-1], e1, rtol=1e-5, atol=1e-5 * np.abs(e1).max())
+
+
+def test_mobilefacenet_train_gradient_native_matches_xla_forms(mobilefacenet, monkeypatch):
+  """The train-mode loss, gradients and BatchNorm statistics of MobileFaceNet with the native CPU kernels (one
+  device) against the same network in XLA's forms (the tests' 4 devices), a masked-out image included. In float32
+  the reduction order's rounding grows through the BatchNorm chain to ~5e-3 of a leaf's norm in the worst leaf,
+  hence the tolerance: a wrong kernel (stride, padding, a transposed tap) shows as errors of the leaves' own
+  size."""
+  model, variables, _, _ = mobilefacenet
+  images = np.random.default_rng(13).uniform(size=(4, 112, 112, 3)).astype(np.float32)
+  mask = np.arange(4) < 3
+
+  def loss_and_grads():
+    def loss(params):
+      y, stats = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, images, train=True,
+                             mask=mask, mutable=['batch_stats'])
+      return (y[:3] ** 2).mean(), stats
+    (value, stats), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables['params'])
+    return value, stats, grads, 'ffi_call' in str(jax.make_jaxpr(loss)(variables['params']))
+
+  value, stats, grads, native = loss_and_grads()
+  monkeypatch.setattr(jax, 'device_count', lambda: 1)
+  value_n, stats_n, grads_n, native_n = loss_and_grads()
+  assert native_n and not native
+  assert float(value_n) == pytest.approx(float(value), rel=1e-4)
+  # Leaves whose gradient is zero up to rounding (norm ~1e-9: the biases of BatchNorms whose output the next
+  # BatchNorm centres) are compared in absolute terms; the others have norms of 1e-4 to 1e-1.
+  within = lambda a, b: bool(np.linalg.norm(np.asarray(a) - b) <= 1e-2 * np.linalg.norm(b) + 1e-6)
+  assert all(jax.tree.leaves(jax.tree.map(within, (grads_n, stats_n), (grads, stats))))
 
 
 # ----------------------------------------------------------------------------- audio CNN

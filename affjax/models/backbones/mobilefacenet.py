@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from affjax.models import cpu_kernels
 from affjax.models.batch_norm import batch_norm
 from affjax.models.layers import DepthwiseConv, PointwiseConv, conv_general_dilated, torch_kernel_init
 from affjax.models.torch_convert import StateDictReader
@@ -24,11 +25,14 @@ Array = jax.Array
 
 
 class PReLU(nn.Module):
-  """Per-channel PReLU (PyTorch `nn.PReLU(C)`, slopes initialised to 0.25)."""
+  """Per-channel PReLU (PyTorch `nn.PReLU(C)`, slopes initialised to 0.25); on one CPU device with the native
+  kernels its backward pass is `cpu_kernels.prelu`'s."""
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     slope = self.param('negative_slope', nn.initializers.constant(0.25), (x.shape[-1],), jnp.float32)
+    if cpu_kernels.usable(x.dtype):
+      return cpu_kernels.prelu(x, slope)
     return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
 
 

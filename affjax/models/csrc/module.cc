@@ -9,7 +9,8 @@ extern "C" {
 XLA_FFI_Error* AffjaxDepthwiseForward(XLA_FFI_CallFrame* call_frame);
 XLA_FFI_Error* AffjaxDepthwiseInputGrad(XLA_FFI_CallFrame* call_frame);
 XLA_FFI_Error* AffjaxDepthwiseKernelGrad(XLA_FFI_CallFrame* call_frame);
-XLA_FFI_Error* AffjaxMaskedMoments(XLA_FFI_CallFrame* call_frame);
+XLA_FFI_Error* AffjaxChannelSums(XLA_FFI_CallFrame* call_frame);
+XLA_FFI_Error* AffjaxPreluGrad(XLA_FFI_CallFrame* call_frame);
 }
 
 namespace {
@@ -19,10 +20,10 @@ PyObject* Capsule(XLA_FFI_Error* (*handler)(XLA_FFI_CallFrame*)) {
 }
 
 PyObject* Handlers(PyObject*, PyObject*) {
-  return Py_BuildValue("{s:N,s:N,s:N,s:N}", "depthwise_forward", Capsule(AffjaxDepthwiseForward),
+  return Py_BuildValue("{s:N,s:N,s:N,s:N,s:N}", "depthwise_forward", Capsule(AffjaxDepthwiseForward),
                        "depthwise_input_grad", Capsule(AffjaxDepthwiseInputGrad),
                        "depthwise_kernel_grad", Capsule(AffjaxDepthwiseKernelGrad),
-                       "masked_moments", Capsule(AffjaxMaskedMoments));
+                       "channel_sums", Capsule(AffjaxChannelSums), "prelu_grad", Capsule(AffjaxPreluGrad));
 }
 
 PyMethodDef kMethods[] = {{"handlers", Handlers, METH_NOARGS, "affjax's XLA FFI handlers for the CPU, by name."},
