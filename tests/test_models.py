@@ -215,6 +215,12 @@ def test_depthwise_native_matches_numpy_float64(shape, stride, padding):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-4 * np.abs(want).max())
 
 
+def test_depthwise_native_refuses_other_dtypes():
+  x, kernel = jnp.ones((1, 4, 4, 2), jnp.bfloat16), jnp.ones((3, 3, 1, 2), jnp.float32)
+  with pytest.raises(ValueError, match="depthwise_impl='native' computes in float32"):
+    depthwise_conv2d(x, kernel, 1, 1, impl='native')
+
+
 def test_depthwise_auto_is_native_on_one_cpu_device_for_float32_and_vmaps(monkeypatch):
   """'auto' picks the native kernels for float32 on one CPU device, the shifted form for other dtypes and over
   several devices (the tests' 4, a batch sharded over them); the native form maps over an extra batch axis

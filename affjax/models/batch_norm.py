@@ -5,8 +5,7 @@ the same variables (params scale, bias; batch_stats mean, var), statistics (E[x]
 over the images the mask keeps), running-average update and normalisation, with the masked sums from
 `cpu_kernels.masked_moments` and the backward's sums over positions from `cpu_kernels.normalize`. XLA:CPU writes
 `where(mask, x, 0)`, `where(mask, x * x, 0)` and the backward's products out in full with single-threaded loops
-before reducing them; the native passes read their operands once on every core (experiments/vs_upstream_cpu.md,
-s4).
+before reducing them; the native passes read their operands once on every core (experiments/native_kernels_cpu).
 """
 from __future__ import annotations
 

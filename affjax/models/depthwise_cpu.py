@@ -1,6 +1,6 @@
 """The depthwise 2-D convolution as native XLA:CPU kernels (`csrc/depthwise.cc`, see `cpu_kernels`): the forward
 pass, the input gradient and the kernel gradient each read their operands once. XLA:CPU's own forms are several
-times slower on MobileFaceNet's shapes, the kernel gradient most of all (experiments/vs_upstream_cpu.md, s4).
+times slower on MobileFaceNet's shapes, the kernel gradient most of all (experiments/native_kernels_cpu).
 
 `depthwise_conv2d` has the signature of `layers.depthwise_conv2d`'s implementations: x `[N, H, W, C]` float32,
 kernel `[kh, kw, 1, C]`, one stride, ((top, bottom), (left, right)) padding.

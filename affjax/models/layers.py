@@ -244,6 +244,9 @@ def depthwise_conv2d(x: Array, kernel: Array, stride: int = 1, padding: Padding 
     impl = 'grouped'
     if jax.default_backend() == 'cpu':
       impl = 'native' if cpu_kernels.usable(x.dtype) else 'shifted'
+  if impl == 'native' and x.dtype != jnp.float32:
+    raise ValueError(f"depthwise_impl='native' computes in float32, the input is {x.dtype}: use 'auto' (the "
+                     "shifted form for other dtypes) or model.dtype='float32'")
   kernel = kernel.astype(x.dtype)
   fn = {'grouped': _depthwise_grouped, 'shifted': _depthwise_shifted,
         'native': depthwise_cpu.depthwise_conv2d}[impl]

@@ -61,12 +61,7 @@ ffi::Error ChannelSums(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffe
   affjax::ParallelChunks(pool, rows, chunks, [&](int64_t chunk, int64_t begin, int64_t end) {
     SumRows(ap, bp, cp, mp, positions, c, blocks.data() + chunk * 2 * c, totals.data() + chunk * 2 * c, begin, end);
   });
-  float* out = sums->typed_data();
-  for (int64_t t = 0; t < 2 * c; ++t) {
-    double sum = 0.0;
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += totals[chunk * 2 * c + t];
-    out[t] = static_cast<float>(sum);
-  }
+  affjax::SumChunksInOrder(totals, chunks, 2 * c, sums->typed_data());
   return ffi::Error::Success();
 }
 

@@ -28,21 +28,15 @@ struct Geometry {
   int64_t n, h, w, c, kh, kw, ho, wo, stride, top, left;
 };
 
-Geometry MakeGeometry(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& kernel, int64_t ho, int64_t wo,
-                      int64_t stride, int64_t top, int64_t left) {
-  auto xd = x.dimensions();
-  auto kd = kernel.dimensions();
-  return Geometry{xd[0], xd[1], xd[2], xd[3], kd[0], kd[1], ho, wo, stride, top, left};
-}
-
-ffi::Error CheckShapes(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& kernel, ffi::Span<const int64_t> out) {
-  if (x.dimensions().size() != 4 || kernel.dimensions().size() != 3 || out.size() != 4) {
-    return ffi::Error::InvalidArgument("depthwise_cpu: expected x [N, H, W, C], kernel [KH, KW, C], out [N, HO, WO, C]");
+// The geometry from the input's, the kernel's and the output's shapes, which the three handlers take in
+// different roles; an error naming the expected shapes if they do not fit together.
+ffi::Error MakeGeometry(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> kd, ffi::Span<const int64_t> yd,
+                        int64_t stride, int64_t top, int64_t left, Geometry* g) {
+  if (xd.size() != 4 || kd.size() != 3 || yd.size() != 4 || kd[2] != xd[3] || yd[3] != xd[3] || yd[0] != xd[0]) {
+    return ffi::Error::InvalidArgument(
+        "depthwise_cpu: expected x [N, H, W, C], kernel [KH, KW, C] and y (or its cotangent) [N, HO, WO, C]");
   }
-  int64_t c = x.dimensions()[3];
-  if (kernel.dimensions()[2] != c || out[3] != c || out[0] != x.dimensions()[0]) {
-    return ffi::Error::InvalidArgument("depthwise_cpu: channel or batch sizes differ");
-  }
+  *g = Geometry{xd[0], xd[1], xd[2], xd[3], kd[0], kd[1], yd[1], yd[2], stride, top, left};
   return ffi::Error::Success();
 }
 
@@ -122,43 +116,39 @@ void KernelGradRows(const Geometry& g, const float* __restrict x, const float* _
   }
 }
 
+using RowsFn = void (*)(const Geometry&, const float*, const float*, float*, int64_t, int64_t);
+
+// The forward pass (rows of y from x) and the input gradient (rows of dx from the cotangent): `rows_fn` over the
+// output's `rows` rows, in chunks.
+void RowPass(ffi::ThreadPool& pool, const Geometry& g, int64_t rows, RowsFn rows_fn, const float* in,
+             const float* kernel, float* out) {
+  ParallelChunks(pool, rows, ChunkCount(rows),
+                 [&](int64_t, int64_t begin, int64_t end) { rows_fn(g, in, kernel, out, begin, end); });
+}
+
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
                    ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t pad_top, int64_t pad_left) {
-  if (auto error = CheckShapes(x, kernel, y->dimensions()); error.failure()) return error;
-  const Geometry g = MakeGeometry(x, kernel, y->dimensions()[1], y->dimensions()[2], stride, pad_top, pad_left);
-  const float *xp = x.typed_data(), *kp = kernel.typed_data();
-  float* yp = y->typed_data();
-  const int64_t rows = g.n * g.ho;
-  ParallelChunks(pool, rows, ChunkCount(rows),
-                 [&](int64_t, int64_t begin, int64_t end) { ForwardRows(g, xp, kp, yp, begin, end); });
-  return ffi::Error::Success();
+  Geometry g;
+  auto error = MakeGeometry(x.dimensions(), kernel.dimensions(), y->dimensions(), stride, pad_top, pad_left, &g);
+  if (error.success()) RowPass(pool, g, g.n * g.ho, ForwardRows, x.typed_data(), kernel.typed_data(), y->typed_data());
+  return error;
 }
 
 ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> cot, ffi::Buffer<ffi::F32> kernel,
                      ffi::ResultBuffer<ffi::F32> dx, int64_t stride, int64_t pad_top, int64_t pad_left) {
-  if (auto error = CheckShapes(cot, kernel, dx->dimensions()); error.failure()) return error;
-  auto xd = dx->dimensions();
-  auto gd = cot.dimensions();
-  auto kd = kernel.dimensions();
-  const Geometry g{xd[0], xd[1], xd[2], xd[3], kd[0], kd[1], gd[1], gd[2], stride, pad_top, pad_left};
-  const float *gp = cot.typed_data(), *kp = kernel.typed_data();
-  float* dxp = dx->typed_data();
-  const int64_t rows = g.n * g.h;
-  ParallelChunks(pool, rows, ChunkCount(rows),
-                 [&](int64_t, int64_t begin, int64_t end) { InputGradRows(g, gp, kp, dxp, begin, end); });
-  return ffi::Error::Success();
+  Geometry g;
+  auto error = MakeGeometry(dx->dimensions(), kernel.dimensions(), cot.dimensions(), stride, pad_top, pad_left, &g);
+  if (error.success()) {
+    RowPass(pool, g, g.n * g.h, InputGradRows, cot.typed_data(), kernel.typed_data(), dx->typed_data());
+  }
+  return error;
 }
 
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> cot,
                       ffi::ResultBuffer<ffi::F32> dk, int64_t stride, int64_t pad_top, int64_t pad_left) {
-  auto kd = dk->dimensions();
-  if (x.dimensions().size() != 4 || cot.dimensions().size() != 4 || kd.size() != 3 ||
-      kd[2] != x.dimensions()[3] || cot.dimensions()[3] != kd[2] || cot.dimensions()[0] != x.dimensions()[0]) {
-    return ffi::Error::InvalidArgument("depthwise_cpu: expected x [N, H, W, C], g [N, HO, WO, C], dk [KH, KW, C]");
-  }
-  auto xd = x.dimensions();
-  auto gd = cot.dimensions();
-  const Geometry g{xd[0], xd[1], xd[2], xd[3], kd[0], kd[1], gd[1], gd[2], stride, pad_top, pad_left};
+  Geometry g;
+  auto error = MakeGeometry(x.dimensions(), dk->dimensions(), cot.dimensions(), stride, pad_top, pad_left, &g);
+  if (error.failure()) return error;
   const int64_t rows = g.n * g.ho, chunks = ChunkCount(rows), size = g.kh * g.kw * g.c;
   std::vector<double> totals(chunks * size, 0.0);
   std::vector<float> row_sums(chunks * size);
@@ -166,43 +156,24 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   ParallelChunks(pool, rows, chunks, [&](int64_t chunk, int64_t begin, int64_t end) {
     KernelGradRows(g, xp, gp, row_sums.data() + chunk * size, totals.data() + chunk * size, begin, end);
   });
-  float* out = dk->typed_data();
-  for (int64_t t = 0; t < size; ++t) {
-    double sum = 0.0;
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += totals[chunk * size + t];
-    out[t] = static_cast<float>(sum);
-  }
+  affjax::SumChunksInOrder(totals, chunks, size, dk->typed_data());
   return ffi::Error::Success();
+}
+
+// The three handlers take two float32 arrays, return one, and read the stride and the padding before the input.
+auto DepthwiseBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("stride")
+      .Attr<int64_t>("pad_top")
+      .Attr<int64_t>("pad_left");
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AffjaxDepthwiseForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AffjaxDepthwiseInputGrad, InputGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(AffjaxDepthwiseKernelGrad, KernelGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AffjaxDepthwiseForward, Forward, DepthwiseBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AffjaxDepthwiseInputGrad, InputGrad, DepthwiseBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AffjaxDepthwiseKernelGrad, KernelGrad, DepthwiseBinding());

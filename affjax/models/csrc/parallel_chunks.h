@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -49,6 +50,15 @@ inline void ParallelChunks(xla::ffi::ThreadPool& pool, int64_t rows, int64_t chu
 // A fixed number of chunks, independent of the thread count, so that per-chunk partial sums added in chunk order
 // give the same result on every machine.
 inline int64_t ChunkCount(int64_t rows) { return std::min<int64_t>(rows, 32); }
+
+// out[t] = the sum over chunks, in chunk order, of totals[chunk * size + t] (per-chunk float64 partial sums).
+inline void SumChunksInOrder(const std::vector<double>& totals, int64_t chunks, int64_t size, float* out) {
+  for (int64_t t = 0; t < size; ++t) {
+    double sum = 0.0;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += totals[chunk * size + t];
+    out[t] = static_cast<float>(sum);
+  }
+}
 
 }  // namespace affjax
 

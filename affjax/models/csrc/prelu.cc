@@ -56,12 +56,7 @@ ffi::Error PreluGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   affjax::ParallelChunks(pool, rows, chunks, [&](int64_t chunk, int64_t begin, int64_t end) {
     PreluGradRows(xp, gp, sp, c, dxp, blocks.data() + chunk * c, totals.data() + chunk * c, begin, end);
   });
-  float* out = dslope->typed_data();
-  for (int64_t ch = 0; ch < c; ++ch) {
-    double sum = 0.0;
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += totals[chunk * c + ch];
-    out[ch] = static_cast<float>(sum);
-  }
+  affjax::SumChunksInOrder(totals, chunks, c, dslope->typed_data());
   return ffi::Error::Success();
 }
 
