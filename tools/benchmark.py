@@ -82,7 +82,6 @@ def _peak_rss_mib() -> float:
   status = _proc_status_kib()
   if 'VmHWM' in status:
     return status['VmHWM'] / 1024
-  import resource  # pylint: disable=g-import-not-at-top
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -13,7 +13,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #include "parallel_chunks.h"
 #include "xla/ffi/api/ffi.h"
@@ -149,14 +148,11 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   Geometry g;
   auto error = MakeGeometry(x.dimensions(), dk->dimensions(), cot.dimensions(), stride, pad_top, pad_left, &g);
   if (error.failure()) return error;
-  const int64_t rows = g.n * g.ho, chunks = ChunkCount(rows), size = g.kh * g.kw * g.c;
-  std::vector<double> totals(chunks * size, 0.0);
-  std::vector<float> row_sums(chunks * size);
   const float *xp = x.typed_data(), *gp = cot.typed_data();
-  ParallelChunks(pool, rows, chunks, [&](int64_t chunk, int64_t begin, int64_t end) {
-    KernelGradRows(g, xp, gp, row_sums.data() + chunk * size, totals.data() + chunk * size, begin, end);
-  });
-  affjax::SumChunksInOrder(totals, chunks, size, dk->typed_data());
+  affjax::ChunkedSums(pool, g.n * g.ho, g.kh * g.kw * g.c, dk->typed_data(),
+                      [&](float* row_sum, double* total, int64_t begin, int64_t end) {
+                        KernelGradRows(g, xp, gp, row_sum, total, begin, end);
+                      });
   return ffi::Error::Success();
 }
 

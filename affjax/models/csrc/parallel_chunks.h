@@ -51,8 +51,17 @@ inline void ParallelChunks(xla::ffi::ThreadPool& pool, int64_t rows, int64_t chu
 // give the same result on every machine.
 inline int64_t ChunkCount(int64_t rows) { return std::min<int64_t>(rows, 32); }
 
-// out[t] = the sum over chunks, in chunk order, of totals[chunk * size + t] (per-chunk float64 partial sums).
-inline void SumChunksInOrder(const std::vector<double>& totals, int64_t chunks, int64_t size, float* out) {
+// Sums over rows in chunks: body(scratch, total, begin, end) adds rows [begin, end) to `total` (`size` float64,
+// zeroed), with `scratch` (`size` float32) for its own partial sums; then out[t] = the chunks' totals added in
+// chunk order. The chunks do not depend on the thread count, so neither does the result.
+template <typename Body>
+inline void ChunkedSums(xla::ffi::ThreadPool& pool, int64_t rows, int64_t size, float* out, const Body& body) {
+  const int64_t chunks = ChunkCount(rows);
+  std::vector<double> totals(chunks * size, 0.0);
+  std::vector<float> scratch(chunks * size);
+  ParallelChunks(pool, rows, chunks, [&](int64_t chunk, int64_t begin, int64_t end) {
+    body(scratch.data() + chunk * size, totals.data() + chunk * size, begin, end);
+  });
   for (int64_t t = 0; t < size; ++t) {
     double sum = 0.0;
     for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += totals[chunk * size + t];

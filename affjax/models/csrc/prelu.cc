@@ -9,7 +9,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #include "parallel_chunks.h"
 #include "xla/ffi/api/ffi.h"
@@ -48,15 +47,13 @@ ffi::Error PreluGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
       slope.dimensions().size() != 1 || slope.dimensions()[0] != xd[1] || dslope->dimensions()[0] != xd[1]) {
     return ffi::Error::InvalidArgument("prelu_grad: expected x and g [M, C], slope [C]");
   }
-  const int64_t rows = xd[0], c = xd[1], chunks = affjax::ChunkCount(rows);
-  std::vector<double> totals(chunks * c, 0.0);
-  std::vector<float> blocks(chunks * c);
+  const int64_t c = xd[1];
   const float *xp = x.typed_data(), *gp = g.typed_data(), *sp = slope.typed_data();
   float* dxp = dx->typed_data();
-  affjax::ParallelChunks(pool, rows, chunks, [&](int64_t chunk, int64_t begin, int64_t end) {
-    PreluGradRows(xp, gp, sp, c, dxp, blocks.data() + chunk * c, totals.data() + chunk * c, begin, end);
-  });
-  affjax::SumChunksInOrder(totals, chunks, c, dslope->typed_data());
+  affjax::ChunkedSums(pool, xd[0], c, dslope->typed_data(),
+                      [&](float* block, double* total, int64_t begin, int64_t end) {
+                        PreluGradRows(xp, gp, sp, c, dxp, block, total, begin, end);
+                      });
   return ffi::Error::Success();
 }
 
